@@ -1,0 +1,282 @@
+"""The ledger's schema: every column of every table, defined once.
+
+Each :class:`Column` has a name, a table, a pyarrow dtype, a unit and a definition (meaning and
+formula). The writer refuses a table whose columns or dtypes differ from this module, and
+``docs/ledger.md`` is generated from it (``python -m rledger.ledger.schema > docs/ledger.md``).
+
+Notation used in the definitions, for one minibatch of ``B`` samples at Adam step ``k``:
+
+- ``A_i``: the advantage used by the loss (``advantage_used``), ``r_i`` the probability ratio.
+- ``s_i = grad_theta log pi(a_i|s_i)``, over every trainable parameter of the policy (parameters that
+  ``log pi`` does not depend on contribute zeros).
+- ``g_i``: sample ``i``'s term of the minibatch loss gradient, so that ``sum_i g_i`` is the gradient
+  that ``loss.backward()`` produces. It splits into a policy-loss term ``g_i^pg``, an entropy term
+  ``g_i^ent`` and a value-loss term ``g_i^vf``.
+- ``c``: the global gradient-clipping factor ``min(1, max_grad_norm / (||sum_i g_i|| + 1e-6))``.
+- Adam (``lr``, ``beta1``, ``beta2``, ``eps``): ``scale_k = lr * (1 - beta1) / (1 - beta1**k)`` and
+  ``P = 1 / (sqrt(v_hat_k) + eps)`` elementwise, where ``v_hat_k = v_k / (1 - beta2**k)`` is the
+  bias-corrected second moment *after* step ``k`` has folded in this minibatch's (clipped) gradient,
+  i.e. exactly the denominator that step ``k`` divided by. For plain SGD, ``scale_k = lr * (1 -
+  dampening)`` and ``P = 1``.
+- Sample ``i``'s fresh contribution to the parameter update of step ``k`` is
+  ``u_i = -scale_k * c * P * g_i`` (the momentum carried over from earlier steps is not part of it).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TABLES = ("transitions", "samples", "updates", "episodes")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of one ledger table."""
+
+    name: str
+    table: str
+    dtype: pa.DataType
+    unit: str
+    definition: str
+
+
+def _c(table: str, name: str, dtype: pa.DataType, unit: str, definition: str) -> Column:
+    return Column(name=name, table=table, dtype=dtype, unit=unit, definition=" ".join(definition.split()))
+
+
+I64, I32, I16, F32, F64, BOOL = pa.int64(), pa.int32(), pa.int16(), pa.float32(), pa.float64(), pa.bool_()
+
+COLUMNS: tuple[Column, ...] = (
+    # ------------------------------------------------------------------ transitions
+    _c("transitions", "rollout", I32, "index", "Rollout index within the run (0-based), one per `train()` call."),
+    _c("transitions", "t", I32, "step", "Step index within the rollout, 0..n_steps-1."),
+    _c("transitions", "env", I16, "index", "Index of the environment in the VecEnv."),
+    _c(
+        "transitions",
+        "episode",
+        I64,
+        "index",
+        "Per-env episode counter over the whole run (0-based); (env, episode) identifies an episode.",
+    ),
+    _c(
+        "transitions",
+        "state_id",
+        I64,
+        "id",
+        """Identity of the state in which the action was taken: `info["state_id"]` of that state when the
+        env provides it, else the first 8 bytes of BLAKE2b of the observation's bytes, as int64.""",
+    ),
+    _c(
+        "transitions",
+        "action",
+        pa.list_(F32),
+        "action",
+        "The action as stored in the rollout buffer (the sampled, unclipped action; a 1-list for Discrete).",
+    ),
+    _c("transitions", "reward", F32, "reward", "Reward returned by the VecEnv for this step."),
+    _c(
+        "transitions",
+        "gae_reward",
+        F32,
+        "reward",
+        """Reward entered into GAE: `reward` plus `gamma * V(terminal_obs)` when the episode was truncated
+        by a time limit (SB3's timeout bootstrap), else equal to `reward`.""",
+    ),
+    _c("transitions", "terminated", BOOL, "flag", "The episode ended in a terminal state at this step."),
+    _c("transitions", "truncated", BOOL, "flag", "The episode was cut by a time limit at this step."),
+    _c("transitions", "value", F32, "return", "V(s_t) from the policy at collection time."),
+    _c("transitions", "log_prob", F32, "nats", "log pi_old(a_t|s_t) at collection time."),
+    _c(
+        "transitions",
+        "advantage",
+        F32,
+        "return",
+        "Raw GAE(lambda) advantage from SB3's `compute_returns_and_advantage`, before any normalization.",
+    ),
+    _c("transitions", "return", F32, "return", "TD(lambda) return target; equals `advantage + value`."),
+    # ------------------------------------------------------------------ samples
+    _c("samples", "rollout", I32, "index", "Rollout index; joins `transitions.rollout`."),
+    _c("samples", "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
+    _c("samples", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+    _c("samples", "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
+    _c("samples", "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    _c(
+        "samples",
+        "advantage_used",
+        F32,
+        "normalized advantage",
+        """A_i as the loss used it: (A - mean) / (std + 1e-8) over the minibatch when
+        `normalize_advantage` is on and B > 1, else the raw advantage.""",
+    ),
+    _c("samples", "ratio", F32, "ratio", "r_i = exp(log pi(a_i|s_i) - log pi_old(a_i|s_i))."),
+    _c(
+        "samples",
+        "clipped",
+        BOOL,
+        "flag",
+        """Clipping zeroes the sample's policy gradient: (A_i > 0 and r_i > 1 + clip_range) or
+        (A_i < 0 and r_i < 1 - clip_range). Not SB3's clip_fraction (see `updates`).""",
+    ),
+    _c("samples", "score_norm", F32, "grad norm", "||s_i|| = ||grad_theta log pi(a_i|s_i)||."),
+    _c(
+        "samples",
+        "pg_grad_norm",
+        F32,
+        "grad norm",
+        "||g_i^pg||; equals |A_i| * r_i * score_norm / B when not clipped, 0 when clipped.",
+    ),
+    _c(
+        "samples",
+        "entropy_grad_norm",
+        F32,
+        "grad norm",
+        "||g_i^ent|| = ent_coef / B * ||grad_theta H(pi(.|s_i))||; 0 when ent_coef is 0.",
+    ),
+    _c(
+        "samples",
+        "value_grad_norm",
+        F32,
+        "grad norm",
+        """||g_i^vf|| = vf_coef / B * ||grad_theta (R_i - V_pred_i)^2|| (V_pred clipped as SB3 does when
+        clip_range_vf is set; 0 where that clipping stops the gradient).""",
+    ),
+    _c("samples", "loss_grad_norm", F32, "grad norm", "||g_i|| = ||g_i^pg + g_i^ent + g_i^vf||, before clipping."),
+    _c(
+        "samples",
+        "adam_update_norm",
+        F32,
+        "parameter change",
+        """||u_i|| = scale_k * c * ||P * g_i||: the norm of the sample's fresh contribution to the
+        parameter update of its optimizer step.""",
+    ),
+    _c(
+        "samples",
+        "self_reinforcement",
+        F32,
+        "nats",
+        """First-order change of log pi(a_i|s_i) caused by the policy-loss part of the sample's own
+        contribution: s_i . (-scale_k * c * P * g_i^pg) = scale_k * c * A_i * r_i / B * sum(P * s_i^2).
+        Has the sign of A_i when not clipped; 0 when clipped.""",
+    ),
+    # ------------------------------------------------------------------ updates
+    _c("updates", "rollout", I32, "index", "Rollout index."),
+    _c("updates", "epoch", I16, "index", "PPO epoch (0-based)."),
+    _c("updates", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+    _c(
+        "updates",
+        "opt_step",
+        I64,
+        "index",
+        """Optimizer step count k after this step (Adam's `step`); -1 for the minibatch at which
+        `target_kl` stopped training, which made no step.""",
+    ),
+    _c("updates", "lr", F64, "learning rate", "Learning rate of the optimizer at this step."),
+    _c(
+        "updates",
+        "grad_norm",
+        F32,
+        "grad norm",
+        "Global norm of the minibatch gradient before clipping (returned by clip_grad_norm_); NaN if no step.",
+    ),
+    _c(
+        "updates",
+        "clip_coef",
+        F32,
+        "factor",
+        "c = min(1, max_grad_norm / (grad_norm + 1e-6)), the factor applied to the gradient; NaN if no step.",
+    ),
+    _c("updates", "approx_kl", F32, "nats", "SB3's approx_kl: mean((r - 1) - log r) over the minibatch."),
+    _c("updates", "policy_loss", F32, "loss", "-mean(min(A r, A clip(r))) over the minibatch."),
+    _c("updates", "value_loss", F32, "loss", "mean((R - V_pred)^2) over the minibatch (before vf_coef)."),
+    _c("updates", "entropy_loss", F32, "loss", "-mean(entropy) over the minibatch (before ent_coef)."),
+    _c(
+        "updates",
+        "clip_fraction",
+        F32,
+        "fraction",
+        "SB3's clip_fraction: share of the minibatch with |r - 1| > clip_range.",
+    ),
+    _c("updates", "batch_size", I32, "samples", "B, the number of samples in the minibatch."),
+    _c(
+        "updates",
+        "stopped_early",
+        BOOL,
+        "flag",
+        "approx_kl exceeded 1.5 * target_kl at this minibatch; training stopped before stepping.",
+    ),
+    # ------------------------------------------------------------------ episodes
+    _c("episodes", "rollout", I32, "index", "Rollout during which the episode ended."),
+    _c("episodes", "env", I16, "index", "Env index."),
+    _c("episodes", "episode", I64, "index", "Per-env episode counter; joins `transitions.episode`."),
+    _c("episodes", "return", F64, "reward", "Undiscounted sum of `reward` over the episode."),
+    _c("episodes", "length", I32, "steps", "Number of steps in the episode."),
+    _c("episodes", "terminated", BOOL, "flag", "The episode ended in a terminal state (else it was truncated)."),
+)
+
+INFO_DTYPE = F64
+"""dtype of the user-named scalar `info` keys (in `transitions`, per step, and `episodes`, summed)."""
+
+
+def columns(table: str) -> tuple[Column, ...]:
+    """The contract columns of ``table``, in order."""
+    if table not in TABLES:
+        raise KeyError(f"unknown ledger table {table!r}; known tables: {', '.join(TABLES)}")
+    return tuple(c for c in COLUMNS if c.table == table)
+
+
+def arrow_schema(table: str, info_keys: tuple[str, ...] = ()) -> pa.Schema:
+    """The pyarrow schema of ``table``; user info keys are appended for transitions and episodes."""
+    fields = [pa.field(c.name, c.dtype, nullable=False) for c in columns(table)]
+    if table in ("transitions", "episodes"):
+        fields += [pa.field(k, INFO_DTYPE, nullable=False) for k in info_keys]
+    return pa.schema(fields)
+
+
+def check_info_keys(info_keys: tuple[str, ...]) -> None:
+    """Refuse info keys that would collide with a contract column."""
+    reserved = {c.name for c in COLUMNS if c.table in ("transitions", "episodes")}
+    for key in info_keys:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"info_keys: {key!r} is not a valid column name; use an identifier like 'hidden_reward'")
+        if key in reserved:
+            raise ValueError(f"info_keys: {key!r} collides with a ledger column of the same name; rename it")
+    if len(set(info_keys)) != len(info_keys):
+        raise ValueError(f"info_keys: duplicate names in {list(info_keys)}")
+
+
+def markdown() -> str:
+    """The schema as Markdown; ``docs/ledger.md`` is exactly this text."""
+    lines = [
+        "# The ledger: tables and columns",
+        "",
+        "Generated from `src/rledger/ledger/schema.py` (`python -m rledger.ledger.schema > docs/ledger.md`);",
+        "a test checks that this file matches the schema. Schema version " + str(SCHEMA_VERSION) + ".",
+        "",
+        "A run directory holds `run.json` and one folder per table, each with one Parquet file per",
+        "rollout (`part-000000.parquet`, ...), written to a temporary name and renamed when whole.",
+        "",
+        "## Notation",
+        "",
+    ]
+    doc = sys.modules[__name__].__doc__ or ""
+    notation = doc.split("Notation used in the definitions", 1)[1]
+    lines += ["Notation used in the definitions" + notation.rstrip(), ""]
+    for table in TABLES:
+        lines += [f"## `{table}`", "", "| column | dtype | unit | definition |", "|---|---|---|---|"]
+        for c in columns(table):
+            lines.append(f"| `{c.name}` | {c.dtype} | {c.unit} | {c.definition} |")
+        if table == "transitions":
+            lines.append("| *info keys* | double | env-defined | Each scalar `info` key named in `info_keys`, per step. |")
+        if table == "episodes":
+            lines.append("| *info keys* | double | env-defined | Each named `info` key summed over the episode. |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

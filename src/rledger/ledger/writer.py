@@ -1,0 +1,119 @@
+"""Streaming Parquet writer: one file per (table, rollout), written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rledger.ledger import schema
+
+LEDGER_ENTRIES = (*schema.TABLES, "run.json")
+
+
+class LedgerExistsError(FileExistsError):
+    """The run directory already holds a ledger and ``overwrite`` was not given."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def check_run_dir(run_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse a non-empty ledger location unless ``overwrite``; nothing is written here."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"ledger: {path} exists and is not a directory; pass another path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise LedgerExistsError(
+            f"ledger: {path} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
+            "to replace its ledger, or choose a new directory"
+        )
+    return path
+
+
+class LedgerWriter:
+    """Writes the four ledger tables of one run as Parquet part files.
+
+    ``write(table, rollout, columns)`` writes ``<run_dir>/<table>/part-<rollout>.parquet``; the file
+    is written under a temporary name and renamed, so a reader sees it whole or not at all.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], info_keys: tuple[str, ...] = (), overwrite: bool = False):
+        schema.check_info_keys(info_keys)
+        self.run_dir = check_run_dir(run_dir, overwrite)
+        self.info_keys = tuple(info_keys)
+        self.overwrite = overwrite
+        self._opened = False
+
+    def open(self, run_info: Mapping[str, Any]) -> None:
+        """Create the run directory (clearing an old ledger when ``overwrite``) and write run.json."""
+        if self._opened:
+            atomic_write_json(self.run_dir / "run.json", dict(run_info))
+            return
+        check_run_dir(self.run_dir, self.overwrite)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.overwrite:
+            for entry in LEDGER_ENTRIES:
+                p = self.run_dir / entry
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        for table in schema.TABLES:
+            (self.run_dir / table).mkdir(exist_ok=True)
+        atomic_write_json(self.run_dir / "run.json", dict(run_info))
+        self._opened = True
+
+    def update_run_info(self, run_info: Mapping[str, Any]) -> None:
+        atomic_write_json(self.run_dir / "run.json", dict(run_info))
+
+    def write(self, table: str, rollout: int, cols: Mapping[str, Any]) -> Path:
+        """Write one rollout's rows of ``table``; ``cols`` maps every schema column to an array."""
+        if not self._opened:
+            raise RuntimeError("LedgerWriter.write called before open()")
+        arrow_schema = schema.arrow_schema(table, self.info_keys)
+        expected = set(arrow_schema.names)
+        if set(cols) != expected:
+            missing, extra = sorted(expected - set(cols)), sorted(set(cols) - expected)
+            raise ValueError(f"ledger table {table}: missing columns {missing}, unexpected columns {extra}")
+        arrays = []
+        for field in arrow_schema:
+            values = cols[field.name]
+            if pa.types.is_list(field.type):
+                arr = np.asarray(values, dtype=np.float32)
+                arr = arr.reshape(len(arr), -1)
+                flat = pa.array(arr.reshape(-1), type=field.type.value_type)
+                offsets = pa.array(np.arange(0, arr.size + 1, arr.shape[1], dtype=np.int32))
+                arrays.append(pa.ListArray.from_arrays(offsets, flat))
+            else:
+                arrays.append(pa.array(np.asarray(values), type=field.type))
+        tbl = pa.Table.from_arrays(arrays, schema=arrow_schema)
+        path = self.run_dir / table / f"part-{rollout:06d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(tbl, sink, compression="zstd", row_group_size=1 << 20)
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        return path

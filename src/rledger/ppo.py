@@ -1,0 +1,477 @@
+"""``InstrumentedPPO``: stable-baselines3's PPO with a ledger of every update, training unchanged.
+
+``train()`` mirrors SB3 2.9's ``PPO.train()`` line for line; beside each named quantity it records
+what the ledger needs. The extra work reads the autograd graph and the optimizer state but changes no
+parameter, gradient, optimizer state or random number, so the parameters after ``learn()`` are
+bitwise equal to plain PPO's with the same seed (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from typing import Any
+
+import gymnasium
+import numpy as np
+import stable_baselines3
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
+
+from rledger import __version__
+from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
+from rledger.geometry import SampleGeometry, UnsupportedPolicyError
+from rledger.ledger import schema
+from rledger.ledger.writer import LedgerWriter
+from rledger.recorder import EpisodeTracker, RolloutArrays, StepRecorder, initial_state_ids
+
+ALL_TABLES = schema.TABLES
+
+
+class InstrumentedPPO(PPO):
+    """PPO that writes a ledger of every sample of every minibatch of every epoch.
+
+    Takes every argument of :class:`stable_baselines3.PPO`, plus:
+
+    :param ledger: run directory to write the ledger to (``None``: record nothing).
+    :param record: which tables to write, a subset of
+        ``("transitions", "samples", "updates", "episodes")``; default all.
+    :param record_every: write transitions, samples and updates for every Nth rollout only
+        (episodes are always written).
+    :param info_keys: scalar ``info`` keys copied into ``transitions`` (per step) and ``episodes``
+        (summed over the episode), e.g. ``("hidden_reward",)``.
+    :param overwrite: replace an existing non-empty ledger directory.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        *args: Any,
+        ledger: str | os.PathLike[str] | None = None,
+        record: Iterable[str] = ALL_TABLES,
+        record_every: int = 1,
+        info_keys: Iterable[str] = (),
+        overwrite: bool = False,
+        **kwargs: Any,
+    ):
+        record = tuple(record)
+        unknown = [t for t in record if t not in ALL_TABLES]
+        if unknown:
+            raise ValueError(f"record: unknown tables {unknown}; choose from {list(ALL_TABLES)}")
+        if not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
+        if kwargs.get("rollout_buffer_class") is not None:
+            raise ValueError(
+                "rollout_buffer_class: InstrumentedPPO uses its own indexed rollout buffer; leave it unset"
+            )
+        self.record = record
+        self.record_every = record_every
+        self.info_keys = tuple(info_keys)
+        schema.check_info_keys(self.info_keys)
+        self._writer = LedgerWriter(ledger, self.info_keys, overwrite) if ledger is not None else None
+        self._rollout = 0
+        self._state_ids: np.ndarray | None = None
+        self._episodes: EpisodeTracker | None = None
+        self._arrays: RolloutArrays | None = None
+        self._geometry: SampleGeometry | None = None
+        super().__init__(policy, env, *args, **kwargs)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        if self.rollout_buffer_class is None:
+            self.rollout_buffer_class = (
+                IndexedDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else IndexedRolloutBuffer
+            )
+        super()._setup_model()
+        if not isinstance(self.action_space, spaces.Discrete | spaces.Box | spaces.MultiDiscrete | spaces.MultiBinary):
+            raise UnsupportedPolicyError(f"action space {self.action_space} is not supported")
+        if "samples" in self.record and self._writer is not None:
+            self._geometry = SampleGeometry(self.policy, self.policy.optimizer, self.action_space)
+            self._geometry.validate()
+
+    @property
+    def ledger_dir(self) -> str | None:
+        return None if self._writer is None else str(self._writer.run_dir)
+
+    def _setup_learn(self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = True, *args: Any, **kwargs: Any) -> Any:
+        last_obs = self._last_obs
+        out = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, *args, **kwargs)
+        if self._episodes is None:
+            self._episodes = EpisodeTracker(self.n_envs, self.info_keys)
+        if self._last_obs is not last_obs or self._state_ids is None:
+            self._episodes.abandon_running()
+            self._state_ids = initial_state_ids(self.env, self._last_obs)
+        if self._writer is not None:
+            self._writer.open(self._run_info(total_timesteps))
+        return out
+
+    def _recording(self) -> bool:
+        return self._writer is not None and self._rollout % self.record_every == 0
+
+    # ------------------------------------------------------------------ collection
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: Any, n_rollout_steps: int
+    ) -> bool:
+        self._arrays = RolloutArrays(n_rollout_steps, env.num_envs, len(self.info_keys))
+        recorder = StepRecorder(callback, self, self._arrays, self._rollout)
+        return super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> None:
+        """Update policy using the currently gathered rollout buffer (SB3's PPO.train, recorded)."""
+        recording = self._recording()
+        geometry = self._geometry if recording and "samples" in self.record else None
+        transitions = self._transition_columns() if recording and "transitions" in self.record else None
+        sample_rows: list[dict[str, Any]] = []
+        update_rows: list[dict[str, Any]] = []
+        grad_norms: list[float] = []
+        clip_coefs: list[float] = []
+        if geometry is not None:
+            geometry.reset()
+
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizer learning rate
+        self._update_learning_rate(self.policy.optimizer)
+        # Compute current clip range
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        # Optional: clip range for the value function
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+
+        entropy_losses = []
+        pg_losses, value_losses = [], []
+        clip_fractions = []
+
+        continue_training = True
+        # train for n_epochs epochs
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            # Do a complete pass on the rollout buffer
+            for minibatch, rollout_data in enumerate(self.rollout_buffer.get(self.batch_size)):
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    # Convert discrete action from float to long
+                    actions = rollout_data.actions.long().flatten()
+
+                with geometry.capture() if geometry is not None else _null() as cap:
+                    values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                values = values.flatten()
+                # Normalize advantage
+                advantages = rollout_data.advantages
+                # Normalization does not make sense if mini batchsize == 1, see GH issue #325
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # ratio between old and new policy, should be one at the first iteration
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+
+                # clipped surrogate loss
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+                # Logging
+                pg_losses.append(policy_loss.item())
+                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                clip_fractions.append(clip_fraction)
+
+                if self.clip_range_vf is None:
+                    # No clipping
+                    values_pred = values
+                else:
+                    # Clip the difference between old and new value
+                    # NOTE: this depends on the reward scaling
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                # Value loss using the TD(gae_lambda) target
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_losses.append(value_loss.item())
+
+                # Entropy loss favor exploration
+                if entropy is None:
+                    # Approximate entropy when no analytical form
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+
+                entropy_losses.append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                # Calculate approximate form of reverse KL Divergence for early stopping
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                update = {
+                    "rollout": self._rollout,
+                    "epoch": epoch,
+                    "minibatch": minibatch,
+                    "lr": float(self.policy.optimizer.param_groups[0]["lr"]),
+                    "approx_kl": float(approx_kl_div),
+                    "policy_loss": pg_losses[-1],
+                    "value_loss": value_losses[-1],
+                    "entropy_loss": entropy_losses[-1],
+                    "clip_fraction": clip_fraction,
+                    "batch_size": len(advantages),
+                }
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    update_rows.append(
+                        {**update, "opt_step": -1, "grad_norm": np.nan, "clip_coef": np.nan, "stopped_early": True}
+                    )
+                    break
+
+                pending = None
+                if geometry is not None:
+                    pending = geometry.before_step(
+                        cap, rollout_data.observations, actions, log_prob, entropy, values,
+                        policy_loss, entropy_loss, value_loss, self.ent_coef, self.vf_coef,
+                    )  # fmt: skip
+
+                # Optimization step
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                # Clip grad norm
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+
+                with th.no_grad():
+                    # the factor clip_grad_norm_ applied, computed as torch computes it
+                    clip_coef = th.clamp(self.max_grad_norm / (grad_norm + 1e-6), max=1.0)
+                grad_norms.append(float(grad_norm))
+                clip_coefs.append(float(clip_coef))
+                update_rows.append(
+                    {
+                        **update,
+                        "opt_step": _opt_step(self.policy.optimizer),
+                        "grad_norm": float(grad_norm),
+                        "clip_coef": float(clip_coef),
+                        "stopped_early": False,
+                    }
+                )
+                if geometry is not None and pending is not None:
+                    with th.no_grad():
+                        cols = geometry.after_step(pending, self.policy.optimizer, clip_coef)
+                        clip_value = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                        clipped = ((advantages > 0) & (ratio > clip_value)) | ((advantages < 0) & (ratio < clip_value))
+                    sample_rows.append(
+                        {
+                            "rollout": self._rollout,
+                            "epoch": epoch,
+                            "minibatch": minibatch,
+                            "t": rollout_data.t,
+                            "env": rollout_data.env,
+                            "advantage_used": advantages.detach(),
+                            "ratio": ratio.detach(),
+                            "clipped": clipped,
+                            **cols,
+                        }
+                    )
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        # Logs
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+        if grad_norms:
+            self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
+            self.logger.record("train/clip_coef", float(np.mean(clip_coefs)))
+
+        self._write_rollout(recording, transitions, sample_rows, update_rows)
+
+    # ------------------------------------------------------------------ ledger output
+    def _transition_columns(self) -> dict[str, np.ndarray]:
+        """Transitions of the rollout just collected (read before get() flattens the buffer)."""
+        buf = self.rollout_buffer
+        a = self._arrays
+        assert a is not None and not buf.generator_ready
+        n_steps, n_envs = buf.buffer_size, buf.n_envs
+        # column order: row = t * n_envs + env (time-major)
+        t_idx, env_idx = np.meshgrid(np.arange(n_steps), np.arange(n_envs), indexing="ij")
+        cols: dict[str, Any] = {
+            "rollout": np.full(n_steps * n_envs, self._rollout, dtype=np.int32),
+            "t": t_idx.reshape(-1).astype(np.int32),
+            "env": env_idx.reshape(-1).astype(np.int16),
+            "episode": a.episode.reshape(-1),
+            "state_id": a.state_id.reshape(-1),
+            "action": buf.actions.reshape(n_steps * n_envs, -1).astype(np.float32),
+            "reward": a.reward.reshape(-1),
+            "gae_reward": buf.rewards.reshape(-1).astype(np.float32),
+            "terminated": a.terminated.reshape(-1),
+            "truncated": a.truncated.reshape(-1),
+            "value": buf.values.reshape(-1),
+            "log_prob": buf.log_probs.reshape(-1),
+            "advantage": buf.advantages.reshape(-1),
+            "return": buf.returns.reshape(-1),
+        }
+        for j, key in enumerate(self.info_keys):
+            cols[key] = a.info[:, :, j].reshape(-1)
+        return cols
+
+    def _write_rollout(
+        self,
+        recording: bool,
+        transitions: dict[str, Any] | None,
+        sample_rows: list[dict[str, Any]],
+        update_rows: list[dict[str, Any]],
+    ) -> None:
+        rollout = self._rollout
+        self._rollout += 1
+        writer = self._writer
+        episodes = self._episodes.pop() if self._episodes is not None else []
+        if writer is None:
+            return
+        if transitions is not None:
+            writer.write("transitions", rollout, transitions)
+        if recording and "samples" in self.record:
+            writer.write("samples", rollout, _concat_samples(sample_rows))
+        if recording and "updates" in self.record:
+            writer.write("updates", rollout, _rows_to_columns(update_rows, "updates", ()))
+        if "episodes" in self.record and episodes:
+            writer.write("episodes", rollout, _rows_to_columns(episodes, "episodes", self.info_keys))
+        info = self._run_info(None)
+        writer.update_run_info(info)
+
+    def _run_info(self, total_timesteps: int | None) -> dict[str, Any]:
+        prev: dict[str, Any] = getattr(self, "_run_info_cache", {})
+        env_id = None
+        try:
+            env_id = self.env.get_attr("spec")[0].id if self.env is not None else None  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - envs without a spec
+            env_id = None
+        info = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "tables": list(self.record),
+            "record_every": self.record_every,
+            "info_keys": list(self.info_keys),
+            "seed": self.seed,
+            "env_id": env_id,
+            "n_envs": self.n_envs,
+            "per_sample_path": self._geometry.path if self._geometry is not None else None,
+            "config": ppo_config(self),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "rollouts_written": self._rollout,
+            "num_timesteps": int(self.num_timesteps),
+            "total_timesteps": total_timesteps if total_timesteps is not None else prev.get("total_timesteps"),
+        }
+        self._run_info_cache = info
+        return info
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _opt_step(optimizer: th.optim.Optimizer) -> int:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                return int(state["step"])
+    return -1
+
+
+def _concat_samples(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    names = [c.name for c in schema.columns("samples")]
+    if not rows:
+        return {n: np.zeros(0, dtype=c.dtype.to_pandas_dtype()) for n, c in zip(names, schema.columns("samples"), strict=True)}
+    out: dict[str, np.ndarray] = {}
+    sizes = [len(r["t"]) for r in rows]
+    for col in schema.columns("samples"):
+        dtype = col.dtype.to_pandas_dtype()
+        if col.name in ("rollout", "epoch", "minibatch"):
+            out[col.name] = np.repeat([r[col.name] for r in rows], sizes).astype(dtype)
+        elif col.name in ("t", "env"):
+            out[col.name] = np.concatenate([r[col.name] for r in rows]).astype(dtype)
+        else:
+            out[col.name] = th.cat([r[col.name].reshape(-1) for r in rows]).cpu().numpy().astype(dtype)
+    return out
+
+
+def _rows_to_columns(rows: list[dict[str, Any]], table: str, info_keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    sch = schema.arrow_schema(table, info_keys)
+    return {f.name: np.array([r[f.name] for r in rows], dtype=f.type.to_pandas_dtype()) for f in sch}
+
+
+def ppo_config(model: PPO) -> dict[str, Any]:
+    def val(x: Any) -> Any:
+        if isinstance(x, int | float | bool | str) or x is None:
+            return x
+        return repr(x)
+
+    return {
+        "policy_class": model.policy_class.__name__,
+        "policy_kwargs": {k: val(v) for k, v in (model.policy_kwargs or {}).items()},
+        "learning_rate": val(model.learning_rate),
+        "n_steps": model.n_steps,
+        "batch_size": model.batch_size,
+        "n_epochs": model.n_epochs,
+        "gamma": model.gamma,
+        "gae_lambda": model.gae_lambda,
+        "clip_range": val(model.clip_range(1.0)) if callable(model.clip_range) else val(model.clip_range),
+        "clip_range_vf": val(model.clip_range_vf(1.0)) if callable(model.clip_range_vf) else val(model.clip_range_vf),
+        "normalize_advantage": model.normalize_advantage,
+        "ent_coef": val(model.ent_coef),
+        "vf_coef": model.vf_coef,
+        "max_grad_norm": model.max_grad_norm,
+        "target_kl": model.target_kl,
+        "use_sde": model.use_sde,
+        "device": str(model.device),
+    }
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": th.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": np.__version__,
+        "rledger": __version__,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

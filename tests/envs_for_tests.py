@@ -1,0 +1,53 @@
+"""Small real gymnasium wrappers used to exercise policy kinds (image-like and dict observations)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+
+class GridObs(gym.ObservationWrapper):
+    """CartPole's 4 numbers tiled into a (1, 4, 4) image, so a conv layer has something to read."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1, 4, 4), np.float32)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        return np.tile(obs.astype(np.float32), (4, 1)).reshape(1, 4, 4)
+
+
+class DictObs(gym.ObservationWrapper):
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {"a": spaces.Box(-np.inf, np.inf, (2,), np.float32), "b": spaces.Box(-np.inf, np.inf, (2,), np.float32)}
+        )
+
+    def observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"a": obs[:2].astype(np.float32), "b": obs[2:].astype(np.float32)}
+
+
+class ConvExtractor(BaseFeaturesExtractor):
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 16):
+        super().__init__(observation_space, features_dim)
+        self.net = th.nn.Sequential(
+            th.nn.Conv2d(1, 4, kernel_size=2), th.nn.ReLU(), th.nn.Flatten(), th.nn.Linear(36, features_dim), th.nn.Tanh()
+        )
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return self.net(obs)
+
+
+class SharedLinearExtractor(BaseFeaturesExtractor):
+    """A trainable Linear shared by actor and critic (share_features_extractor=True)."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 8):
+        super().__init__(observation_space, features_dim)
+        self.lin = th.nn.Linear(int(np.prod(observation_space.shape)), features_dim)
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return th.tanh(self.lin(obs.flatten(1)))

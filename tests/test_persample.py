@@ -1,0 +1,110 @@
+"""Every per-sample column against a naive float64 loop with one autograd backward per sample."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from envs_for_tests import ConvExtractor, DictObs, GridObs, SharedLinearExtractor
+from naive import StepTape, naive_samples
+from stable_baselines3.common.env_util import make_vec_env
+
+from rledger import InstrumentedPPO, Ledger
+
+COLUMNS = [
+    "advantage_used",
+    "ratio",
+    "score_norm",
+    "pg_grad_norm",
+    "entropy_grad_norm",
+    "value_grad_norm",
+    "loss_grad_norm",
+    "adam_update_norm",
+    "self_reinforcement",
+]
+
+CASES = {
+    "cartpole-default-tanh-clip": dict(env="CartPole-v1", clip_range=0.03),
+    "cartpole-relu-sep-ent-4envs": dict(
+        env="CartPole-v1",
+        n_envs=4,
+        ent_coef=0.01,
+        policy_kwargs=dict(net_arch=dict(pi=[32, 16], vf=[24]), activation_fn=th.nn.ReLU),
+    ),
+    "pendulum-tanh": dict(env="Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32])),
+    "pendulum-relu-ent-4envs-vfclip": dict(
+        env="Pendulum-v1",
+        n_envs=4,
+        ent_coef=0.02,
+        clip_range_vf=0.1,
+        policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16, 16]), activation_fn=th.nn.ReLU),
+    ),
+    "cartpole-no-norm": dict(env="CartPole-v1", normalize_advantage=False),
+    "shared-linear-extractor-ent": dict(
+        env="CartPole-v1",
+        ent_coef=0.05,
+        policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
+    ),
+    "conv-generic-path": dict(
+        env="CartPole-v1",
+        wrapper=GridObs,
+        ent_coef=0.01,
+        policy_kwargs=dict(features_extractor_class=ConvExtractor, net_arch=[16]),
+        path="generic",
+    ),
+    "dict-obs": dict(env="CartPole-v1", wrapper=DictObs, policy="MultiInputPolicy"),
+}
+
+
+def run_case(tmp_path, case: dict, n_steps: int = 64):
+    case = dict(case)
+    env = make_vec_env(case.pop("env"), n_envs=case.pop("n_envs", 1), seed=3, wrapper_class=case.pop("wrapper", None))
+    expect_path = case.pop("path", "linear")
+    policy = case.pop("policy", "MlpPolicy")
+    model = InstrumentedPPO(
+        policy, env, n_steps=n_steps, batch_size=32, n_epochs=4, learning_rate=1e-2, seed=1,
+        ledger=tmp_path / "run", **case,
+    )  # fmt: skip
+    assert model._geometry.path == expect_path
+    tape = StepTape(model).install()
+    model.learn(n_steps * env.num_envs)
+    return model, tape, Ledger(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_columns_match_naive_loop(tmp_path, name):
+    model, tape, ledger = run_case(tmp_path, CASES[name])
+    samples, updates = ledger.samples(), ledger.updates()
+    ref = naive_samples(model, tape, samples, updates)
+    assert len(samples) == len(ref) == model.n_steps * model.n_envs * model.n_epochs
+    assert (samples.t.to_numpy() == ref.t.to_numpy()).all()
+    for col in COLUMNS:
+        got, want = samples[col].to_numpy(np.float64), ref[col].to_numpy()
+        # relative error; entries below 1e-3 of the column's largest magnitude are compared on that
+        # scale, since float32 (which SB3 trains in) cannot give them a relative accuracy of 1e-5
+        floor = 1e-3 * np.abs(want).max() + 1e-30
+        if col == "entropy_grad_norm":
+            # grad H = -sum_j p_j (log p_j + H) grad z_j cancels for a near-uniform policy: float32 (in
+            # which SB3 computes the gradient) resolves it only to ~1e-7 of its natural scale
+            # ent_coef / B * score_norm, so below 1% of that scale it is compared on that scale
+            floor = np.maximum(floor, 1e-2 * model.ent_coef / 32 * ref.score_norm.to_numpy())
+        denom = np.maximum(np.abs(want), floor)
+        rel = np.abs(got - want) / denom
+        print(f"{name} {col}: max relative error {rel.max():.2e}")
+        assert rel.max() <= 1e-5, f"{col}: max relative error {rel.max():.3g}"
+    assert (samples.clipped.to_numpy() == ref.clipped.to_numpy()).all()
+    ups = updates[~updates.stopped_early]
+    per_step = ref.groupby(["epoch", "minibatch"], sort=False)[["grad_norm", "clip_coef"]].first()
+    np.testing.assert_allclose(ups.grad_norm.to_numpy(), per_step.grad_norm.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ups.clip_coef.to_numpy(), per_step.clip_coef.to_numpy(), rtol=1e-5)
+    # the check must be able to see something: these runs clip some samples and have nonzero columns
+    assert ref.score_norm.min() > 0
+    if model.ent_coef:
+        assert ref.entropy_grad_norm.max() > 0
+
+
+def test_clipping_happens_in_reference_runs(tmp_path):
+    _, _, ledger = run_case(tmp_path, CASES["cartpole-default-tanh-clip"])
+    s = ledger.samples()
+    assert s.clipped.any() and not s.clipped.all(), "the test settings should clip some samples"
