@@ -1,0 +1,230 @@
+"""Ledger identities, round trip, completeness, determinism and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+from rledger import InstrumentedPPO, Ledger
+from rledger.geometry import UnsupportedPolicyError
+from rledger.ledger import LedgerExistsError, schema
+
+N_STEPS, BATCH, EPOCHS = 128, 32, 3
+
+
+class HiddenInfo(gym.Wrapper):
+    """Adds a scalar 'hidden' to info (the cart position) and a state_id (rounded observation)."""
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        info["hidden"] = float(obs[0])
+        info["state_id"] = int(np.round(obs[0] * 1000))
+        return obs, r, term, trunc, info
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info["state_id"] = int(np.round(obs[0] * 1000))
+        return obs, info
+
+
+def train(path, rollouts=4, n_envs=2, seed=0, **kwargs):
+    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=seed, wrapper_class=kwargs.pop("wrapper", None))
+    model = InstrumentedPPO(
+        "MlpPolicy", env, n_steps=N_STEPS, batch_size=BATCH, n_epochs=EPOCHS, seed=seed, ledger=path, **kwargs
+    )
+    model.learn(rollouts * N_STEPS * n_envs)
+    return model, Ledger(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ledger") / "run"
+    return train(path, rollouts=4, n_envs=2, clip_range=0.05, wrapper=HiddenInfo, info_keys=("hidden",))
+
+
+def test_no_row_lost(run):
+    model, ledger = run
+    tr, s, u = ledger.transitions(), ledger.samples(), ledger.updates()
+    per_rollout = N_STEPS * model.n_envs
+    assert len(tr) == 4 * per_rollout
+    assert tr.groupby("rollout").size().eq(per_rollout).all()
+    assert not tr.duplicated(["rollout", "t", "env"]).any()
+    assert len(s) == 4 * per_rollout * EPOCHS
+    # every transition appears exactly once per epoch in samples
+    counts = s.groupby(["rollout", "epoch", "t", "env"]).size()
+    assert counts.eq(1).all() and len(counts) == 4 * EPOCHS * per_rollout
+    assert len(u) == 4 * EPOCHS * (per_rollout // BATCH)
+    assert u.opt_step.tolist() == list(range(1, len(u) + 1))
+    assert (u.batch_size == BATCH).all()
+
+
+def test_return_is_advantage_plus_value(run):
+    tr = run[1].transitions()
+    np.testing.assert_array_equal(tr["return"].to_numpy(), (tr.advantage + tr.value).to_numpy(np.float32))
+
+
+def test_gae_matches_hand_computation(run):
+    """Advantages of steps whose episode ends inside the rollout, recomputed from the ledger alone."""
+    model, ledger = run
+    tr = ledger.transitions().sort_values(["rollout", "env", "t"])
+    gamma, lam = model.gamma, model.gae_lambda
+    checked = 0
+    for (_, _), g in tr.groupby(["rollout", "env"]):
+        done = (g.terminated | g.truncated).to_numpy()
+        r = g.gae_reward.to_numpy(np.float64)
+        v = g.value.to_numpy(np.float64)
+        adv = np.full(len(g), np.nan)
+        last = 0.0
+        for i in range(len(g) - 1, -1, -1):
+            if done[i]:
+                last = r[i] - v[i]
+            elif i + 1 < len(g) and not np.isnan(adv[i + 1]):
+                delta = r[i] + gamma * v[i + 1] - v[i]
+                last = delta + gamma * lam * last
+            else:
+                continue
+            adv[i] = last
+        ok = ~np.isnan(adv)
+        checked += ok.sum()
+        np.testing.assert_allclose(g.advantage.to_numpy()[ok], adv[ok], rtol=1e-4, atol=1e-4)
+    assert checked > 500
+
+
+def test_pg_grad_norm_identity_and_clipping(run):
+    s = run[1].samples()
+    unclipped = ~s.clipped
+    expected = s.advantage_used.abs() * s.ratio * s.score_norm / BATCH
+    np.testing.assert_allclose(s.pg_grad_norm[unclipped], expected[unclipped], rtol=1e-5, atol=1e-9)
+    assert (s.pg_grad_norm[s.clipped] == 0).all()
+    eps = 0.05
+    formula = ((s.advantage_used > 0) & (s.ratio > 1 + eps)) | ((s.advantage_used < 0) & (s.ratio < 1 - eps))
+    # float32 ratio vs the float64 bound: only exact-boundary ties could differ
+    near = (np.abs(s.ratio - (1 + eps)) < 1e-6) | (np.abs(s.ratio - (1 - eps)) < 1e-6)
+    assert (s.clipped[~near] == formula[~near]).all()
+    assert s.clipped.any() and (~s.clipped).any()
+
+
+def test_self_reinforcement_sign_rule(run):
+    s = run[1].samples()
+    live = ~s.clipped & (s.advantage_used != 0)
+    assert (np.sign(s.self_reinforcement[live]) == np.sign(s.advantage_used[live])).all()
+    assert (s.self_reinforcement[s.clipped] == 0).all()
+
+
+def test_clip_fraction_is_sb3s_not_ours(run):
+    s, u = run[1].samples(), run[1].updates()
+    eps = 0.05
+    mine = s.assign(out=(np.abs(s.ratio - 1) > eps)).groupby(["rollout", "epoch", "minibatch"]).out.mean()
+    np.testing.assert_allclose(u.set_index(["rollout", "epoch", "minibatch"]).clip_fraction.loc[mine.index], mine, atol=1e-6)
+
+
+def test_episodes_and_info_keys(run):
+    ledger = run[1]
+    tr, ep = ledger.transitions(), ledger.episodes()
+    assert len(ep) > 0 and "hidden" in ep.columns and "hidden" in tr.columns
+    sums = tr.groupby(["env", "episode"]).agg(reward=("reward", "sum"), n=("t", "size"), hsum=("hidden", "sum"))
+    joined = ep.set_index(["env", "episode"]).join(sums)
+    # an episode's steps all lie in the ledger (rollout 0 starts at reset), so sums match exactly
+    np.testing.assert_allclose(joined["return"], joined["reward"])
+    np.testing.assert_array_equal(joined["length"], joined["n"])
+    np.testing.assert_allclose(joined["hidden"].to_numpy(), joined["hsum"].to_numpy(), rtol=1e-9)
+    assert joined["hidden"].abs().sum() > 0
+    # state_id comes from info when the env provides it (rounded cart position * 1000)
+    assert tr.state_id.abs().max() < 10_000
+
+
+def test_state_id_hash_when_env_has_none(tmp_path):
+    _, ledger = train(tmp_path / "r", rollouts=1, n_envs=1)
+    tr = ledger.transitions()
+    assert tr.state_id.nunique() > 0.9 * len(tr)  # continuous observations: nearly all distinct
+
+
+def test_same_seed_same_ledger(tmp_path):
+    _, a = train(tmp_path / "a", rollouts=2)
+    _, b = train(tmp_path / "b", rollouts=2)
+    for table in schema.TABLES:
+        pd.testing.assert_frame_equal(a.table(table), b.table(table))
+
+
+def test_reader_pushdown_and_sql(run):
+    ledger = run[1]
+    sub = ledger.samples(columns=["rollout", "t"], filters=[("rollout", ">=", 2)])
+    assert list(sub.columns) == ["rollout", "t"] and sub.rollout.min() == 2
+    n = ledger.sql("SELECT count(*) AS n FROM samples").n.iloc[0]
+    assert n == len(ledger.samples(columns=["t"]))
+    joined = ledger.samples_with_transitions(["rollout", "t", "env", "advantage", "advantage_used"])
+    assert len(joined) == n
+    info = ledger.run_info
+    assert info["schema_version"] == schema.SCHEMA_VERSION and info["rollouts_written"] == 4
+    assert {"python", "torch", "stable_baselines3", "gymnasium", "rledger"} <= set(info["versions"])
+
+
+def test_existing_ledger_refused_then_overwritten(tmp_path):
+    path = tmp_path / "run"
+    train(path, rollouts=1)
+    before = sorted(p.name for p in (path / "samples").iterdir())
+    with pytest.raises(LedgerExistsError, match="overwrite"):
+        InstrumentedPPO("MlpPolicy", "CartPole-v1", n_steps=N_STEPS, ledger=path)
+    assert sorted(p.name for p in (path / "samples").iterdir()) == before
+    _, ledger = train(path, rollouts=2, overwrite=True)
+    assert ledger.updates().rollout.nunique() == 2
+
+
+def test_record_every_and_table_selection(tmp_path):
+    _, ledger = train(tmp_path / "r", rollouts=4, record_every=2, record=("samples", "episodes"))
+    assert sorted(ledger.samples().rollout.unique()) == [0, 2]
+    assert len(ledger.transitions()) == 0 and len(ledger.updates()) == 0
+    assert len(ledger.episodes()) > 0
+
+
+def test_no_partial_files(run):
+    ledger = run[1]
+    leftovers = list(ledger.run_dir.rglob("*.tmp"))
+    assert leftovers == []
+    json.loads((ledger.run_dir / "run.json").read_text())
+
+
+def test_docs_match_schema():
+    from pathlib import Path
+
+    doc = Path(__file__).parents[1] / "docs" / "ledger.md"
+    assert doc.read_text() == schema.markdown(), "regenerate: python -m rledger.ledger.schema > docs/ledger.md"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(use_sde=True), "gSDE"),
+        (dict(policy_kwargs=dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(momentum=0.9))), "momentum"),
+        (dict(policy_kwargs=dict(optimizer_class=th.optim.RMSprop)), "RMSprop"),
+        (dict(record=("samples", "nope")), "unknown tables"),
+        (dict(record_every=0), "record_every"),
+        (dict(info_keys=("return",)), "collides"),
+    ],
+)
+def test_clear_errors_at_construction(tmp_path, kwargs, match):
+    env = "Pendulum-v1" if kwargs.get("use_sde") else "CartPole-v1"
+    with pytest.raises((UnsupportedPolicyError, ValueError), match=match):
+        InstrumentedPPO("MlpPolicy", env, n_steps=64, ledger=tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_batchnorm_refused(tmp_path):
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class BN(BaseFeaturesExtractor):
+        def __init__(self, space):
+            super().__init__(space, 4)
+            self.bn = th.nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    with pytest.raises(UnsupportedPolicyError, match="BatchNorm"):
+        InstrumentedPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=BN), ledger=tmp_path / "y")
