@@ -24,7 +24,10 @@ class DictObs(gym.ObservationWrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         self.observation_space = spaces.Dict(
-            {"a": spaces.Box(-np.inf, np.inf, (2,), np.float32), "b": spaces.Box(-np.inf, np.inf, (2,), np.float32)}
+            {
+                "a": spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                "b": spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            }
         )
 
     def observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -35,7 +38,11 @@ class ConvExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Box, features_dim: int = 16):
         super().__init__(observation_space, features_dim)
         self.net = th.nn.Sequential(
-            th.nn.Conv2d(1, 4, kernel_size=2), th.nn.ReLU(), th.nn.Flatten(), th.nn.Linear(36, features_dim), th.nn.Tanh()
+            th.nn.Conv2d(1, 4, kernel_size=2),
+            th.nn.ReLU(),
+            th.nn.Flatten(),
+            th.nn.Linear(36, features_dim),
+            th.nn.Tanh(),
         )
 
     def forward(self, obs: th.Tensor) -> th.Tensor:

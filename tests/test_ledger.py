@@ -121,14 +121,18 @@ def test_clip_fraction_is_sb3s_not_ours(run):
     s, u = run[1].samples(), run[1].updates()
     eps = 0.05
     mine = s.assign(out=(np.abs(s.ratio - 1) > eps)).groupby(["rollout", "epoch", "minibatch"]).out.mean()
-    np.testing.assert_allclose(u.set_index(["rollout", "epoch", "minibatch"]).clip_fraction.loc[mine.index], mine, atol=1e-6)
+    np.testing.assert_allclose(
+        u.set_index(["rollout", "epoch", "minibatch"]).clip_fraction.loc[mine.index], mine, atol=1e-6
+    )
 
 
 def test_episodes_and_info_keys(run):
     ledger = run[1]
     tr, ep = ledger.transitions(), ledger.episodes()
     assert len(ep) > 0 and "hidden" in ep.columns and "hidden" in tr.columns
-    sums = tr.groupby(["env", "episode"]).agg(reward=("reward", "sum"), n=("t", "size"), hsum=("hidden", "sum"))
+    sums = tr.groupby(["env", "episode"]).agg(
+        reward=("reward", "sum"), n=("t", "size"), hsum=("hidden", "sum")
+    )
     joined = ep.set_index(["env", "episode"]).join(sums)
     # an episode's steps all lie in the ledger (rollout 0 starts at reset), so sums match exactly
     np.testing.assert_allclose(joined["return"], joined["reward"])
@@ -194,14 +198,19 @@ def test_docs_match_schema():
     from pathlib import Path
 
     doc = Path(__file__).parents[1] / "docs" / "ledger.md"
-    assert doc.read_text() == schema.markdown(), "regenerate: python -m rledger.ledger.schema > docs/ledger.md"
+    assert doc.read_text() == schema.markdown(), (
+        "regenerate: python -m rledger.ledger.schema > docs/ledger.md"
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(use_sde=True), "gSDE"),
-        (dict(policy_kwargs=dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(momentum=0.9))), "momentum"),
+        (
+            dict(policy_kwargs=dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(momentum=0.9))),
+            "momentum",
+        ),
         (dict(policy_kwargs=dict(optimizer_class=th.optim.RMSprop)), "RMSprop"),
         (dict(record=("samples", "nope")), "unknown tables"),
         (dict(record_every=0), "record_every"),
@@ -227,4 +236,6 @@ def test_batchnorm_refused(tmp_path):
             return self.bn(x)
 
     with pytest.raises(UnsupportedPolicyError, match="BatchNorm"):
-        InstrumentedPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=BN), ledger=tmp_path / "y")
+        InstrumentedPPO(
+            "MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=BN), ledger=tmp_path / "y"
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -59,7 +58,9 @@ CASES = {
 
 def run_case(tmp_path, case: dict, n_steps: int = 64):
     case = dict(case)
-    env = make_vec_env(case.pop("env"), n_envs=case.pop("n_envs", 1), seed=3, wrapper_class=case.pop("wrapper", None))
+    env = make_vec_env(
+        case.pop("env"), n_envs=case.pop("n_envs", 1), seed=3, wrapper_class=case.pop("wrapper", None)
+    )
     expect_path = case.pop("path", "linear")
     policy = case.pop("policy", "MlpPolicy")
     model = InstrumentedPPO(

@@ -77,7 +77,9 @@ class IndexedRolloutBuffer(_IndexedGet, RolloutBuffer):
     def _indexed(self, batch_inds: np.ndarray) -> IndexedRolloutBufferSamples:
         s = self._get_samples(batch_inds)
         return IndexedRolloutBufferSamples(
-            *s, t=(batch_inds % self.buffer_size).astype(np.int32), env=(batch_inds // self.buffer_size).astype(np.int16)
+            *s,
+            t=(batch_inds % self.buffer_size).astype(np.int32),
+            env=(batch_inds // self.buffer_size).astype(np.int16),
         )
 
 
@@ -93,5 +95,7 @@ class IndexedDictRolloutBuffer(_IndexedGet, DictRolloutBuffer):
     def _indexed(self, batch_inds: np.ndarray) -> IndexedDictRolloutBufferSamples:
         s = self._get_samples(batch_inds)
         return IndexedDictRolloutBufferSamples(
-            *s, t=(batch_inds % self.buffer_size).astype(np.int32), env=(batch_inds // self.buffer_size).astype(np.int16)
+            *s,
+            t=(batch_inds % self.buffer_size).astype(np.int32),
+            env=(batch_inds // self.buffer_size).astype(np.int16),
         )

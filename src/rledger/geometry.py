@@ -133,22 +133,25 @@ class SampleGeometry:
 
         Must run before ``loss.backward()`` frees the graph. Touches no ``.grad`` and no RNG.
         """
-        grad = th.autograd.grad
-        alpha = grad(policy_loss, log_prob, retain_graph=True)[0]
         parts: list[Tensor] = [log_prob]
-        coefs: list[Tensor] = [alpha]
+        outputs: list[Tensor] = [policy_loss]
         ent_part = None
         ent_coef_logp = None
-        if ent_coef != 0:
-            if entropy is None:
-                ent_coef_logp = grad(ent_coef * entropy_loss, log_prob, retain_graph=True)[0]
-                coefs[0] = alpha + ent_coef_logp
-            else:
-                ent_part = len(parts)
-                parts.append(entropy)
-                coefs.append(grad(ent_coef * entropy_loss, entropy, retain_graph=True)[0])
+        if ent_coef != 0 and entropy is not None:
+            ent_part = 1
+            parts.append(entropy)
+            outputs.append(ent_coef * entropy_loss)
         parts.append(values)
-        coefs.append(grad(vf_coef * value_loss, values, retain_graph=True)[0] if vf_coef != 0 else th.zeros_like(values))
+        if vf_coef != 0:
+            outputs.append(vf_coef * value_loss)
+        # one backward over the scalar tail of the loss: d(loss terms)/d(log pi, H, V) per sample
+        coefs = list(
+            th.autograd.grad(outputs, parts, retain_graph=True, allow_unused=True, materialize_grads=True)
+        )
+        alpha = coefs[0]
+        if ent_coef != 0 and entropy is None:
+            ent_coef_logp = th.autograd.grad(ent_coef * entropy_loss, log_prob, retain_graph=True)[0]
+            coefs[0] = alpha + ent_coef_logp
         pending = _Pending(th.stack(coefs, 1).detach(), alpha.detach(), ent_coef_logp, ent_part)
         if self.path == "linear":
             assert cap is not None
@@ -165,21 +168,26 @@ class SampleGeometry:
                     direct[ent_part] = th.ones_like(z)
                 pending.direct = direct
         else:
-            pending.params_before = {n: p.detach().clone() for n, p in persample.trainable(self.policy).items()}
+            pending.params_before = {
+                n: p.detach().clone() for n, p in persample.trainable(self.policy).items()
+            }
             pending.inputs = (obs, actions)
         return pending
 
-    def after_step(self, pending: _Pending, optimizer: th.optim.Optimizer, clip_coef: Tensor) -> dict[str, Tensor]:
+    def after_step(
+        self, pending: _Pending, optimizer: th.optim.Optimizer, clip_coef: Tensor
+    ) -> dict[str, Tensor]:
         """The per-sample columns, using the optimizer state that the step just produced."""
         k = pending.coef.shape[1]
         batch = pending.coef.shape[0]
         precond = _fresh_step_factor(optimizer)
         if self.path == "linear":
             assert pending.calls is not None and pending.d is not None
-            gram = persample.linear_gram(pending.calls, pending.d, k, precond)
+            blocks = persample.linear_blocks(pending.calls, pending.d, k, precond)
             if pending.direct is not None:
                 log_std = self.policy.log_std  # type: ignore[attr-defined]
-                gram += persample.direct_gram(pending.direct, batch, k, precond(log_std), True)
+                blocks.append(persample.direct_block(pending.direct, k, precond(log_std)))
+            gram = persample.gram_from_blocks(blocks)
         else:
             assert pending.params_before is not None
             gram = self._jacobian_gram(pending.params_before, pending.inputs, batch, k, precond)
@@ -210,7 +218,7 @@ class SampleGeometry:
             out.append(values.reshape(()))
             return th.stack(out)
 
-        factors = {n: precond(live[n]) for n in names} if precond is not None else None
+        factors = {n: (precond(live[n]) or (None,))[0] for n in names} if precond is not None else None
         old = th.distributions.Distribution._validate_args
         th.distributions.Distribution.set_default_validate_args(False)
         try:
@@ -226,7 +234,9 @@ class SampleGeometry:
             th.distributions.Distribution.set_default_validate_args(old)
 
 
-def _call(policy: ActorCriticPolicy, p: dict[str, Tensor], obs: Any, act: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+def _call(
+    policy: ActorCriticPolicy, p: dict[str, Tensor], obs: Any, act: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
     from torch.nn.utils.stateless import _reparametrize_module
 
     with _reparametrize_module(policy, p):
@@ -234,23 +244,37 @@ def _call(policy: ActorCriticPolicy, p: dict[str, Tensor], obs: Any, act: Tensor
 
 
 def _fresh_step_factor(optimizer: th.optim.Optimizer) -> Any:
-    """``param -> scale * P``: the elementwise factor turning a gradient term into its step share."""
-    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    """``param -> (F, F**2)`` with ``F = scale * P``, the elementwise factor that turns a gradient term
+    into its share of the step (computed for all parameters at once with foreach ops)."""
     adam = isinstance(optimizer, th.optim.Adam | th.optim.AdamW)
-
-    def factor(param: nn.Parameter) -> Tensor | None:
-        group = groups[id(param)]
+    out: dict[int, tuple[Tensor, Tensor]] = {}
+    for group in optimizer.param_groups:
         if not adam:  # SGD without momentum: the step is lr * g
-            return th.full_like(param, group["lr"]).detach()
-        state = optimizer.state.get(param)
-        if not state or "exp_avg_sq" not in state:
-            return None
+            for p in group["params"]:
+                f = th.full_like(p, group["lr"]).detach()
+                out[id(p)] = (f, f.square())
+            continue
         beta1, beta2 = group["betas"]
-        step = float(state["step"])
-        bc1 = 1.0 - beta1**step
-        bc2_sqrt = math.sqrt(1.0 - beta2**step)
-        denom = (state["exp_avg_sq"].sqrt() / bc2_sqrt).add_(group["eps"])  # as torch's Adam computes it
-        return (group["lr"] * (1.0 - beta1) / bc1) / denom
+        by_step: dict[float, list[nn.Parameter]] = {}
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "exp_avg_sq" in state:
+                by_step.setdefault(float(state["step"]), []).append(p)
+        for step, params in by_step.items():
+            bc2_sqrt = math.sqrt(1.0 - beta2**step)
+            scale = group["lr"] * (1.0 - beta1) / (1.0 - beta1**step)
+            # as torch's Adam computes it: denom = sqrt(v) / sqrt(1 - beta2^k) + eps
+            denom = th._foreach_sqrt([optimizer.state[p]["exp_avg_sq"] for p in params])
+            th._foreach_div_(denom, bc2_sqrt)
+            th._foreach_add_(denom, group["eps"])
+            th._foreach_reciprocal_(denom)
+            th._foreach_mul_(denom, scale)
+            squares = th._foreach_mul(denom, denom)
+            for p, f, f2 in zip(params, denom, squares, strict=True):
+                out[id(p)] = (f, f2)
+
+    def factor(param: nn.Parameter) -> tuple[Tensor, Tensor] | None:
+        return out.get(id(param))
 
     return factor
 

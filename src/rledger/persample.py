@@ -160,77 +160,90 @@ def output_grads(
     return d
 
 
-def linear_gram(
+@dataclass
+class Block:
+    """Per-sample gradients of the parts over a group of parameter entries, in factored form.
+
+    ``d`` is ``(B, K, n)``; the per-sample Gram matrices are ``sum_n d[:, f, n] d[:, h, n] q[:, n]``
+    with ``q`` = ``w1`` (Q = 1), ``qp`` (Q = P) and ``qp2`` (Q = P^2), each ``(B, n)``.
+    """
+
+    d: Tensor
+    w1: Tensor
+    qp: Tensor | None
+    qp2: Tensor | None
+
+
+def linear_blocks(
     calls: Sequence[LinearCall],
     d: Sequence[Mapping[int, Tensor]],
     k: int,
-    precond: Callable[[nn.Parameter], Tensor | None] | None = None,
-) -> GramSet:
-    """Per-sample Gram matrices over the weights and biases of the recorded Linear calls.
+    precond: Callable[[nn.Parameter], tuple[Tensor, Tensor] | None] | None = None,
+) -> list[Block]:
+    """Blocks of the recorded Linear calls (weights and biases).
 
-    ``precond(param)`` returns the diagonal preconditioner ``P`` of a parameter (same shape) or
-    ``None`` for a parameter that has none (its Q-weighted terms are then left out, as its
-    per-sample gradients are zero).
+    For weight ``W`` (out x in), ``sum_{o,i} d_o d'_o a_i^2 Q_oi = sum_o d_o d'_o (a^2 @ Q^T)_o``, and the
+    bias adds ``Q_b``; so each layer reduces to an ``out``-long weighting per sample.
+    ``precond(param)`` returns ``(P, P**2)`` or ``None`` for a parameter without optimizer state.
     """
-    batch = calls[0].inputs.shape[0]
-    out = empty_gram(batch, k, precond is not None, calls[0].inputs.dtype)
+    blocks = []
     for j, call in enumerate(calls):
         dj = d[j]
         if not dj:
             continue
-        a2 = call.inputs.square()
-        a2sum = a2.sum(1)
+        first = next(iter(dj.values()))
+        zeros = torch.zeros_like(first)
+        dmat = torch.stack([dj.get(f, zeros) for f in range(k)], 1)  # (B, K, out)
         w, b = call.module.weight, call.module.bias
-        if w.requires_grad:
-            pw = precond(w) if precond is not None else None
-            q1 = a2 @ pw.T if pw is not None else None  # (B, out)
-            q2 = a2 @ pw.square().T if pw is not None else None
-        if b is not None and b.requires_grad:
-            pb = precond(b) if precond is not None else None
-        keys = sorted(dj)
-        for x, f in enumerate(keys):
-            for h in keys[x:]:
-                prod = dj[f] * dj[h]  # (B, out)
-                s1 = torch.zeros(batch, dtype=prod.dtype)
-                sp = torch.zeros(batch, dtype=prod.dtype)
-                sp2 = torch.zeros(batch, dtype=prod.dtype)
-                if w.requires_grad:
-                    s1 = s1 + prod.sum(1) * a2sum
-                    if q1 is not None:
-                        sp = sp + (prod * q1).sum(1)
-                        sp2 = sp2 + (prod * q2).sum(1)
-                if b is not None and b.requires_grad:
-                    s1 = s1 + prod.sum(1)
-                    if pb is not None:
-                        sp = sp + prod @ pb
-                        sp2 = sp2 + prod @ pb.square()
-                _add_sym(out.g1, f, h, s1)
-                if out.gp is not None:
-                    _add_sym(out.gp, f, h, sp)
-                    _add_sym(out.gp2, f, h, sp2)  # type: ignore[arg-type]
-    return out
+        has_w, has_b = w.requires_grad, b is not None and b.requires_grad
+        a2 = call.inputs.square()
+        w1 = ((a2.sum(1, keepdim=True) if has_w else 0.0) + (1.0 if has_b else 0.0)) * torch.ones_like(first)
+        qp = qp2 = None
+        if precond is not None:
+            qp, qp2 = torch.zeros_like(first), torch.zeros_like(first)
+            pw = precond(w) if has_w else None
+            if pw is not None:
+                qp = torch.addmm(qp, a2, pw[0].T)
+                qp2 = torch.addmm(qp2, a2, pw[1].T)
+            pb = precond(b) if has_b else None  # type: ignore[arg-type]
+            if pb is not None:
+                qp = qp + pb[0]
+                qp2 = qp2 + pb[1]
+        blocks.append(Block(dmat, w1, qp, qp2))
+    return blocks
 
 
-def direct_gram(
-    grads: Mapping[int, Tensor], batch: int, k: int, p: Tensor | None, with_precond: bool
+def direct_block(grads: Mapping[int, Tensor], k: int, p: tuple[Tensor, Tensor] | None) -> Block:
+    """Block of one parameter whose per-sample gradients are given as ``(B, n)`` rows per part;
+    ``p`` is its ``(P, P**2)``."""
+    first = next(iter(grads.values()))
+    zeros = torch.zeros_like(first)
+    dmat = torch.stack([grads.get(f, zeros) for f in range(k)], 1)
+    ones = torch.ones_like(first)
+    return Block(dmat, ones, zeros if p is None else p[0] * ones, zeros if p is None else p[1] * ones)
+
+
+def gram_from_blocks(blocks: Sequence[Block]) -> GramSet:
+    """Sum the blocks' per-sample Gram matrices with one batched matmul."""
+    d = torch.cat([b.d for b in blocks], 2)  # (B, K, N)
+    k = d.shape[1]
+    with_p = all(b.qp is not None for b in blocks)
+    weights = [torch.cat([b.w1 for b in blocks], 1)]
+    if with_p:
+        weights += [torch.cat([b.qp for b in blocks], 1), torch.cat([b.qp2 for b in blocks], 1)]  # type: ignore[misc]
+    left = torch.cat([d * w[:, None, :] for w in weights], 1)  # (B, K * len(weights), N)
+    g = left @ d.transpose(1, 2)
+    return GramSet(g[:, :k], g[:, k : 2 * k] if with_p else None, g[:, 2 * k :] if with_p else None)
+
+
+def linear_gram(
+    calls: Sequence[LinearCall],
+    d: Sequence[Mapping[int, Tensor]],
+    k: int,
+    precond: Callable[[nn.Parameter], tuple[Tensor, Tensor] | None] | None = None,
 ) -> GramSet:
-    """Gram contribution of one parameter whose per-sample gradients are given as ``(B, n)`` rows."""
-    out = empty_gram(batch, k, with_precond)
-    keys = sorted(grads)
-    for x, f in enumerate(keys):
-        for h in keys[x:]:
-            prod = grads[f] * grads[h]
-            _add_sym(out.g1, f, h, prod.sum(1))
-            if with_precond and p is not None:
-                _add_sym(out.gp, f, h, prod @ p)  # type: ignore[arg-type]
-                _add_sym(out.gp2, f, h, prod @ p.square())  # type: ignore[arg-type]
-    return out
-
-
-def _add_sym(m: Tensor, f: int, h: int, v: Tensor) -> None:
-    m[:, f, h] += v
-    if f != h:
-        m[:, h, f] += v
+    """Per-sample Gram matrices over the weights and biases of the recorded Linear calls."""
+    return gram_from_blocks(linear_blocks(calls, d, k, precond))
 
 
 def jacobian_gram(

@@ -88,10 +88,14 @@ class InstrumentedPPO(PPO):
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:
             self.rollout_buffer_class = (
-                IndexedDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else IndexedRolloutBuffer
+                IndexedDictRolloutBuffer
+                if isinstance(self.observation_space, spaces.Dict)
+                else IndexedRolloutBuffer
             )
         super()._setup_model()
-        if not isinstance(self.action_space, spaces.Discrete | spaces.Box | spaces.MultiDiscrete | spaces.MultiBinary):
+        if not isinstance(
+            self.action_space, spaces.Discrete | spaces.Box | spaces.MultiDiscrete | spaces.MultiBinary
+        ):
             raise UnsupportedPolicyError(f"action space {self.action_space} is not supported")
         if "samples" in self.record and self._writer is not None:
             self._geometry = SampleGeometry(self.policy, self.policy.optimizer, self.action_space)
@@ -101,7 +105,14 @@ class InstrumentedPPO(PPO):
     def ledger_dir(self) -> str | None:
         return None if self._writer is None else str(self._writer.run_dir)
 
-    def _setup_learn(self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = True, *args: Any, **kwargs: Any) -> Any:
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: Any = None,
+        reset_num_timesteps: bool = True,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         last_obs = self._last_obs
         out = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, *args, **kwargs)
         if self._episodes is None:
@@ -163,7 +174,9 @@ class InstrumentedPPO(PPO):
                     actions = rollout_data.actions.long().flatten()
 
                 with geometry.capture() if geometry is not None else _null() as cap:
-                    values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                    values, log_prob, entropy = self.policy.evaluate_actions(
+                        rollout_data.observations, actions
+                    )
                 values = values.flatten()
                 # Normalize advantage
                 advantages = rollout_data.advantages
@@ -232,7 +245,13 @@ class InstrumentedPPO(PPO):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     update_rows.append(
-                        {**update, "opt_step": -1, "grad_norm": np.nan, "clip_coef": np.nan, "stopped_early": True}
+                        {
+                            **update,
+                            "opt_step": -1,
+                            "grad_norm": np.nan,
+                            "clip_coef": np.nan,
+                            "stopped_early": True,
+                        }
                     )
                     break
 
@@ -268,7 +287,9 @@ class InstrumentedPPO(PPO):
                     with th.no_grad():
                         cols = geometry.after_step(pending, self.policy.optimizer, clip_coef)
                         clip_value = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                        clipped = ((advantages > 0) & (ratio > clip_value)) | ((advantages < 0) & (ratio < clip_value))
+                        clipped = ((advantages > 0) & (ratio > clip_value)) | (
+                            (advantages < 0) & (ratio < clip_value)
+                        )
                     sample_rows.append(
                         {
                             "rollout": self._rollout,
@@ -287,7 +308,9 @@ class InstrumentedPPO(PPO):
             if not continue_training:
                 break
 
-        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        explained_var = explained_variance(
+            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        )
 
         # Logs
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
@@ -384,7 +407,9 @@ class InstrumentedPPO(PPO):
             "git_commit": git_commit(),
             "rollouts_written": self._rollout,
             "num_timesteps": int(self.num_timesteps),
-            "total_timesteps": total_timesteps if total_timesteps is not None else prev.get("total_timesteps"),
+            "total_timesteps": total_timesteps
+            if total_timesteps is not None
+            else prev.get("total_timesteps"),
         }
         self._run_info_cache = info
         return info
@@ -410,7 +435,10 @@ def _opt_step(optimizer: th.optim.Optimizer) -> int:
 def _concat_samples(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     names = [c.name for c in schema.columns("samples")]
     if not rows:
-        return {n: np.zeros(0, dtype=c.dtype.to_pandas_dtype()) for n, c in zip(names, schema.columns("samples"), strict=True)}
+        return {
+            n: np.zeros(0, dtype=c.dtype.to_pandas_dtype())
+            for n, c in zip(names, schema.columns("samples"), strict=True)
+        }
     out: dict[str, np.ndarray] = {}
     sizes = [len(r["t"]) for r in rows]
     for col in schema.columns("samples"):
@@ -424,7 +452,9 @@ def _concat_samples(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _rows_to_columns(rows: list[dict[str, Any]], table: str, info_keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _rows_to_columns(
+    rows: list[dict[str, Any]], table: str, info_keys: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     sch = schema.arrow_schema(table, info_keys)
     return {f.name: np.array([r[f.name] for r in rows], dtype=f.type.to_pandas_dtype()) for f in sch}
 
@@ -445,7 +475,9 @@ def ppo_config(model: PPO) -> dict[str, Any]:
         "gamma": model.gamma,
         "gae_lambda": model.gae_lambda,
         "clip_range": val(model.clip_range(1.0)) if callable(model.clip_range) else val(model.clip_range),
-        "clip_range_vf": val(model.clip_range_vf(1.0)) if callable(model.clip_range_vf) else val(model.clip_range_vf),
+        "clip_range_vf": val(model.clip_range_vf(1.0))
+        if callable(model.clip_range_vf)
+        else val(model.clip_range_vf),
         "normalize_advantage": model.normalize_advantage,
         "ent_coef": val(model.ent_coef),
         "vf_coef": model.vf_coef,

@@ -57,7 +57,14 @@ class EpisodeTracker:
         self.length[:] = 0
         self.sums[:] = 0
 
-    def step(self, rollout: int, rewards: np.ndarray, dones: np.ndarray, terminated: np.ndarray, metrics: np.ndarray) -> None:
+    def step(
+        self,
+        rollout: int,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        terminated: np.ndarray,
+        metrics: np.ndarray,
+    ) -> None:
         self.ret += rewards
         self.length += 1
         self.sums += metrics
@@ -129,7 +136,9 @@ class StepRecorder(BaseCallback):
         rewards = np.asarray(loc["rewards"], dtype=np.float32).copy()
         dones = np.asarray(loc["dones"], dtype=bool)
         infos: list[dict[str, Any]] = loc["infos"]
-        truncated = np.array([bool(d and info.get("TimeLimit.truncated", False)) for d, info in zip(dones, infos, strict=True)])
+        truncated = np.array(
+            [bool(d and info.get("TimeLimit.truncated", False)) for d, info in zip(dones, infos, strict=True)]
+        )
         terminated = dones & ~truncated
         metrics = np.zeros((len(infos), len(m.info_keys)), dtype=np.float64)
         for j, key in enumerate(m.info_keys):

@@ -4,4 +4,13 @@ from rledger.ledger.reader import Ledger
 from rledger.ledger.schema import COLUMNS, SCHEMA_VERSION, TABLES, Column, columns
 from rledger.ledger.writer import LedgerExistsError, LedgerWriter
 
-__all__ = ["COLUMNS", "SCHEMA_VERSION", "TABLES", "Column", "Ledger", "LedgerExistsError", "LedgerWriter", "columns"]
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "Column",
+    "Ledger",
+    "LedgerExistsError",
+    "LedgerWriter",
+    "columns",
+]

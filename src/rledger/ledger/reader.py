@@ -55,7 +55,9 @@ class Ledger:
         if columns is not None:
             unknown = [c for c in columns if c not in arrow_schema.names]
             if unknown:
-                raise KeyError(f"ledger table {table} has no columns {unknown}; columns: {arrow_schema.names}")
+                raise KeyError(
+                    f"ledger table {table} has no columns {unknown}; columns: {arrow_schema.names}"
+                )
         files = self.files(table)
         if not files:
             empty = arrow_schema.empty_table()
@@ -66,18 +68,28 @@ class Ledger:
         for name, op, value in filters or ():
             term = _filter_expr(name, op, value)
             expr = term if expr is None else expr & term
-        return dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr).to_pandas()
+        return dataset.to_table(
+            columns=list(columns) if columns is not None else None, filter=expr
+        ).to_pandas()
 
-    def transitions(self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None) -> pd.DataFrame:
+    def transitions(
+        self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
+    ) -> pd.DataFrame:
         return self.table("transitions", columns, filters)
 
-    def samples(self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None) -> pd.DataFrame:
+    def samples(
+        self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
+    ) -> pd.DataFrame:
         return self.table("samples", columns, filters)
 
-    def updates(self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None) -> pd.DataFrame:
+    def updates(
+        self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
+    ) -> pd.DataFrame:
         return self.table("updates", columns, filters)
 
-    def episodes(self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None) -> pd.DataFrame:
+    def episodes(
+        self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
+    ) -> pd.DataFrame:
         return self.table("episodes", columns, filters)
 
     @property
@@ -97,7 +109,7 @@ class Ledger:
                     con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE FALSE")
             con.execute(
                 "CREATE VIEW samples_x AS SELECT s.*, tr.episode, tr.state_id, tr.action, tr.reward, "
-                "tr.advantage, tr.value, tr.\"return\" FROM samples s JOIN transitions tr "
+                'tr.advantage, tr.value, tr."return" FROM samples s JOIN transitions tr '
                 "USING (rollout, t, env)"
             )
             self._con = con

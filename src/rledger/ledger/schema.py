@@ -53,7 +53,13 @@ I64, I32, I16, F32, F64, BOOL = pa.int64(), pa.int32(), pa.int16(), pa.float32()
 
 COLUMNS: tuple[Column, ...] = (
     # ------------------------------------------------------------------ transitions
-    _c("transitions", "rollout", I32, "index", "Rollout index within the run (0-based), one per `train()` call."),
+    _c(
+        "transitions",
+        "rollout",
+        I32,
+        "index",
+        "Rollout index within the run (0-based), one per `train()` call.",
+    ),
     _c("transitions", "t", I32, "step", "Step index within the rollout, 0..n_steps-1."),
     _c("transitions", "env", I16, "index", "Index of the environment in the VecEnv."),
     _c(
@@ -145,7 +151,13 @@ COLUMNS: tuple[Column, ...] = (
         """||g_i^vf|| = vf_coef / B * ||grad_theta (R_i - V_pred_i)^2|| (V_pred clipped as SB3 does when
         clip_range_vf is set; 0 where that clipping stops the gradient).""",
     ),
-    _c("samples", "loss_grad_norm", F32, "grad norm", "||g_i|| = ||g_i^pg + g_i^ent + g_i^vf||, before clipping."),
+    _c(
+        "samples",
+        "loss_grad_norm",
+        F32,
+        "grad norm",
+        "||g_i|| = ||g_i^pg + g_i^ent + g_i^vf||, before clipping.",
+    ),
     _c(
         "samples",
         "adam_update_norm",
@@ -215,7 +227,13 @@ COLUMNS: tuple[Column, ...] = (
     _c("episodes", "episode", I64, "index", "Per-env episode counter; joins `transitions.episode`."),
     _c("episodes", "return", F64, "reward", "Undiscounted sum of `reward` over the episode."),
     _c("episodes", "length", I32, "steps", "Number of steps in the episode."),
-    _c("episodes", "terminated", BOOL, "flag", "The episode ended in a terminal state (else it was truncated)."),
+    _c(
+        "episodes",
+        "terminated",
+        BOOL,
+        "flag",
+        "The episode ended in a terminal state (else it was truncated).",
+    ),
 )
 
 INFO_DTYPE = F64
@@ -242,7 +260,9 @@ def check_info_keys(info_keys: tuple[str, ...]) -> None:
     reserved = {c.name for c in COLUMNS if c.table in ("transitions", "episodes")}
     for key in info_keys:
         if not isinstance(key, str) or not key.isidentifier():
-            raise ValueError(f"info_keys: {key!r} is not a valid column name; use an identifier like 'hidden_reward'")
+            raise ValueError(
+                f"info_keys: {key!r} is not a valid column name; use an identifier like 'hidden_reward'"
+            )
         if key in reserved:
             raise ValueError(f"info_keys: {key!r} collides with a ledger column of the same name; rename it")
     if len(set(info_keys)) != len(info_keys):
@@ -271,9 +291,13 @@ def markdown() -> str:
         for c in columns(table):
             lines.append(f"| `{c.name}` | {c.dtype} | {c.unit} | {c.definition} |")
         if table == "transitions":
-            lines.append("| *info keys* | double | env-defined | Each scalar `info` key named in `info_keys`, per step. |")
+            lines.append(
+                "| *info keys* | double | env-defined | Each scalar `info` key named in `info_keys`, per step. |"
+            )
         if table == "episodes":
-            lines.append("| *info keys* | double | env-defined | Each named `info` key summed over the episode. |")
+            lines.append(
+                "| *info keys* | double | env-defined | Each named `info` key summed over the episode. |"
+            )
         lines.append("")
     return "\n".join(lines)
 

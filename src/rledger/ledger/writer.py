@@ -62,7 +62,9 @@ class LedgerWriter:
     is written under a temporary name and renamed, so a reader sees it whole or not at all.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], info_keys: tuple[str, ...] = (), overwrite: bool = False):
+    def __init__(
+        self, run_dir: str | os.PathLike[str], info_keys: tuple[str, ...] = (), overwrite: bool = False
+    ):
         schema.check_info_keys(info_keys)
         self.run_dir = check_run_dir(run_dir, overwrite)
         self.info_keys = tuple(info_keys)

@@ -1,0 +1,138 @@
+"""The ``rledger`` command line: wiring only, the work is done by the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rledger.ledger import Ledger, LedgerExistsError
+from rledger.ledger.schema import TABLES
+
+console = Console()
+
+
+class _Bad(click.ClickException):
+    """Bad input: one line naming the field and the fix, exit code 2."""
+
+    exit_code = 2
+
+
+@click.group()
+@click.version_option(package_name="rledger")
+def main() -> None:
+    """Measure what the reinforcement signal does inside PPO."""
+
+
+@main.command()
+@click.option("--env", "env_id", required=True, help="gymnasium env id, e.g. CartPole-v1")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timesteps", type=click.IntRange(min=1), required=True, help="total env steps")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="run directory for the ledger")
+@click.option("--n-envs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--n-steps", type=click.IntRange(min=2), default=2048, show_default=True, help="PPO n_steps")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--info-key", "info_keys", multiple=True, help="scalar info key to record (repeatable)")
+@click.option("--record-every", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing ledger in --out")
+def train(
+    env_id: str,
+    seed: int,
+    timesteps: int,
+    out: Path,
+    n_envs: int,
+    n_steps: int,
+    batch_size: int,
+    info_keys: tuple[str, ...],
+    record_every: int,
+    overwrite: bool,
+) -> None:
+    """Train PPO (SB3 defaults otherwise) on one env with every update recorded, then summarize."""
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rledger.ppo import InstrumentedPPO
+
+    th.set_num_threads(1)
+    if env_id not in gym.registry:
+        raise _Bad(f"--env: unknown gymnasium id {env_id!r}; see gymnasium.registry for the ids installed")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise _Bad(
+            f"--out: {out} exists and is not empty; pass --overwrite to replace it or choose another path"
+        )
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    try:
+        model = InstrumentedPPO(
+            "MlpPolicy",
+            env,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            seed=seed,
+            ledger=out,
+            info_keys=info_keys,
+            record_every=record_every,
+            overwrite=overwrite,
+        )
+    except (ValueError, LedgerExistsError) as exc:
+        raise _Bad(str(exc)) from exc
+    with console.status(f"training {env_id} for {timesteps} steps, recording to {out}"):
+        model.learn(timesteps)
+    _print_summary(Ledger(out))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def summary(run_dir: Path) -> None:
+    """Summarize the ledger in RUN_DIR."""
+    try:
+        ledger = Ledger(run_dir)
+    except FileNotFoundError as exc:
+        raise _Bad(str(exc)) from exc
+    _print_summary(ledger)
+
+
+def _print_summary(ledger: Ledger) -> None:
+    info = ledger.run_info
+    files = Table(title=f"ledger {ledger.run_dir}  (env {info.get('env_id')}, seed {info.get('seed')})")
+    for col in ("table", "rows", "files", "MB on disk", "bytes/row"):
+        files.add_column(col, justify="right" if col != "table" else "left")
+    for table in TABLES:
+        paths = ledger.files(table)
+        rows = int(ledger.sql(f"SELECT count(*) AS n FROM {table}").n.iloc[0])
+        size = sum(p.stat().st_size for p in paths)
+        files.add_row(
+            table, f"{rows:,}", str(len(paths)), f"{size / 1e6:.2f}", f"{size / rows:.1f}" if rows else "-"
+        )
+    console.print(files)
+    ep = ledger.sql(
+        'SELECT rollout, avg("return") AS mean_return, count(*) AS episodes FROM episodes GROUP BY rollout ORDER BY rollout'
+    )
+    if len(ep):
+        first, last = ep.iloc[0], ep.iloc[-1]
+        console.print(
+            f"episodes: {int(ep.episodes.sum())}; mean return {first.mean_return:.1f} in rollout "
+            f"{int(first.rollout)} -> {last.mean_return:.1f} in rollout {int(last.rollout)}"
+        )
+    s = ledger.sql(
+        """SELECT count(*) AS n, avg(clipped::INT) AS clipped,
+        corr(ln(abs(advantage_used)), ln(adam_update_norm)) FILTER (WHERE NOT clipped AND advantage_used != 0)
+            AS corr_adv_update,
+        corr(ln(abs(advantage_used)), ln(pg_grad_norm)) FILTER (WHERE NOT clipped AND advantage_used != 0)
+            AS corr_adv_pg,
+        avg((sign(self_reinforcement) = sign(advantage_used))::INT) FILTER (WHERE NOT clipped) AS sign_agree
+        FROM samples"""
+    ).iloc[0]
+    if s.n:
+        console.print(
+            f"samples: {int(s.n):,}; clipped {s.clipped:.1%}; corr(log|A|, log pg_grad_norm) = {s.corr_adv_pg:.3f}; "
+            f"corr(log|A|, log adam_update_norm) = {s.corr_adv_update:.3f}; "
+            f"self_reinforcement has the sign of A in {s.sign_agree:.1%} of unclipped samples"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The rledger command line: a real run, and exit code 2 with nothing written on bad input."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from rledger.cli import main
+
+
+def test_train_writes_ledger_and_summary(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--env", "CartPole-v1", "--timesteps", "256", "--n-steps", "128",
+                                    "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "samples" in res.output and (out / "run.json").is_file()
+    again = CliRunner().invoke(main, ["summary", str(out)])
+    assert again.exit_code == 0 and "transitions" in again.output
+
+
+def test_bad_input_exit_2_nothing_written(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "x"
+    for args, needle in [
+        (["--env", "Nope-v0", "--timesteps", "10"], "--env"),
+        (["--env", "CartPole-v1", "--timesteps", "-5"], "--timesteps"),
+        (["--env", "CartPole-v1", "--timesteps", "10", "--info-key", "return"], "collides"),
+    ]:
+        res = runner.invoke(main, ["train", *args, "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert needle in res.output
+        assert not out.exists()
+    res = runner.invoke(main, ["summary", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "run.json" in res.output
+
+
+def test_existing_run_not_clobbered(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["train", "--env", "CartPole-v1", "--timesteps", "10", "--out", str(out)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
