@@ -39,7 +39,7 @@ CASES = {
         clip_range_vf=0.1,
         policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16, 16]), activation_fn=th.nn.ReLU),
     ),
-    "cartpole-no-norm": dict(env="CartPole-v1", normalize_advantage=False),
+    "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=5000),
     "shared-linear-extractor-ent": dict(
         env="CartPole-v1",
         ent_coef=0.05,
@@ -63,11 +63,14 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     )
     expect_path = case.pop("path", "linear")
     policy = case.pop("policy", "MlpPolicy")
+    queue = case.pop("queue", None)
     model = InstrumentedPPO(
         policy, env, n_steps=n_steps, batch_size=32, n_epochs=4, learning_rate=1e-2, seed=1,
         ledger=tmp_path / "run", **case,
     )  # fmt: skip
     assert model._geometry.path == expect_path
+    if queue is not None:  # flush the batched computation every few minibatches
+        model._geometry.max_queued_elements = queue
     tape = StepTape(model).install()
     model.learn(n_steps * env.num_envs)
     return model, tape, Ledger(tmp_path / "run")

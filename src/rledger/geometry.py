@@ -61,6 +61,22 @@ class SampleGeometry:
         self.gaussian = type(policy.action_dist) is DiagGaussianDistribution
         self.path = self._choose_path()
         self._support: list[set[int]] | None = None
+        # batched fast path: queue of recorded steps, flat layout of the optimizer's parameters
+        self.max_queued_elements = 1 << 23
+        self._queue: list[Any] = []
+        self._queued_elems = 0
+        self._done: list[dict[str, Any]] = []
+        self._adam = isinstance(optimizer, th.optim.Adam | th.optim.AdamW)
+        self._group = optimizer.param_groups[0]
+        self._opt_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self._offsets: dict[int, tuple[int, int]] = {}
+        pos = 0
+        for p in self._opt_params:
+            self._offsets[id(p)] = (pos, pos + p.numel())
+            pos += p.numel()
+        self._n_out = sum(m.out_features for m in self.linears.values()) + (
+            int(policy.log_std.numel()) if self.gaussian else 0  # type: ignore[attr-defined]
+        )
 
     # ------------------------------------------------------------------ setup
     def _choose_path(self) -> str:
@@ -160,6 +176,8 @@ class SampleGeometry:
                 self._support = persample.supports(parts, calls)
             pending.calls = calls
             pending.d = persample.output_grads(parts, calls, self._support)
+            for call in calls:  # do not keep the minibatch's autograd graph alive in the queue
+                call.output = None
             if self.gaussian:
                 dist = self.policy.action_dist.distribution
                 z = ((actions - dist.loc) / dist.scale).detach()
@@ -174,13 +192,38 @@ class SampleGeometry:
             pending.inputs = (obs, actions)
         return pending
 
-    def after_step(
-        self, pending: _Pending, optimizer: th.optim.Optimizer, clip_coef: Tensor
-    ) -> dict[str, Tensor]:
-        """The per-sample columns, using the optimizer state that the step just produced."""
-        k = pending.coef.shape[1]
-        batch = pending.coef.shape[0]
-        precond = _fresh_step_factor(optimizer)
+    def record(
+        self,
+        pending: _Pending,
+        optimizer: th.optim.Optimizer,
+        clip_coef: Tensor,
+        base: dict[str, Any],
+    ) -> None:
+        """Queue one optimizer step's samples; columns are computed in batches by :meth:`finish`.
+
+        ``base`` holds the minibatch's own columns (keys, advantage_used, ratio, clipped). On the fast
+        path only the optimizer's second moments are copied here; the Gram matrices of many
+        minibatches are then computed together with batched matmuls.
+        """
+        snap = self._snapshot(optimizer) if self.path == "linear" else None
+        if snap is None:
+            precond = _fresh_step_factor(optimizer)
+            cols = self._columns_now(pending, precond, clip_coef)
+            self._done.append({**base, **{k: v.numpy() for k, v in cols.items()}})
+            return
+        self._queue.append((pending, snap, float(clip_coef), base))
+        self._queued_elems += pending.coef.numel() * self._n_out
+        if self._queued_elems > self.max_queued_elements:
+            self._flush()
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Every recorded step's columns, in recording order; clears the queue."""
+        self._flush()
+        done, self._done = self._done, []
+        return done
+
+    def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
+        k, batch = pending.coef.shape[1], pending.coef.shape[0]
         if self.path == "linear":
             assert pending.calls is not None and pending.d is not None
             blocks = persample.linear_blocks(pending.calls, pending.d, k, precond)
@@ -191,7 +234,110 @@ class SampleGeometry:
         else:
             assert pending.params_before is not None
             gram = self._jacobian_gram(pending.params_before, pending.inputs, batch, k, precond)
-        return _columns(gram, pending, clip_coef)
+        return _columns(gram, pending.coef, pending.alpha, pending.ent_part, pending.ent_coef_logp, clip_coef)
+
+    def _snapshot(self, optimizer: th.optim.Optimizer) -> tuple[Tensor, float, float] | None:
+        """(second moments of all parameters, flat), Adam step and lr; None when the batched path
+        cannot be used for this step (not Adam, several groups, missing or unequal state)."""
+        if not self._adam or len(optimizer.param_groups) != 1:
+            return None
+        states = [optimizer.state.get(p) for p in self._opt_params]
+        if any(not st or "exp_avg_sq" not in st for st in states):
+            return None
+        step = float(states[0]["step"])
+        if any(float(st["step"]) != step for st in states[1:]):  # type: ignore[index]
+            return None
+        v = th.cat([st["exp_avg_sq"].reshape(-1) for st in states])  # type: ignore[index]
+        return v, step, float(optimizer.param_groups[0]["lr"])
+
+    def _flush(self) -> None:
+        """Compute the queued steps' columns, in chunks of steps with equal batch size."""
+        queue, self._queue, self._queued_elems = self._queue, [], 0
+        start = 0
+        while start < len(queue):
+            size = queue[start][0].coef.shape[0]
+            end = start
+            while end < len(queue) and queue[end][0].coef.shape[0] == size:
+                end += 1
+            self._flush_chunk(queue[start:end])
+            start = end
+
+    def _flush_chunk(self, chunk: list[tuple[_Pending, tuple[Tensor, float, float], float, dict[str, Any]]]) -> None:
+        m = len(chunk)
+        group = self._group
+        beta1, beta2 = group["betas"]
+        v = th.stack([c[1][0] for c in chunk])  # (M, N_params)
+        step = th.tensor([c[1][1] for c in chunk], dtype=th.float64)
+        lr = th.tensor([c[1][2] for c in chunk], dtype=th.float64)
+        scale = (lr * (1 - beta1) / (1 - beta1**step)).to(v.dtype)
+        bc2_sqrt = th.sqrt(1 - beta2**step).to(v.dtype)
+        # F = scale * P with P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps), as torch's Adam divides
+        f = scale[:, None] / (v.sqrt() / bc2_sqrt[:, None] + group["eps"])
+        f2 = f.square()
+        first = chunk[0][0]
+        k, batch = first.coef.shape[1], first.coef.shape[0]
+        g1 = th.zeros(m, batch, k, k)
+        gp2 = th.zeros(m, batch, k, k)
+        gp00 = th.zeros(m, batch)  # only <s, F s> is needed with Q = F (self_reinforcement)
+
+        def accumulate(d: dict[int, Tensor], w1: Tensor, qp: Tensor | None, qp2: Tensor) -> None:
+            keys = sorted(d)
+            for x, f in enumerate(keys):
+                for h in keys[x:]:
+                    prod = d[f] * d[h]  # (M, B, n)
+                    s1 = prod.sum(-1) * w1 if w1.dim() == 2 else (prod * w1).sum(-1)
+                    s2 = (prod * qp2).sum(-1)
+                    g1[:, :, f, h] += s1
+                    gp2[:, :, f, h] += s2
+                    if f != h:
+                        g1[:, :, h, f] += s1
+                        gp2[:, :, h, f] += s2
+                    elif f == 0 and qp is not None:
+                        gp00.add_((prod * qp).sum(-1))
+
+        for j, call in enumerate(first.calls or []):
+            parts = sorted(first.d[j])  # type: ignore[index]
+            if not parts:
+                continue
+            a2 = th.stack([c[0].calls[j].inputs for c in chunk]).square()  # (M, B, in)
+            d = {h: th.stack([c[0].d[j][h] for c in chunk]) for h in parts}  # (M, B, out) each
+            w, b = call.module.weight, call.module.bias
+            out_dim = call.module.out_features
+            need_qp = 0 in d
+            qp = th.zeros(m, batch, out_dim) if need_qp else None
+            qp2 = th.zeros(m, batch, out_dim)
+            w1 = th.zeros(m, batch)
+            if w.requires_grad:
+                lo, hi = self._offsets[id(w)]
+                if need_qp:
+                    qp = th.baddbmm(qp, a2, f[:, lo:hi].view(m, *w.shape).transpose(1, 2))
+                qp2 = th.baddbmm(qp2, a2, f2[:, lo:hi].view(m, *w.shape).transpose(1, 2))
+                w1 = w1 + a2.sum(-1)
+            if b is not None and b.requires_grad:
+                lo, hi = self._offsets[id(b)]
+                if need_qp:
+                    qp = qp + f[:, None, lo:hi]
+                qp2 = qp2 + f2[:, None, lo:hi]
+                w1 = w1 + 1.0
+            accumulate(d, w1, qp, qp2)
+        if first.direct is not None:
+            log_std = self.policy.log_std  # type: ignore[attr-defined]
+            lo, hi = self._offsets[id(log_std)]
+            d = {h: th.stack([c[0].direct[h] for c in chunk]) for h in first.direct}  # type: ignore[index]
+            accumulate(d, th.ones(m, batch, 1), f[:, None, lo:hi], f2[:, None, lo:hi])
+        gp = th.zeros(m, batch, k, k)
+        gp[:, :, 0, 0] = gp00
+        gram = persample.GramSet(g1.flatten(0, 1), gp.flatten(0, 1), gp2.flatten(0, 1))
+        coef = th.cat([c[0].coef for c in chunk])
+        alpha = th.cat([c[0].alpha for c in chunk])
+        ecl = first.ent_coef_logp is not None
+        ent_logp = th.cat([c[0].ent_coef_logp for c in chunk]) if ecl else None  # type: ignore[misc]
+        clip = th.tensor([c[2] for c in chunk]).repeat_interleave(first.coef.shape[0])
+        cols = _columns(gram, coef, alpha, first.ent_part, ent_logp, clip)
+        batch = first.coef.shape[0]
+        for i, c in enumerate(chunk):
+            sl = slice(i * batch, (i + 1) * batch)
+            self._done.append({**c[3], **{name: col[sl].numpy() for name, col in cols.items()}})
 
     def reset(self) -> None:
         """Forget the cached part supports (call at the start of each train())."""
@@ -279,23 +425,29 @@ def _fresh_step_factor(optimizer: th.optim.Optimizer) -> Any:
     return factor
 
 
-def _columns(gram: persample.GramSet, pending: _Pending, clip_coef: Tensor) -> dict[str, Tensor]:
-    c = pending.coef
-    g1 = gram.g1.clamp_min(0)
-    score_sq = g1[:, 0, 0]
-    score = score_sq.sqrt()
-    pg = pending.alpha.abs() * score
-    if pending.ent_part is not None:
-        ent = c[:, pending.ent_part].abs() * g1[:, pending.ent_part, pending.ent_part].sqrt()
-    elif pending.ent_coef_logp is not None:
-        ent = pending.ent_coef_logp.abs() * score
+def _columns(
+    gram: persample.GramSet,
+    c: Tensor,
+    alpha: Tensor,
+    ent_part: int | None,
+    ent_coef_logp: Tensor | None,
+    clip_coef: Tensor | float,
+) -> dict[str, Tensor]:
+    """The per-sample columns from the Gram matrices and the loss coefficients (see the schema)."""
+    g1 = gram.g1
+    score = g1[:, 0, 0].clamp_min(0).sqrt()
+    pg = alpha.abs() * score
+    if ent_part is not None:
+        ent = c[:, ent_part].abs() * g1[:, ent_part, ent_part].clamp_min(0).sqrt()
+    elif ent_coef_logp is not None:
+        ent = ent_coef_logp.abs() * score
     else:
         ent = th.zeros_like(score)
-    vf = c[:, -1].abs() * g1[:, -1, -1].sqrt()
-    total = persample.quad(gram.g1, c).clamp_min(0).sqrt()
+    vf = c[:, -1].abs() * g1[:, -1, -1].clamp_min(0).sqrt()
+    total = persample.quad(g1, c).clamp_min(0).sqrt()
     assert gram.gp is not None and gram.gp2 is not None
     adam = clip_coef * persample.quad(gram.gp2, c).clamp_min(0).sqrt()
-    self_reinf = -clip_coef * pending.alpha * gram.gp[:, 0, 0]
+    self_reinf = -clip_coef * alpha * gram.gp[:, 0, 0]
     return {
         "score_norm": score,
         "pg_grad_norm": pg,

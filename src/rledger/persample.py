@@ -62,7 +62,7 @@ class LinearCall:
     name: str
     module: nn.Linear
     inputs: Tensor  # (B, in), detached
-    output: Tensor  # (B, out), still in the autograd graph
+    output: Tensor | None  # (B, out), in the autograd graph; dropped once its gradients are taken
 
 
 @dataclass
@@ -113,7 +113,7 @@ def supports(parts: Sequence[Tensor], calls: Sequence[LinearCall]) -> list[set[i
     out = []
     for p in parts:
         nodes = graph_nodes(p)
-        out.append({j for j, c in enumerate(calls) if id(c.output.grad_fn) in nodes})
+        out.append({j for j, c in enumerate(calls) if c.output is not None and id(c.output.grad_fn) in nodes})
     return out
 
 
@@ -149,7 +149,10 @@ def output_grads(
             continue
         total = sum(parts[f].sum() for f in group)
         grads = torch.autograd.grad(
-            total, [calls[j].output for j in targets], retain_graph=True, allow_unused=True
+            total,
+            [calls[j].output for j in targets],  # type: ignore[misc]
+            retain_graph=True,
+            allow_unused=True,
         )
         for j, gj in zip(targets, grads, strict=True):
             if gj is None:

@@ -141,7 +141,6 @@ class InstrumentedPPO(PPO):
         recording = self._recording()
         geometry = self._geometry if recording and "samples" in self.record else None
         transitions = self._transition_columns() if recording and "transitions" in self.record else None
-        sample_rows: list[dict[str, Any]] = []
         update_rows: list[dict[str, Any]] = []
         grad_norms: list[float] = []
         clip_coefs: list[float] = []
@@ -285,24 +284,19 @@ class InstrumentedPPO(PPO):
                 )
                 if geometry is not None and pending is not None:
                     with th.no_grad():
-                        cols = geometry.after_step(pending, self.policy.optimizer, clip_coef)
                         clip_value = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                        clipped = ((advantages > 0) & (ratio > clip_value)) | (
-                            (advantages < 0) & (ratio < clip_value)
-                        )
-                    sample_rows.append(
-                        {
-                            "rollout": self._rollout,
-                            "epoch": epoch,
-                            "minibatch": minibatch,
-                            "t": rollout_data.t,
-                            "env": rollout_data.env,
-                            "advantage_used": advantages.detach(),
-                            "ratio": ratio.detach(),
-                            "clipped": clipped,
-                            **cols,
-                        }
-                    )
+                        clipped = ((advantages > 0) & (ratio > clip_value)) | ((advantages < 0) & (ratio < clip_value))
+                    base = {
+                        "rollout": self._rollout,
+                        "epoch": epoch,
+                        "minibatch": minibatch,
+                        "t": rollout_data.t,
+                        "env": rollout_data.env,
+                        "advantage_used": advantages.detach().numpy(),
+                        "ratio": ratio.detach().numpy(),
+                        "clipped": clipped.numpy(),
+                    }
+                    geometry.record(pending, self.policy.optimizer, clip_coef, base)
 
             self._n_updates += 1
             if not continue_training:
@@ -331,6 +325,7 @@ class InstrumentedPPO(PPO):
             self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
             self.logger.record("train/clip_coef", float(np.mean(clip_coefs)))
 
+        sample_rows = geometry.finish() if geometry is not None else []
         self._write_rollout(recording, transitions, sample_rows, update_rows)
 
     # ------------------------------------------------------------------ ledger output
@@ -433,22 +428,18 @@ def _opt_step(optimizer: th.optim.Optimizer) -> int:
 
 
 def _concat_samples(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    names = [c.name for c in schema.columns("samples")]
+    """One column array per samples column from the per-step dicts (scalars repeated per sample)."""
+    cols = schema.columns("samples")
     if not rows:
-        return {
-            n: np.zeros(0, dtype=c.dtype.to_pandas_dtype())
-            for n, c in zip(names, schema.columns("samples"), strict=True)
-        }
-    out: dict[str, np.ndarray] = {}
+        return {c.name: np.zeros(0, dtype=c.dtype.to_pandas_dtype()) for c in cols}
     sizes = [len(r["t"]) for r in rows]
-    for col in schema.columns("samples"):
+    out: dict[str, np.ndarray] = {}
+    for col in cols:
         dtype = col.dtype.to_pandas_dtype()
-        if col.name in ("rollout", "epoch", "minibatch"):
-            out[col.name] = np.repeat([r[col.name] for r in rows], sizes).astype(dtype)
-        elif col.name in ("t", "env"):
-            out[col.name] = np.concatenate([r[col.name] for r in rows]).astype(dtype)
+        if np.isscalar(rows[0][col.name]):
+            out[col.name] = np.repeat(np.array([r[col.name] for r in rows], dtype=dtype), sizes)
         else:
-            out[col.name] = th.cat([r[col.name].reshape(-1) for r in rows]).cpu().numpy().astype(dtype)
+            out[col.name] = np.concatenate([r[col.name] for r in rows]).astype(dtype, copy=False)
     return out
 
 
