@@ -45,6 +45,64 @@ class _Pending:
     inputs: Any = None
 
 
+@dataclass
+class LossTerms:
+    """The per-sample inputs of SB3's PPO loss for one minibatch (all ``(B,)`` tensors)."""
+
+    advantages: Tensor  # as used (normalized or not)
+    ratio: Tensor
+    clip_range: float
+    values: Tensor  # current V(s), flattened
+    old_values: Tensor
+    returns: Tensor
+    clip_range_vf: float | None
+    ent_coef: float
+    vf_coef: float
+
+
+def loss_coefficients(
+    terms: LossTerms, has_entropy: bool
+) -> tuple[Tensor, Tensor, int | None, Tensor | None]:
+    """Per-sample coefficients of the loss parts: ``d loss / d f_i`` for f in (log pi, [H], V).
+
+    Closed forms of the derivatives autograd takes through SB3's loss: the clipped surrogate
+    ``-mean(min(A r, A clamp(r)))`` gives ``-A r / B`` unless clipping is active (then 0; at the exact
+    clip bound ``min`` ties and ``clamp`` passes the gradient, so the sample is not clipped); the value
+    loss ``vf_coef * mean((R - V_pred)^2)`` gives ``2 vf_coef (V_pred - R) / B``, times 0 where
+    ``clip_range_vf`` clamps; the entropy loss ``-ent_coef * mean(H)`` gives ``-ent_coef / B`` (or
+    ``+ent_coef / B`` on log pi when the distribution has no analytic entropy).
+    Returns (coef ``(B, K)``, alpha ``(B,)``, index of the entropy part or None, entropy-on-log-pi
+    coefficient or None).
+    """
+    a, r = terms.advantages.detach(), terms.ratio.detach()
+    batch = a.shape[0]
+    clamped = th.clamp(r, 1 - terms.clip_range, 1 + terms.clip_range)
+    clipped = ((a > 0) & (r > clamped)) | ((a < 0) & (r < clamped))
+    alpha = th.where(clipped, th.zeros_like(r), -(a * r) / batch)
+    v = terms.values.detach()
+    if terms.clip_range_vf is None:
+        v_pred = v
+        vmask = None
+    else:
+        diff = v - terms.old_values
+        v_pred = terms.old_values + th.clamp(diff, -terms.clip_range_vf, terms.clip_range_vf)
+        vmask = (diff >= -terms.clip_range_vf) & (diff <= terms.clip_range_vf)
+    beta = (2.0 * terms.vf_coef / batch) * (v_pred - terms.returns)
+    if vmask is not None:
+        beta = th.where(vmask, beta, th.zeros_like(beta))
+    coefs = [alpha]
+    ent_part, ent_logp = None, None
+    if terms.ent_coef != 0:
+        if has_entropy:
+            ent_part = 1
+            coefs.append(th.full_like(alpha, -terms.ent_coef / batch))
+        else:
+            ent_logp = th.full_like(alpha, terms.ent_coef / batch)
+            coefs[0] = alpha + ent_logp
+    coefs.append(beta)
+    return th.stack(coefs, 1), alpha, ent_part, ent_logp
+
+
 class SampleGeometry:
     """Computes the per-sample gradient columns for one SB3 ``ActorCriticPolicy``.
 
@@ -139,36 +197,18 @@ class SampleGeometry:
         log_prob: Tensor,
         entropy: Tensor | None,
         values: Tensor,
-        policy_loss: Tensor,
-        entropy_loss: Tensor,
-        value_loss: Tensor,
-        ent_coef: float,
-        vf_coef: float,
+        terms: LossTerms,
     ) -> _Pending:
         """Per-sample loss coefficients and, on the fast path, Linear output gradients.
 
         Must run before ``loss.backward()`` frees the graph. Touches no ``.grad`` and no RNG.
         """
+        coef, alpha, ent_part, ent_coef_logp = loss_coefficients(terms, entropy is not None)
         parts: list[Tensor] = [log_prob]
-        outputs: list[Tensor] = [policy_loss]
-        ent_part = None
-        ent_coef_logp = None
-        if ent_coef != 0 and entropy is not None:
-            ent_part = 1
-            parts.append(entropy)
-            outputs.append(ent_coef * entropy_loss)
+        if ent_part is not None:
+            parts.append(entropy)  # type: ignore[arg-type]
         parts.append(values)
-        if vf_coef != 0:
-            outputs.append(vf_coef * value_loss)
-        # one backward over the scalar tail of the loss: d(loss terms)/d(log pi, H, V) per sample
-        coefs = list(
-            th.autograd.grad(outputs, parts, retain_graph=True, allow_unused=True, materialize_grads=True)
-        )
-        alpha = coefs[0]
-        if ent_coef != 0 and entropy is None:
-            ent_coef_logp = th.autograd.grad(ent_coef * entropy_loss, log_prob, retain_graph=True)[0]
-            coefs[0] = alpha + ent_coef_logp
-        pending = _Pending(th.stack(coefs, 1).detach(), alpha.detach(), ent_coef_logp, ent_part)
+        pending = _Pending(coef, alpha, ent_coef_logp, ent_part)
         if self.path == "linear":
             assert cap is not None
             calls = cap.calls

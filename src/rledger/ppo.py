@@ -27,10 +27,10 @@ from torch.nn import functional as F
 
 from rledger import __version__
 from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
-from rledger.geometry import SampleGeometry, UnsupportedPolicyError
+from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError
 from rledger.ledger import schema
 from rledger.ledger.writer import LedgerWriter
-from rledger.recorder import EpisodeTracker, RolloutArrays, StepRecorder, initial_state_ids
+from rledger.recorder import EpisodeTracker, RolloutArrays, StepRecorder, initial_state_ids, obs_hash_rows
 
 ALL_TABLES = schema.TABLES
 
@@ -79,6 +79,9 @@ class InstrumentedPPO(PPO):
         self._writer = LedgerWriter(ledger, self.info_keys, overwrite) if ledger is not None else None
         self._rollout = 0
         self._state_ids: np.ndarray | None = None
+        self._info_state_ids = False
+        self._started = False
+        self._pending_episodes: list[dict[str, Any]] = []
         self._episodes: EpisodeTracker | None = None
         self._arrays: RolloutArrays | None = None
         self._geometry: SampleGeometry | None = None
@@ -117,9 +120,11 @@ class InstrumentedPPO(PPO):
         out = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, *args, **kwargs)
         if self._episodes is None:
             self._episodes = EpisodeTracker(self.n_envs, self.info_keys)
-        if self._last_obs is not last_obs or self._state_ids is None:
+        if self._last_obs is not last_obs or not self._started:
             self._episodes.abandon_running()
-            self._state_ids = initial_state_ids(self.env, self._last_obs)
+            self._state_ids = initial_state_ids(self.env)
+            self._info_state_ids = self._state_ids is not None
+            self._started = True
         if self._writer is not None:
             self._writer.open(self._run_info(total_timesteps))
         return out
@@ -132,15 +137,23 @@ class InstrumentedPPO(PPO):
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: Any, n_rollout_steps: int
     ) -> bool:
         self._arrays = RolloutArrays(n_rollout_steps, env.num_envs, len(self.info_keys))
-        recorder = StepRecorder(callback, self, self._arrays, self._rollout)
-        return super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)
+        recorder = StepRecorder(callback, self, self._arrays)
+        complete = super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)
+        if not complete and self._episodes is not None:
+            # learn() stops without train(): keep episode counts right and its finished episodes
+            _, rows = self._episodes.consume(self._rollout, self._arrays)
+            self._pending_episodes.extend(rows)
+        return complete
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer (SB3's PPO.train, recorded)."""
         recording = self._recording()
+        assert self._episodes is not None and self._arrays is not None
+        episode_ids, finished = self._episodes.consume(self._rollout, self._arrays)
+        self._pending_episodes.extend(finished)
         geometry = self._geometry if recording and "samples" in self.record else None
-        transitions = self._transition_columns() if recording and "transitions" in self.record else None
+        transitions = self._transition_columns(episode_ids) if recording and "transitions" in self.record else None
         update_rows: list[dict[str, Any]] = []
         grad_norms: list[float] = []
         clip_coefs: list[float] = []
@@ -256,10 +269,13 @@ class InstrumentedPPO(PPO):
 
                 pending = None
                 if geometry is not None:
-                    pending = geometry.before_step(
-                        cap, rollout_data.observations, actions, log_prob, entropy, values,
-                        policy_loss, entropy_loss, value_loss, self.ent_coef, self.vf_coef,
+                    terms = LossTerms(
+                        advantages, ratio, clip_range, values, rollout_data.old_values, rollout_data.returns,
+                        clip_range_vf if self.clip_range_vf is not None else None, self.ent_coef, self.vf_coef,
                     )  # fmt: skip
+                    pending = geometry.before_step(
+                        cap, rollout_data.observations, actions, log_prob, entropy, values, terms
+                    )
 
                 # Optimization step
                 self.policy.optimizer.zero_grad()
@@ -329,7 +345,7 @@ class InstrumentedPPO(PPO):
         self._write_rollout(recording, transitions, sample_rows, update_rows)
 
     # ------------------------------------------------------------------ ledger output
-    def _transition_columns(self) -> dict[str, np.ndarray]:
+    def _transition_columns(self, episode_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Transitions of the rollout just collected (read before get() flattens the buffer)."""
         buf = self.rollout_buffer
         a = self._arrays
@@ -341,12 +357,16 @@ class InstrumentedPPO(PPO):
             "rollout": np.full(n_steps * n_envs, self._rollout, dtype=np.int32),
             "t": t_idx.reshape(-1).astype(np.int32),
             "env": env_idx.reshape(-1).astype(np.int16),
-            "episode": a.episode.reshape(-1),
-            "state_id": a.state_id.reshape(-1),
+            "episode": episode_ids.reshape(-1),
+            "state_id": (
+                a.state_id.reshape(-1)
+                if a.state_id is not None
+                else obs_hash_rows(buf.observations, n_steps * n_envs)
+            ),
             "action": buf.actions.reshape(n_steps * n_envs, -1).astype(np.float32),
             "reward": a.reward.reshape(-1),
             "gae_reward": buf.rewards.reshape(-1).astype(np.float32),
-            "terminated": a.terminated.reshape(-1),
+            "terminated": (a.done & ~a.truncated).reshape(-1),
             "truncated": a.truncated.reshape(-1),
             "value": buf.values.reshape(-1),
             "log_prob": buf.log_probs.reshape(-1),
@@ -367,7 +387,7 @@ class InstrumentedPPO(PPO):
         rollout = self._rollout
         self._rollout += 1
         writer = self._writer
-        episodes = self._episodes.pop() if self._episodes is not None else []
+        episodes, self._pending_episodes = self._pending_episodes, []
         if writer is None:
             return
         if transitions is not None:

@@ -1,116 +1,131 @@
 """Step-level recording during rollout collection: transitions' env-side columns and episodes.
 
 :class:`StepRecorder` wraps the callback that SB3's ``collect_rollouts`` drives. SB3 hands the
-callback the loop's locals right after ``env.step``; the recorder copies what it needs (the env's raw
-rewards, dones, infos) into preallocated arrays before SB3 adds the timeout bootstrap to the rewards,
-then delegates to the user's callback.
+callback the loop's locals right after ``env.step``; the recorder copies the env's raw rewards and
+dones (before SB3 adds the timeout bootstrap to the rewards) into preallocated arrays, then delegates
+to the user's callback. Per step it does only array copies; episodes and observation hashes are
+computed for the whole rollout at once in :func:`finish_rollout`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
 
-def obs_hash(obs: Any) -> int:
-    """64-bit identity of one observation: the first 8 bytes of BLAKE2b of its bytes, as int64."""
+
+def obs_hash_rows(obs: Any, n: int) -> np.ndarray:
+    """64-bit identity of each of ``n`` observations (rows), as int64.
+
+    The observation's bytes, zero-padded to whole 8-byte words, are folded FNV-1a style word by word
+    (``h = (h ^ w) * 0x100000001b3`` from ``0xcbf29ce484222325``), then mixed with the splitmix64
+    finalizer. Dict observations hash the concatenated bytes of their keys in sorted order.
+    """
     if isinstance(obs, dict):
-        data = b"".join(np.ascontiguousarray(obs[k]).tobytes() for k in sorted(obs))
+        raw = np.concatenate([_bytes_rows(obs[k], n) for k in sorted(obs)], axis=1)
     else:
-        data = np.ascontiguousarray(obs).tobytes()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+        raw = _bytes_rows(obs, n)
+    pad = (-raw.shape[1]) % 8
+    if pad:
+        raw = np.concatenate([raw, np.zeros((n, pad), dtype=np.uint8)], axis=1)
+    words = np.ascontiguousarray(raw).view(np.uint64)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for w in range(words.shape[1]):
+            h = (h ^ words[:, w]) * _FNV_PRIME
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h.view(np.int64)
 
 
-def _row(obs: Any, i: int) -> Any:
-    if isinstance(obs, dict):
-        return {k: v[i] for k, v in obs.items()}
-    return obs[i]
+def _bytes_rows(arr: Any, n: int) -> np.ndarray:
+    a = np.ascontiguousarray(np.asarray(arr).reshape(n, -1))
+    return a.view(np.uint8).reshape(n, -1)
 
 
-@dataclass
+class RolloutArrays:
+    """Env-side columns of one rollout, shape ``(n_steps, n_envs)``, filled step by step."""
+
+    def __init__(self, n_steps: int, n_envs: int, n_info: int):
+        self.reward = np.zeros((n_steps, n_envs), dtype=np.float32)
+        self.done = np.zeros((n_steps, n_envs), dtype=bool)
+        self.truncated = np.zeros((n_steps, n_envs), dtype=bool)
+        self.info = np.zeros((n_steps, n_envs, n_info), dtype=np.float64)
+        self.state_id: np.ndarray | None = None  # filled only when the env provides info["state_id"]
+        self.filled = 0
+
+
 class EpisodeTracker:
-    """Per-env running episode counters and sums; emits a row for every finished episode."""
+    """Per-env episode counters and running sums carried across rollouts."""
 
-    n_envs: int
-    info_keys: tuple[str, ...]
-    episode: np.ndarray = field(init=False)
-    ret: np.ndarray = field(init=False)
-    length: np.ndarray = field(init=False)
-    sums: np.ndarray = field(init=False)
-    finished: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.episode = np.zeros(self.n_envs, dtype=np.int64)
-        self.ret = np.zeros(self.n_envs, dtype=np.float64)
-        self.length = np.zeros(self.n_envs, dtype=np.int32)
-        self.sums = np.zeros((self.n_envs, len(self.info_keys)), dtype=np.float64)
+    def __init__(self, n_envs: int, info_keys: tuple[str, ...]):
+        self.info_keys = info_keys
+        self.episode = np.zeros(n_envs, dtype=np.int64)
+        self.ret = np.zeros(n_envs, dtype=np.float64)
+        self.length = np.zeros(n_envs, dtype=np.int64)
+        self.sums = np.zeros((n_envs, len(info_keys)), dtype=np.float64)
 
     def abandon_running(self) -> None:
         """The env was reset outside an episode end (a new learn()): running episodes are dropped."""
-        started = self.length > 0
-        self.episode[started] += 1
+        self.episode[self.length > 0] += 1
         self.ret[:] = 0
         self.length[:] = 0
         self.sums[:] = 0
 
-    def step(
-        self,
-        rollout: int,
-        rewards: np.ndarray,
-        dones: np.ndarray,
-        terminated: np.ndarray,
-        metrics: np.ndarray,
-    ) -> None:
-        self.ret += rewards
-        self.length += 1
-        self.sums += metrics
-        for i in np.flatnonzero(dones):
-            row = {
-                "rollout": rollout,
-                "env": i,
-                "episode": int(self.episode[i]),
-                "return": float(self.ret[i]),
-                "length": int(self.length[i]),
-                "terminated": bool(terminated[i]),
-            }
-            row.update({k: float(self.sums[i, j]) for j, k in enumerate(self.info_keys)})
-            self.finished.append(row)
-            self.episode[i] += 1
-            self.ret[i] = 0
-            self.length[i] = 0
-            self.sums[i] = 0
-
-    def pop(self) -> list[dict[str, Any]]:
-        rows, self.finished = self.finished, []
-        return rows
-
-
-class RolloutArrays:
-    """Env-side columns of one rollout, shape ``(n_steps, n_envs)``."""
-
-    def __init__(self, n_steps: int, n_envs: int, n_info: int):
-        self.episode = np.zeros((n_steps, n_envs), dtype=np.int64)
-        self.state_id = np.zeros((n_steps, n_envs), dtype=np.int64)
-        self.reward = np.zeros((n_steps, n_envs), dtype=np.float32)
-        self.terminated = np.zeros((n_steps, n_envs), dtype=bool)
-        self.truncated = np.zeros((n_steps, n_envs), dtype=bool)
-        self.info = np.zeros((n_steps, n_envs, n_info), dtype=np.float64)
-        self.filled = 0
+    def consume(self, rollout: int, a: RolloutArrays) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Episode index of every step of the rollout, ``(n_steps, n_envs)``, and the finished episodes."""
+        n_steps, n_envs = a.reward.shape
+        done = a.done[: a.filled]
+        # episode of step t: the counter at the rollout's start plus the episodes ended before t
+        ended_before = np.cumsum(done, axis=0) - done
+        episode = np.zeros((n_steps, n_envs), dtype=np.int64)
+        episode[: a.filled] = self.episode[None, :] + ended_before
+        rows: list[dict[str, Any]] = []
+        reward = a.reward[: a.filled].astype(np.float64)
+        info = a.info[: a.filled]
+        for e in range(n_envs):
+            start = 0
+            for t in np.flatnonzero(done[:, e]):
+                ret = self.ret[e] + reward[start : t + 1, e].sum()
+                length = self.length[e] + (t + 1 - start)
+                sums = self.sums[e] + info[start : t + 1, e].sum(axis=0)
+                row = {
+                    "rollout": rollout,
+                    "env": e,
+                    "episode": int(self.episode[e]),
+                    "return": float(ret),
+                    "length": int(length),
+                    "terminated": not bool(a.truncated[t, e]),
+                }
+                row.update({k: float(sums[j]) for j, k in enumerate(self.info_keys)})
+                rows.append(row)
+                self.episode[e] += 1
+                self.ret[e] = self.length[e] = 0
+                self.sums[e] = 0
+                start = t + 1
+            self.ret[e] += reward[start:, e].sum()
+            self.length[e] += a.filled - start
+            self.sums[e] += info[start:, e].sum(axis=0)
+        rows.sort(key=lambda r: (r["env"], r["episode"]))
+        return episode, rows
 
 
 class StepRecorder(BaseCallback):
-    """Wraps a callback; records every env step of the rollout being collected."""
+    """Wraps a callback; copies every env step of the rollout being collected into arrays."""
 
-    def __init__(self, inner: BaseCallback, model: Any, arrays: RolloutArrays, rollout: int):
+    def __init__(self, inner: BaseCallback, model: Any, arrays: RolloutArrays):
         super().__init__()
         self.inner = inner
         self.model_ref = model
         self.arrays = arrays
-        self.rollout = rollout
+        self._locals: dict[str, Any] = {}
 
     def update_locals(self, locals_: dict[str, Any]) -> None:
         self._locals = locals_
@@ -130,51 +145,51 @@ class StepRecorder(BaseCallback):
         return True
 
     def _record(self, loc: dict[str, Any]) -> None:
-        m = self.model_ref
-        t = int(loc["n_steps"])
+        t = loc["n_steps"]
         a = self.arrays
-        rewards = np.asarray(loc["rewards"], dtype=np.float32).copy()
-        dones = np.asarray(loc["dones"], dtype=bool)
+        dones = loc["dones"]
         infos: list[dict[str, Any]] = loc["infos"]
-        truncated = np.array(
-            [bool(d and info.get("TimeLimit.truncated", False)) for d, info in zip(dones, infos, strict=True)]
-        )
-        terminated = dones & ~truncated
-        metrics = np.zeros((len(infos), len(m.info_keys)), dtype=np.float64)
-        for j, key in enumerate(m.info_keys):
-            for i, info in enumerate(infos):
-                if key not in info:
-                    raise KeyError(
-                        f"info_keys: the env's info at step {t} of env {i} has no key {key!r} "
-                        f"(keys: {sorted(info)}); name only scalar keys present on every step"
-                    )
-                metrics[i, j] = float(info[key])
-        tracker: EpisodeTracker = m._episodes
-        a.episode[t] = tracker.episode
-        a.state_id[t] = m._state_ids
-        a.reward[t] = rewards
-        a.terminated[t] = terminated
-        a.truncated[t] = truncated
-        a.info[t] = metrics
+        a.reward[t] = loc["rewards"]  # copied now: SB3 adds the timeout bootstrap in place afterwards
+        a.done[t] = dones
         a.filled = t + 1
-        tracker.step(self.rollout, rewards.astype(np.float64), dones, terminated, metrics)
-        m._state_ids = next_state_ids(loc["env"], loc["new_obs"], infos, dones)
+        if dones.any():
+            for i in np.flatnonzero(dones):
+                a.truncated[t, i] = bool(infos[i].get("TimeLimit.truncated", False))
+        m = self.model_ref
+        for j, key in enumerate(m.info_keys):
+            try:
+                a.info[t, :, j] = [info[key] for info in infos]
+            except KeyError:
+                missing = next(i for i, info in enumerate(infos) if key not in info)
+                raise KeyError(
+                    f"info_keys: the env's info at step {t} of env {missing} has no key {key!r} "
+                    f"(keys: {sorted(infos[missing])}); name only scalar keys present on every step"
+                ) from None
+        if m._info_state_ids:
+            if a.state_id is None:
+                a.state_id = np.zeros(a.reward.shape, dtype=np.int64)
+            a.state_id[t] = m._state_ids
+            m._state_ids = next_state_ids(loc["env"], infos, dones)
 
 
-def next_state_ids(env: Any, new_obs: Any, infos: list[dict[str, Any]], dones: np.ndarray) -> np.ndarray:
-    """State ids of the observations the policy sees next (after any automatic reset)."""
+def next_state_ids(env: Any, infos: list[dict[str, Any]], dones: np.ndarray) -> np.ndarray:
+    """``info["state_id"]`` of the observations the policy sees next (after any automatic reset)."""
     reset_infos = getattr(env, "reset_infos", None)
     out = np.zeros(len(infos), dtype=np.int64)
     for i, info in enumerate(infos):
         src = reset_infos[i] if (dones[i] and reset_infos is not None) else info
-        out[i] = int(src["state_id"]) if "state_id" in src else obs_hash(_row(new_obs, i))
+        if "state_id" not in src:
+            raise KeyError(
+                f"env {i} gave info['state_id'] on some steps but not on this one; provide it on every "
+                "step and in reset() infos, or never"
+            )
+        out[i] = int(src["state_id"])
     return out
 
 
-def initial_state_ids(env: Any, obs: Any) -> np.ndarray:
-    reset_infos = getattr(env, "reset_infos", None) or [{} for _ in range(env.num_envs)]
-    out = np.zeros(env.num_envs, dtype=np.int64)
-    for i in range(env.num_envs):
-        info = reset_infos[i] if i < len(reset_infos) else {}
-        out[i] = int(info["state_id"]) if "state_id" in info else obs_hash(_row(obs, i))
-    return out
+def initial_state_ids(env: Any) -> np.ndarray | None:
+    """``info["state_id"]`` of each env's first observation, or None when the env gives none."""
+    reset_infos = getattr(env, "reset_infos", None)
+    if not reset_infos or not all("state_id" in info for info in reset_infos):
+        return None
+    return np.array([int(info["state_id"]) for info in reset_infos], dtype=np.int64)
