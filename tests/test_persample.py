@@ -29,6 +29,7 @@ CASES = {
         env="CartPole-v1",
         n_envs=4,
         ent_coef=0.01,
+        reuse=False,  # the entropy shares the actor's layers with log pi: one extra backward
         policy_kwargs=dict(net_arch=dict(pi=[32, 16], vf=[24]), activation_fn=th.nn.ReLU),
     ),
     "pendulum-tanh": dict(env="Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32])),
@@ -42,6 +43,7 @@ CASES = {
     "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=5000),
     "shared-linear-extractor-ent": dict(
         env="CartPole-v1",
+        reuse=False,
         ent_coef=0.05,
         policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
     ),
@@ -51,6 +53,7 @@ CASES = {
         ent_coef=0.01,
         policy_kwargs=dict(features_extractor_class=ConvExtractor, net_arch=[16]),
         path="generic",
+        reuse=False,
     ),
     "dict-obs": dict(env="CartPole-v1", wrapper=DictObs, policy="MultiInputPolicy"),
 }
@@ -64,6 +67,7 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     expect_path = case.pop("path", "linear")
     policy = case.pop("policy", "MlpPolicy")
     queue = case.pop("queue", None)
+    reuse = case.pop("reuse", True)
     model = InstrumentedPPO(
         policy, env, n_steps=n_steps, batch_size=32, n_epochs=4, learning_rate=1e-2, seed=1,
         ledger=tmp_path / "run", **case,
@@ -73,6 +77,7 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
         model._geometry.max_queued_elements = queue
     tape = StepTape(model).install()
     model.learn(n_steps * env.num_envs)
+    assert model._geometry._reuse == reuse
     return model, tape, Ledger(tmp_path / "run")
 
 
@@ -98,6 +103,8 @@ def test_columns_match_naive_loop(tmp_path, name):
         print(f"{name} {col}: max relative error {rel.max():.2e}")
         assert rel.max() <= 1e-5, f"{col}: max relative error {rel.max():.3g}"
     assert (samples.clipped.to_numpy() == ref.clipped.to_numpy()).all()
+    if name == "cartpole-default-tanh-clip":  # the reuse path's exact score for clipped samples is used
+        assert samples.clipped.sum() > 10
     ups = updates[~updates.stopped_early]
     per_step = ref.groupby(["epoch", "minibatch"], sort=False)[["grad_norm", "clip_coef"]].first()
     np.testing.assert_allclose(ups.grad_norm.to_numpy(), per_step.grad_norm.to_numpy(), rtol=1e-5)

@@ -43,6 +43,10 @@ class _Pending:
     direct: dict[int, Tensor] | None = None  # per-sample log_std gradients (fast path, Gaussian)
     params_before: dict[str, Tensor] | None = None  # generic path
     inputs: Any = None
+    # reuse path: cotangents of the Linear outputs captured from the training backward itself
+    d_loss: dict[int, Tensor] | None = None
+    layer_part: list[int | None] | None = None
+    params_list: list[Tensor] | None = None  # parameters before the step (score of clipped samples)
 
 
 @dataclass
@@ -119,8 +123,11 @@ class SampleGeometry:
         self.gaussian = type(policy.action_dist) is DiagGaussianDistribution
         self.path = self._choose_path()
         self._support: list[set[int]] | None = None
+        self.reuse_enabled = True
+        self._reuse = False
+        self._layer_part: list[int | None] = []
         # batched fast path: queue of recorded steps, flat layout of the optimizer's parameters
-        self.max_queued_elements = 1 << 23
+        self.max_queued_elements = 1 << 25
         self._queue: list[Any] = []
         self._queued_elems = 0
         self._done: list[dict[str, Any]] = []
@@ -132,6 +139,10 @@ class SampleGeometry:
         for p in self._opt_params:
             self._offsets[id(p)] = (pos, pos + p.numel())
             pos += p.numel()
+        self._opt_detached = [p.detach() for p in self._opt_params]
+        self._steps_checked = False
+        names = {id(p): n for n, p in policy.named_parameters()}
+        self._opt_names = [names[id(p)] for p in self._opt_params]
         self._n_out = sum(m.out_features for m in self.linears.values()) + (
             int(policy.log_std.numel()) if self.gaussian else 0  # type: ignore[attr-defined]
         )
@@ -214,10 +225,28 @@ class SampleGeometry:
             calls = cap.calls
             if self._support is None:
                 self._support = persample.supports(parts, calls)
+                per_layer = [
+                    [f for f, sup in enumerate(self._support) if j in sup] for j in range(len(calls))
+                ]
+                # the training backward alone suffices when no layer mixes two parts
+                self._reuse = (
+                    self.reuse_enabled and ent_coef_logp is None and all(len(x) <= 1 for x in per_layer)
+                )
+                self._layer_part = [x[0] if x else None for x in per_layer]
             pending.calls = calls
-            pending.d = persample.output_grads(parts, calls, self._support)
-            for call in calls:  # do not keep the minibatch's autograd graph alive in the queue
-                call.output = None
+            if self._reuse:
+                pending.d_loss = {}
+                pending.layer_part = self._layer_part
+                for j, call in enumerate(calls):
+                    if call.output is not None and self._layer_part[j] is not None:
+                        call.output.register_hook(_keep_grad(pending.d_loss, j))
+                if bool((alpha == 0).any()):  # clipped samples: their score needs the pre-step parameters
+                    pending.params_list = th._foreach_mul(self._opt_detached, 1.0)
+                    pending.inputs = (obs, actions)
+            else:
+                pending.d = persample.output_grads(parts, calls, self._support)
+                for call in calls:  # do not keep the minibatch's autograd graph alive in the queue
+                    call.output = None
             if self.gaussian:
                 dist = self.policy.action_dist.distribution
                 z = ((actions - dist.loc) / dist.scale).detach()
@@ -245,7 +274,14 @@ class SampleGeometry:
         path only the optimizer's second moments are copied here; the Gram matrices of many
         minibatches are then computed together with batched matmuls.
         """
+        for call in pending.calls or ():
+            call.output = None  # the training backward has run: release the graph
         snap = self._snapshot(optimizer) if self.path == "linear" else None
+        if snap is None and pending.d_loss is not None:
+            raise UnsupportedPolicyError(
+                "optimizer state is not batchable (several parameter groups or unequal Adam steps); "
+                "set SampleGeometry.reuse_enabled = False"
+            )
         if snap is None:
             precond = _fresh_step_factor(optimizer)
             cols = self._columns_now(pending, precond, clip_coef)
@@ -276,18 +312,20 @@ class SampleGeometry:
             gram = self._jacobian_gram(pending.params_before, pending.inputs, batch, k, precond)
         return _columns(gram, pending.coef, pending.alpha, pending.ent_part, pending.ent_coef_logp, clip_coef)
 
-    def _snapshot(self, optimizer: th.optim.Optimizer) -> tuple[Tensor, float, float] | None:
-        """(second moments of all parameters, flat), Adam step and lr; None when the batched path
-        cannot be used for this step (not Adam, several groups, missing or unequal state)."""
+    def _snapshot(self, optimizer: th.optim.Optimizer) -> tuple[list[Tensor], float, float] | None:
+        """(copies of the second moments of all parameters), Adam step and lr; None when the batched
+        path cannot be used (not Adam, several groups, missing or unequal state)."""
         if not self._adam or len(optimizer.param_groups) != 1:
             return None
         states = [optimizer.state.get(p) for p in self._opt_params]
         if any(not st or "exp_avg_sq" not in st for st in states):
             return None
-        step = float(states[0]["step"])
-        if any(float(st["step"]) != step for st in states[1:]):  # type: ignore[index]
-            return None
-        v = th.cat([st["exp_avg_sq"].reshape(-1) for st in states])  # type: ignore[index]
+        step = float(states[0]["step"])  # type: ignore[index]
+        if not self._steps_checked:  # all parameters step together (checked once per train())
+            if any(float(st["step"]) != step for st in states[1:]):  # type: ignore[index]
+                return None
+            self._steps_checked = True
+        v = th._foreach_mul([st["exp_avg_sq"] for st in states], 1.0)  # type: ignore[index]
         return v, step, float(optimizer.param_groups[0]["lr"])
 
     def _flush(self) -> None:
@@ -302,18 +340,16 @@ class SampleGeometry:
             self._flush_chunk(queue[start:end])
             start = end
 
-    def _flush_chunk(self, chunk: list[tuple[_Pending, tuple[Tensor, float, float], float, dict[str, Any]]]) -> None:
+    def _flush_chunk(
+        self, chunk: list[tuple[_Pending, tuple[Tensor, float, float], float, dict[str, Any]]]
+    ) -> None:
+        if chunk[0][0].d_loss is not None:
+            self._flush_reuse_chunk(chunk)
+            return
         m = len(chunk)
         group = self._group
         beta1, beta2 = group["betas"]
-        v = th.stack([c[1][0] for c in chunk])  # (M, N_params)
-        step = th.tensor([c[1][1] for c in chunk], dtype=th.float64)
-        lr = th.tensor([c[1][2] for c in chunk], dtype=th.float64)
-        scale = (lr * (1 - beta1) / (1 - beta1**step)).to(v.dtype)
-        bc2_sqrt = th.sqrt(1 - beta2**step).to(v.dtype)
-        # F = scale * P with P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps), as torch's Adam divides
-        f = scale[:, None] / (v.sqrt() / bc2_sqrt[:, None] + group["eps"])
-        f2 = f.square()
+        fac = self._adam_factors(chunk)
         first = chunk[0][0]
         k, batch = first.coef.shape[1], first.coef.shape[0]
         g1 = th.zeros(m, batch, k, k)
@@ -348,23 +384,22 @@ class SampleGeometry:
             qp2 = th.zeros(m, batch, out_dim)
             w1 = th.zeros(m, batch)
             if w.requires_grad:
-                lo, hi = self._offsets[id(w)]
+                fw, fw2 = fac[id(w)]
                 if need_qp:
-                    qp = th.baddbmm(qp, a2, f[:, lo:hi].view(m, *w.shape).transpose(1, 2))
-                qp2 = th.baddbmm(qp2, a2, f2[:, lo:hi].view(m, *w.shape).transpose(1, 2))
+                    qp = th.baddbmm(qp, a2, fw.transpose(1, 2))
+                qp2 = th.baddbmm(qp2, a2, fw2.transpose(1, 2))
                 w1 = w1 + a2.sum(-1)
             if b is not None and b.requires_grad:
-                lo, hi = self._offsets[id(b)]
+                fb, fb2 = fac[id(b)]
                 if need_qp:
-                    qp = qp + f[:, None, lo:hi]
-                qp2 = qp2 + f2[:, None, lo:hi]
+                    qp = qp + fb[:, None, :]
+                qp2 = qp2 + fb2[:, None, :]
                 w1 = w1 + 1.0
             accumulate(d, w1, qp, qp2)
         if first.direct is not None:
-            log_std = self.policy.log_std  # type: ignore[attr-defined]
-            lo, hi = self._offsets[id(log_std)]
+            fl, fl2 = fac[id(self.policy.log_std)]  # type: ignore[attr-defined]
             d = {h: th.stack([c[0].direct[h] for c in chunk]) for h in first.direct}  # type: ignore[index]
-            accumulate(d, th.ones(m, batch, 1), f[:, None, lo:hi], f2[:, None, lo:hi])
+            accumulate(d, th.ones(m, batch, 1), fl[:, None, :], fl2[:, None, :])
         gp = th.zeros(m, batch, k, k)
         gp[:, :, 0, 0] = gp00
         gram = persample.GramSet(g1.flatten(0, 1), gp.flatten(0, 1), gp2.flatten(0, 1))
@@ -379,9 +414,164 @@ class SampleGeometry:
             sl = slice(i * batch, (i + 1) * batch)
             self._done.append({**c[3], **{name: col[sl].numpy() for name, col in cols.items()}})
 
+    def _adam_factors(self, chunk: list[Any]) -> dict[int, tuple[Tensor, Tensor]]:
+        """``F = scale * P`` and ``F**2`` of every parameter for every queued step, ``(M, *shape)``."""
+        group = self._group
+        beta1, beta2 = group["betas"]
+        step = th.tensor([c[1][1] for c in chunk], dtype=th.float64)
+        lr = th.tensor([c[1][2] for c in chunk], dtype=th.float64)
+        scale = (lr * (1 - beta1) / (1 - beta1**step)).to(th.float32)
+        bc2_sqrt = th.sqrt(1 - beta2**step).to(th.float32)
+        out = {}
+        for n, p in enumerate(self._opt_params):
+            v = th.stack([c[1][0][n] for c in chunk])  # (M, *shape)
+            shape = (-1,) + (1,) * p.dim()
+            # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps), as torch's Adam divides
+            f = scale.view(shape) / (v.sqrt() / bc2_sqrt.view(shape) + group["eps"])
+            out[id(p)] = (f, f.square())
+        return out
+
+    def _flush_reuse_chunk(self, chunk: list[Any]) -> None:
+        """Columns from the training backward's own cotangents ``D = c^f d^f`` (one part per layer).
+
+        With scaled Gram matrices ``G~ = c c^T * G``: pg = sqrt(G~1[s,s]), score = pg / |alpha|,
+        self_reinforcement = -clip * G~F[s,s] / alpha; samples with alpha = 0 (clipped) get their
+        score norm from exact per-sample gradients at the pre-step parameters.
+        """
+        m = len(chunk)
+        first = chunk[0][0]
+        k, batch = first.coef.shape[1], first.coef.shape[0]
+        fac = self._adam_factors(chunk)
+        coef = th.stack([c[0].coef for c in chunk])  # (M, B, K)
+        g1 = th.zeros(m, batch, k, k)
+        gp2 = th.zeros(m, batch, k, k)
+        gp00 = th.zeros(m, batch)
+        for j, call in enumerate(first.calls or []):
+            part = first.layer_part[j]  # type: ignore[index]
+            if part is None:
+                continue
+            zeros = None
+            ds = []
+            for c in chunk:
+                dj = c[0].d_loss.get(j)
+                if dj is None:
+                    zeros = th.zeros(batch, call.module.out_features) if zeros is None else zeros
+                    dj = zeros
+                ds.append(dj)
+            d2 = th.stack(ds).square()  # (M, B, out)
+            a2 = th.stack([c[0].calls[j].inputs for c in chunk]).square()
+            w, b = call.module.weight, call.module.bias
+            w1 = th.zeros(m, batch)
+            qp2 = th.zeros_like(d2)
+            qp = th.zeros_like(d2) if part == 0 else None
+            if w.requires_grad:
+                fw, fw2 = fac[id(w)]
+                qp2 = th.baddbmm(qp2, a2, fw2.transpose(1, 2))
+                if qp is not None:
+                    qp = th.baddbmm(qp, a2, fw.transpose(1, 2))
+                w1 = w1 + a2.sum(-1)
+            if b is not None and b.requires_grad:
+                fb, fb2 = fac[id(b)]
+                qp2 = qp2 + fb2[:, None, :]
+                if qp is not None:
+                    qp = qp + fb[:, None, :]
+                w1 = w1 + 1.0
+            g1[:, :, part, part] += d2.sum(-1) * w1
+            gp2[:, :, part, part] += (d2 * qp2).sum(-1)
+            if qp is not None:
+                gp00 += (d2 * qp).sum(-1)
+        if first.direct is not None:
+            fl, fl2 = fac[id(self.policy.log_std)]  # type: ignore[attr-defined]
+            fl, fl2 = fl[:, None, :], fl2[:, None, :]
+            u = {h: th.stack([c[0].direct[h] for c in chunk]) * coef[:, :, h, None] for h in first.direct}
+            keys = sorted(u)
+            for x, p1 in enumerate(keys):
+                for p2 in keys[x:]:
+                    prod = u[p1] * u[p2]
+                    s1, s2 = prod.sum(-1), (prod * fl2).sum(-1)
+                    g1[:, :, p1, p2] += s1
+                    gp2[:, :, p1, p2] += s2
+                    if p1 != p2:
+                        g1[:, :, p2, p1] += s1
+                        gp2[:, :, p2, p1] += s2
+                    elif p1 == 0:
+                        gp00 += (prod * fl).sum(-1)
+        alpha = coef[..., 0]
+        clip = th.tensor([c[2] for c in chunk])[:, None]
+        live = alpha != 0
+        safe = th.where(live, alpha, th.ones_like(alpha))
+        pg = g1[..., 0, 0].clamp_min(0).sqrt()
+        score = th.where(live, pg / safe.abs(), th.zeros_like(pg))
+        if not bool(live.all()):
+            score[~live] = self._score_norms(chunk, ~live)
+        ones = th.ones(k)
+        cols = {
+            "score_norm": score,
+            "pg_grad_norm": pg,
+            "entropy_grad_norm": (
+                g1[..., first.ent_part, first.ent_part].clamp_min(0).sqrt()
+                if first.ent_part is not None
+                else th.zeros_like(pg)
+            ),
+            "value_grad_norm": g1[..., -1, -1].clamp_min(0).sqrt(),
+            "loss_grad_norm": (g1 @ ones @ ones).clamp_min(0).sqrt(),
+            "adam_update_norm": clip * (gp2 @ ones @ ones).clamp_min(0).sqrt(),
+            "self_reinforcement": th.where(live, -clip * gp00 / safe, th.zeros_like(pg)),
+        }
+        for i, c in enumerate(chunk):
+            self._done.append({**c[3], **{name: col[i].numpy() for name, col in cols.items()}})
+
+    def _score_norms(self, chunk: list[Any], mask: Tensor) -> Tensor:
+        """||grad log pi|| of the masked samples, exact, at each sample's own pre-step parameters."""
+        idx = mask.nonzero()  # (C, 2): (step in chunk, sample)
+        steps, pick = idx[:, 0], idx[:, 1]
+        needed = th.unique(steps)  # steps holding clipped samples; they kept their parameters
+        lut = th.full((len(chunk),), -1, dtype=th.long)
+        lut[needed] = th.arange(len(needed))
+        local = lut[steps]
+        sub = [chunk[i][0] for i in needed.tolist()]
+        # only parameters log pi depends on vary per sample; the others enter with zero gradient
+        score_params = self._score_param_index(chunk[0][0])
+        params = {
+            name: th.stack([pd.params_list[n] for pd in sub])[local]
+            for n, name in enumerate(self._opt_names)
+            if n in score_params
+        }
+        fixed = {
+            name: p.detach()
+            for n, (name, p) in enumerate(zip(self._opt_names, self._opt_params, strict=True))
+            if n not in score_params
+        }
+        obs = th.utils._pytree.tree_map(lambda *xs: th.stack(xs)[local, pick], *[pd.inputs[0] for pd in sub])
+        act = th.stack([pd.inputs[1] for pd in sub])[local, pick]
+        policy = self.policy
+
+        def logp(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
+            o1, a1 = th.utils._pytree.tree_map(lambda x: x.unsqueeze(0), (o, a))
+            return _call(policy, {**p, **fixed}, o1, a1)[1].reshape(())
+
+        old = th.distributions.Distribution._validate_args
+        th.distributions.Distribution.set_default_validate_args(False)
+        try:
+            grads = th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
+        finally:
+            th.distributions.Distribution.set_default_validate_args(old)
+        return sum(g.reshape(len(idx), -1).square().sum(1) for g in grads.values()).sqrt()  # type: ignore[union-attr]
+
+    def _score_param_index(self, pending: _Pending) -> set[int]:
+        """Indices (in optimizer order) of the parameters of the layers that log pi flows through."""
+        owners: set[int] = set()
+        for j, c in enumerate(pending.calls or []):
+            if self._layer_part[j] == 0:
+                owners |= {id(p) for p in c.module.parameters()}
+        if self.gaussian:
+            owners.add(id(self.policy.log_std))  # type: ignore[attr-defined]
+        return {n for n, p in enumerate(self._opt_params) if id(p) in owners}
+
     def reset(self) -> None:
         """Forget the cached part supports (call at the start of each train())."""
         self._support = None
+        self._steps_checked = False
 
     # ------------------------------------------------------------------ generic path
     def _params_now(self) -> dict[str, Tensor]:
@@ -418,6 +608,13 @@ class SampleGeometry:
             )
         finally:
             th.distributions.Distribution.set_default_validate_args(old)
+
+
+def _keep_grad(store: dict[int, Tensor], j: int) -> Any:
+    def hook(grad: Tensor) -> None:
+        store[j] = grad
+
+    return hook
 
 
 def _call(

@@ -153,7 +153,9 @@ class InstrumentedPPO(PPO):
         episode_ids, finished = self._episodes.consume(self._rollout, self._arrays)
         self._pending_episodes.extend(finished)
         geometry = self._geometry if recording and "samples" in self.record else None
-        transitions = self._transition_columns(episode_ids) if recording and "transitions" in self.record else None
+        transitions = (
+            self._transition_columns(episode_ids) if recording and "transitions" in self.record else None
+        )
         update_rows: list[dict[str, Any]] = []
         grad_norms: list[float] = []
         clip_coefs: list[float] = []
@@ -301,7 +303,9 @@ class InstrumentedPPO(PPO):
                 if geometry is not None and pending is not None:
                     with th.no_grad():
                         clip_value = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                        clipped = ((advantages > 0) & (ratio > clip_value)) | ((advantages < 0) & (ratio < clip_value))
+                        clipped = ((advantages > 0) & (ratio > clip_value)) | (
+                            (advantages < 0) & (ratio < clip_value)
+                        )
                     base = {
                         "rollout": self._rollout,
                         "epoch": epoch,
