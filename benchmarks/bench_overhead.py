@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch as th
 
 
@@ -51,79 +52,111 @@ def bench_learn(steps: int, repeats: int) -> dict[str, float]:
     return {"ppo_s": p, "instrumented_s": i, "ratio": i / p}
 
 
-def bench_persample(batch: int, reps: int = 5) -> dict[str, float]:
-    """Per-sample score and loss-gradient norms for one minibatch of a default CartPole policy."""
+def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
+    """Cost per minibatch of one PPO update with per-sample columns, CartPole default policy.
+
+    plain: forward, loss, backward, clip, Adam step (what SB3 does). rledger: the same plus
+    SampleGeometry (hooks, coefficients, queued columns computed in one batch at the end).
+    vmap / naive: the same plus per-sample loss gradients and their norms from torch.func
+    vmap(grad) / a per-sample autograd loop (without the Adam preconditioner, so they do less).
+    """
     from stable_baselines3 import PPO
     from torch.func import grad, vmap
 
-    from rledger import persample
+    from rledger.geometry import LossTerms, SampleGeometry
 
     model = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu")
     policy = model.policy
-    obs = th.randn(batch, 4)
-    act = th.randint(0, 2, (batch,))
-    ret = th.randn(batch)
-    params = {n: p.detach() for n, p in policy.named_parameters()}
-    linears = persample.linear_modules(policy)
+    geometry = SampleGeometry(policy, policy.optimizer, model.action_space)
+    gen = th.Generator().manual_seed(0)
+    obs = th.randn(batch, 4, generator=gen)
+    act = th.randint(0, 2, (batch,), generator=gen)
+    ret = th.randn(batch, generator=gen)
+    adv = th.randn(batch, generator=gen)
+    # old log-probs a little off the current ones: about 7% of the samples are clipped, as in training
+    noise = 0.1 * th.randn(batch, generator=gen)
+    old_v = th.zeros(batch)
 
-    def ours() -> th.Tensor:
-        with persample.LinearCapture(linears) as cap:
-            v, lp, _ = policy.evaluate_actions(obs, act)
+    def loss_terms(v, lp):  # noqa: ANN001, ANN202
+        r = th.exp(lp - (lp.detach() + noise))
+        pl = -th.min(adv * r, adv * th.clamp(r, 0.8, 1.2)).mean()
+        vl = th.nn.functional.mse_loss(ret, v)
+        return pl + 0.5 * vl, r
+
+    def step(loss):  # noqa: ANN001, ANN202
+        policy.optimizer.zero_grad()
+        loss.backward()
+        gn = th.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+        policy.optimizer.step()
+        return th.clamp(0.5 / (gn + 1e-6), max=1.0)
+
+    def plain() -> None:
+        v, lp, _ = policy.evaluate_actions(obs, act)
+        loss, _ = loss_terms(v.flatten(), lp)
+        step(loss)
+
+    def ours() -> None:
+        with geometry.capture() as cap:
+            v, lp, ent = policy.evaluate_actions(obs, act)
         v = v.flatten()
-        parts = [lp, v]
-        sup = persample.supports(parts, cap.calls)
-        d = persample.output_grads(parts, cap.calls, sup)
-        g = persample.linear_gram(cap.calls, d, 2, lambda p: (th.ones_like(p), th.ones_like(p)))
-        c = th.stack([-th.ones(batch), 2 * (v - ret).detach()], 1) / batch
-        return persample.quad(g.g1, c)
+        loss, r = loss_terms(v, lp)
+        terms = LossTerms(adv, r, 0.2, v, old_v, ret, None, 0.0, 0.5)
+        pending = geometry.before_step(cap, obs, act, lp, ent, v, terms)
+        c = step(loss)
+        r = r.detach()
+        clipped = ((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8))
+        base = dict(
+            rollout=0, epoch=0, minibatch=0, t=rows, env=zeros, advantage_used=adv, ratio=r, clipped=clipped
+        )
+        geometry.record(pending, policy.optimizer, c, base)
 
-    def loss_i(p: dict[str, th.Tensor], o: th.Tensor, a: th.Tensor, r: th.Tensor) -> th.Tensor:
-        v, lp, _ = _eval(policy, p, o, a)
-        return (-lp.sum() + ((v.flatten() - r) ** 2).sum()) / batch
+    params = {n: p.detach() for n, p in policy.named_parameters()}
+    rows, zeros = np.arange(batch, dtype=np.int32), np.zeros(batch, dtype=np.int16)
+    geometry.reset(lambda t_env: (obs[t_env[:, 0]], act[t_env[:, 0]]), steps)
 
-    def _vmap() -> th.Tensor:
-        gs = vmap(grad(loss_i), in_dims=(None, 0, 0, 0))(params, obs, act, ret)
-        return sum(x.reshape(batch, -1).square().sum(1) for x in gs.values())
+    def loss_i(p, o, a, r_, ad, ns):  # noqa: ANN001, ANN202
+        from torch.nn.utils.stateless import _reparametrize_module
 
-    def naive() -> th.Tensor:
+        with _reparametrize_module(policy, p):
+            v, lp, _ = policy.evaluate_actions(o[None], a[None])
+        ratio = th.exp(lp - (lp.detach() + ns))
+        pl = -th.min(ad * ratio, ad * th.clamp(ratio, 0.8, 1.2)).sum() / batch
+        return pl + 0.5 * ((v.flatten() - r_) ** 2).sum() / batch
+
+    def with_vmap() -> None:
+        gs = vmap(grad(loss_i), in_dims=(None, 0, 0, 0, 0, 0))(params, obs, act, ret, adv, noise)
+        sum(x.reshape(batch, -1).square().sum(1) for x in gs.values()).sqrt()
+        plain()
+
+    def naive() -> None:
         out = []
         for i in range(batch):
             v, lp, _ = policy.evaluate_actions(obs[i : i + 1], act[i : i + 1])
-            loss = (-lp.sum() + ((v.flatten() - ret[i : i + 1]) ** 2).sum()) / batch
-            gs = th.autograd.grad(loss, list(policy.parameters()), allow_unused=True)
-            out.append(sum(g.square().sum() for g in gs if g is not None))
-        return th.stack(out)
-
-    def plain_step() -> None:
-        v, lp, _ = policy.evaluate_actions(obs, act)
-        loss = (-lp.sum() + ((v.flatten() - ret) ** 2).sum()) / batch
-        policy.optimizer.zero_grad()
-        loss.backward()
+            r = th.exp(lp - (lp.detach() + noise[i]))
+            pl = -th.min(adv[i] * r, adv[i] * th.clamp(r, 0.8, 1.2)).sum() / batch
+            li = pl + 0.5 * ((v.flatten() - ret[i]) ** 2).sum() / batch
+            gs = th.autograd.grad(li, list(policy.parameters()), allow_unused=True)
+            out.append(sum(g.square().sum() for g in gs if g is not None).sqrt())
+        plain()
 
     th.distributions.Distribution.set_default_validate_args(False)
-    a, b, c = ours(), _vmap(), naive()
-    assert th.allclose(a, b, rtol=1e-4) and th.allclose(a, c, rtol=1e-4), "the three methods disagree"
-    out = {}
-    for name, fn in (("plain_step", plain_step), ("rledger", ours), ("vmap", _vmap), ("naive", naive)):
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
+    times = {}
+    for name, fn in (("plain", plain), ("rledger", ours), ("vmap", with_vmap), ("naive", naive)):
+        n = steps if name != "naive" else max(2, steps // 10)
+        fn()
+        geometry.finish()
+        t0 = time.perf_counter()
+        for _ in range(n):
             fn()
-            ts.append(time.perf_counter() - t0)
-        out[name] = statistics.median(ts)
+        geometry.finish()
+        times[name] = (time.perf_counter() - t0) / n
     return {
-        "rledger_ms": out["rledger"] * 1e3,
-        "rledger_over_plain_step": out["rledger"] / out["plain_step"],
-        "speedup_vs_vmap": out["vmap"] / out["rledger"],
-        "speedup_vs_naive": out["naive"] / out["rledger"],
+        "plain_ms": times["plain"] * 1e3,
+        "rledger_ms": times["rledger"] * 1e3,
+        "rledger_over_plain": times["rledger"] / times["plain"],
+        "speedup_vs_vmap": times["vmap"] / times["rledger"],
+        "speedup_vs_naive": times["naive"] / times["rledger"],
     }
-
-
-def _eval(policy, p, o, a):  # noqa: ANN001, ANN202
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    with _reparametrize_module(policy, p):
-        return policy.evaluate_actions(o[None], a[None])
 
 
 RSS_CHILD = """

@@ -239,3 +239,46 @@ def test_batchnorm_refused(tmp_path):
         InstrumentedPPO(
             "MlpPolicy", "CartPole-v1", policy_kwargs=dict(features_extractor_class=BN), ledger=tmp_path / "y"
         )
+
+
+def test_observation_hash_matches_reference_definition():
+    """obs_hash_rows against a plain-integer implementation of the documented definition."""
+    from rledger.recorder import obs_hash_rows
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(50, 3)).astype(np.float32)  # 12 bytes: one padded word
+    obs[7] = obs[3]
+    mask = (1 << 64) - 1
+
+    def reference(row: np.ndarray) -> int:
+        data = row.tobytes() + b"\0" * ((-row.nbytes) % 8)
+        h = 0xCBF29CE484222325
+        for i in range(0, len(data), 8):
+            h = ((h ^ int.from_bytes(data[i : i + 8], "little")) * 0x100000001B3) & mask
+        h ^= h >> 30
+        h = (h * 0xBF58476D1CE4E5B9) & mask
+        h ^= h >> 27
+        h = (h * 0x94D049BB133111EB) & mask
+        h ^= h >> 31
+        return h - (1 << 64) if h >= 1 << 63 else h
+
+    got = obs_hash_rows(obs, len(obs))
+    assert got.tolist() == [reference(r) for r in obs]
+    assert got[7] == got[3] and len(set(got.tolist())) == 49
+
+
+def test_second_learn_call_continues_the_ledger(tmp_path):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    model = InstrumentedPPO(
+        "MlpPolicy", env, n_steps=N_STEPS, batch_size=BATCH, n_epochs=2, seed=0, ledger=tmp_path / "r"
+    )
+    model.learn(2 * N_STEPS)
+    model.learn(2 * N_STEPS, reset_num_timesteps=False)
+    ledger = Ledger(tmp_path / "r")
+    tr = ledger.transitions()
+    assert sorted(tr.rollout.unique()) == [0, 1, 2, 3]
+    # the env was not reset between the calls, so episodes continue across them
+    ep = ledger.episodes()
+    assert ep.episode.is_monotonic_increasing and ep.episode.is_unique
+    sums = tr.groupby("episode").reward.sum()
+    np.testing.assert_allclose(ep.set_index("episode")["return"], sums.loc[ep.episode])

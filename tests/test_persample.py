@@ -40,7 +40,7 @@ CASES = {
         clip_range_vf=0.1,
         policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16, 16]), activation_fn=th.nn.ReLU),
     ),
-    "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=5000),
+    "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=150_000),
     "shared-linear-extractor-ent": dict(
         env="CartPole-v1",
         reuse=False,
@@ -73,11 +73,22 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
         ledger=tmp_path / "run", **case,
     )  # fmt: skip
     assert model._geometry.path == expect_path
-    if queue is not None:  # flush the batched computation every few minibatches
-        model._geometry.max_queued_elements = queue
+    if queue is not None:  # small slot buffers: the batched computation flushes every few steps
+        import rledger.cotangents
+
+        old_max = rledger.cotangents.MAX_BUFFER_ELEMENTS
+        rledger.cotangents.MAX_BUFFER_ELEMENTS = queue
     tape = StepTape(model).install()
-    model.learn(n_steps * env.num_envs)
-    assert model._geometry._reuse == reuse
+    try:
+        model.learn(n_steps * env.num_envs)
+    finally:
+        if queue is not None:
+            rledger.cotangents.MAX_BUFFER_ELEMENTS = old_max
+    geometry = model._geometry
+    if expect_path == "linear":
+        assert geometry.mode == ("cotangents" if reuse else "extra-backward")
+        if queue is not None:
+            assert geometry._batch.capacity < 5
     return model, tape, Ledger(tmp_path / "run")
 
 

@@ -1,16 +1,16 @@
 """Per-sample columns of the `samples` table for an SB3 actor-critic policy.
 
-Glue between SB3's policy/optimizer and the pure tensor math of :mod:`rledger.persample`. For each
-minibatch, :meth:`SampleGeometry.before_step` runs while the loss graph is alive (coefficients of each
-part and, on the fast path, output gradients of the Linear layers), and :meth:`after_step` reads the
-optimizer state that the step produced and returns the per-sample columns.
+Glue between SB3's policy/optimizer and the tensor math of :mod:`rledger.persample` and
+:mod:`rledger.cotangents`. For each minibatch, :meth:`SampleGeometry.before_step` runs while the loss
+graph is alive (per-sample coefficients of each loss part; what the layers' gradients need), and
+:meth:`SampleGeometry.record` runs after the optimizer step and reads the state the step produced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,31 +22,13 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
 from rledger import persample
+from rledger.cotangents import CotangentBatch, Layer
 
 _REFUSED_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RNNBase, nn.GroupNorm)
 
 
 class UnsupportedPolicyError(ValueError):
     """The policy or optimizer cannot be instrumented exactly."""
-
-
-@dataclass
-class _Pending:
-    """What :meth:`SampleGeometry.before_step` keeps for :meth:`SampleGeometry.after_step`."""
-
-    coef: Tensor  # (B, K): per-sample coefficient of each part in the loss
-    alpha: Tensor  # (B,): coefficient of log pi in the policy loss alone
-    ent_coef_logp: Tensor | None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
-    ent_part: int | None
-    calls: list[persample.LinearCall] | None = None
-    d: list[dict[int, Tensor]] | None = None
-    direct: dict[int, Tensor] | None = None  # per-sample log_std gradients (fast path, Gaussian)
-    params_before: dict[str, Tensor] | None = None  # generic path
-    inputs: Any = None
-    # reuse path: cotangents of the Linear outputs captured from the training backward itself
-    d_loss: dict[int, Tensor] | None = None
-    layer_part: list[int | None] | None = None
-    params_list: list[Tensor] | None = None  # parameters before the step (score of clipped samples)
 
 
 @dataclass
@@ -107,11 +89,31 @@ def loss_coefficients(
     return th.stack(coefs, 1), alpha, ent_part, ent_logp
 
 
+@dataclass
+class _Pending:
+    """What :meth:`SampleGeometry.before_step` hands to :meth:`SampleGeometry.record`."""
+
+    coef: Tensor  # (B, K): per-sample coefficient of each part in the loss
+    alpha: Tensor  # (B,): coefficient of log pi in the policy loss alone
+    ent_coef_logp: Tensor | None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
+    ent_part: int | None
+    batched: bool = False  # the step lives in the cotangent buffers
+    calls: list[persample.LinearCall] | None = None
+    d: list[dict[int, Tensor]] | None = None
+    direct: dict[int, Tensor] | None = None  # per-sample log_std gradients (Gaussian)
+    params_before: dict[str, Tensor] | None = None  # generic path
+    inputs: Any = None
+
+
 class SampleGeometry:
-    """Computes the per-sample gradient columns for one SB3 ``ActorCriticPolicy``.
+    """Computes the per-sample columns of the ``samples`` table for one SB3 ``ActorCriticPolicy``.
 
     ``path`` is ``"linear"`` (every trainable parameter lives in an ``nn.Linear`` called once per
     forward, plus a Gaussian ``log_std``) or ``"generic"`` (``torch.func`` per-sample Jacobians).
+    On the linear path, each ``train()`` call picks a mode from the autograd graph of its first
+    minibatch: ``"cotangents"`` when no layer carries two loss parts (the training backward's own
+    cotangents suffice, computed in batches by :class:`rledger.cotangents.CotangentBatch`), else
+    ``"extra-backward"`` (one more backward pass per minibatch to the layer outputs).
     """
 
     def __init__(self, policy: ActorCriticPolicy, optimizer: th.optim.Optimizer, action_space: spaces.Space):
@@ -119,33 +121,21 @@ class SampleGeometry:
         self.action_space = action_space
         check_policy(policy)
         check_optimizer(optimizer)
+        self.optimizer = optimizer
         self.linears = persample.linear_modules(policy)
         self.gaussian = type(policy.action_dist) is DiagGaussianDistribution
         self.path = self._choose_path()
+        self.mode: str | None = None
+        self.cotangents_enabled = True
         self._support: list[set[int]] | None = None
-        self.reuse_enabled = True
-        self._reuse = False
-        self._layer_part: list[int | None] = []
-        # batched fast path: queue of recorded steps, flat layout of the optimizer's parameters
-        self.max_queued_elements = 1 << 25
-        self._queue: list[Any] = []
-        self._queued_elems = 0
-        self._done: list[dict[str, Any]] = []
         self._adam = isinstance(optimizer, th.optim.Adam | th.optim.AdamW)
-        self._group = optimizer.param_groups[0]
         self._opt_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-        self._offsets: dict[int, tuple[int, int]] = {}
-        pos = 0
-        for p in self._opt_params:
-            self._offsets[id(p)] = (pos, pos + p.numel())
-            pos += p.numel()
-        self._opt_detached = [p.detach() for p in self._opt_params]
-        self._steps_checked = False
         names = {id(p): n for n, p in policy.named_parameters()}
         self._opt_names = [names[id(p)] for p in self._opt_params]
-        self._n_out = sum(m.out_features for m in self.linears.values()) + (
-            int(policy.log_std.numel()) if self.gaussian else 0  # type: ignore[attr-defined]
-        )
+        self._batch: CotangentBatch | None = None
+        self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
+        self._steps_hint = 1
+        self._done: list[dict[str, np.ndarray]] = []
 
     # ------------------------------------------------------------------ setup
     def _choose_path(self) -> str:
@@ -190,6 +180,14 @@ class SampleGeometry:
                 "policy without data-dependent control flow, or record=('transitions', 'updates', 'episodes')."
             ) from exc
 
+    def reset(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], steps_hint: int) -> None:
+        """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
+        actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected."""
+        self._support = None
+        self.mode = None
+        self._fetch = fetch
+        self._steps_hint = max(1, steps_hint)
+
     # ------------------------------------------------------------------ per minibatch
     @contextlib.contextmanager
     def capture(self) -> Iterator[persample.LinearCapture | None]:
@@ -210,93 +208,142 @@ class SampleGeometry:
         values: Tensor,
         terms: LossTerms,
     ) -> _Pending:
-        """Per-sample loss coefficients and, on the fast path, Linear output gradients.
+        """Per-sample loss coefficients and, on the linear path, what the layers' gradients need.
 
-        Must run before ``loss.backward()`` frees the graph. Touches no ``.grad`` and no RNG.
+        Must run before ``loss.backward()``. Touches no ``.grad``, optimizer state or RNG.
         """
         coef, alpha, ent_part, ent_coef_logp = loss_coefficients(terms, entropy is not None)
-        parts: list[Tensor] = [log_prob]
-        if ent_part is not None:
-            parts.append(entropy)  # type: ignore[arg-type]
-        parts.append(values)
         pending = _Pending(coef, alpha, ent_coef_logp, ent_part)
-        if self.path == "linear":
-            assert cap is not None
-            calls = cap.calls
-            if self._support is None:
-                self._support = persample.supports(parts, calls)
-                per_layer = [
-                    [f for f, sup in enumerate(self._support) if j in sup] for j in range(len(calls))
-                ]
-                # the training backward alone suffices when no layer mixes two parts
-                self._reuse = (
-                    self.reuse_enabled and ent_coef_logp is None and all(len(x) <= 1 for x in per_layer)
-                )
-                self._layer_part = [x[0] if x else None for x in per_layer]
-            pending.calls = calls
-            if self._reuse:
-                pending.d_loss = {}
-                pending.layer_part = self._layer_part
-                for j, call in enumerate(calls):
-                    if call.output is not None and self._layer_part[j] is not None:
-                        call.output.register_hook(_keep_grad(pending.d_loss, j))
-                if bool((alpha == 0).any()):  # clipped samples: their score needs the pre-step parameters
-                    pending.params_list = th._foreach_mul(self._opt_detached, 1.0)
-                    pending.inputs = (obs, actions)
-            else:
-                pending.d = persample.output_grads(parts, calls, self._support)
-                for call in calls:  # do not keep the minibatch's autograd graph alive in the queue
-                    call.output = None
-            if self.gaussian:
-                dist = self.policy.action_dist.distribution
-                z = ((actions - dist.loc) / dist.scale).detach()
-                direct = {0: z.square() - 1.0}
-                if ent_part is not None:
-                    direct[ent_part] = th.ones_like(z)
-                pending.direct = direct
-        else:
+        if self.path == "generic":
             pending.params_before = {
                 n: p.detach().clone() for n, p in persample.trainable(self.policy).items()
             }
             pending.inputs = (obs, actions)
+            return pending
+        assert cap is not None
+        calls = cap.calls
+        parts: list[Tensor] = [log_prob] + ([entropy] if ent_part is not None else []) + [values]  # type: ignore[list-item]
+        if self.mode is None:
+            self._support = persample.supports(parts, calls)
+            self.mode = self._choose_mode(calls, ent_coef_logp is None, coef.shape[1], ent_part)
+        u_logp = None
+        if self.gaussian:
+            dist = self.policy.action_dist.distribution
+            u_logp = (((actions - dist.loc) / dist.scale).square() - 1.0).detach()  # d log pi / d log_std
+        if self.mode == "cotangents":
+            batch = self._batch_for(coef.shape[0], coef.shape[1], ent_part)
+            batch.hook_outputs(calls)
+            batch.put_before(coef, u_logp, need_params=bool((alpha == 0).any()))
+            pending.batched = True
+        else:
+            pending.calls = calls
+            pending.d = persample.output_grads(parts, calls, self._support)  # type: ignore[arg-type]
+            if u_logp is not None:
+                pending.direct = {0: u_logp}
+                if ent_part is not None:
+                    pending.direct[ent_part] = th.ones_like(u_logp)
+        for call in calls:  # the step keeps no reference to the autograd graph
+            call.output = None
         return pending
 
     def record(
-        self,
-        pending: _Pending,
-        optimizer: th.optim.Optimizer,
-        clip_coef: Tensor,
-        base: dict[str, Any],
+        self, pending: _Pending, optimizer: th.optim.Optimizer, clip_coef: Tensor, base: dict[str, Any]
     ) -> None:
-        """Queue one optimizer step's samples; columns are computed in batches by :meth:`finish`.
-
-        ``base`` holds the minibatch's own columns (keys, advantage_used, ratio, clipped). On the fast
-        path only the optimizer's second moments are copied here; the Gram matrices of many
-        minibatches are then computed together with batched matmuls.
-        """
-        for call in pending.calls or ():
-            call.output = None  # the training backward has run: release the graph
-        snap = self._snapshot(optimizer) if self.path == "linear" else None
-        if snap is None and pending.d_loss is not None:
-            raise UnsupportedPolicyError(
-                "optimizer state is not batchable (several parameter groups or unequal Adam steps); "
-                "set SampleGeometry.reuse_enabled = False"
+        """After the optimizer step: the step's columns (now, or batched until :meth:`finish`)."""
+        if pending.batched:
+            assert self._batch is not None
+            group = optimizer.param_groups[0]
+            states = [optimizer.state[p] for p in self._opt_params]
+            step = float(states[0]["step"])
+            self._batch.put_after(
+                [st["exp_avg_sq"] for st in states], step, float(group["lr"]), float(clip_coef), base
             )
-        if snap is None:
-            precond = _fresh_step_factor(optimizer)
-            cols = self._columns_now(pending, precond, clip_coef)
-            self._done.append({**base, **{k: v.numpy() for k, v in cols.items()}})
+            if self._batch.full:
+                self._flush()
             return
-        self._queue.append((pending, snap, float(clip_coef), base))
-        self._queued_elems += pending.coef.numel() * self._n_out
-        if self._queued_elems > self.max_queued_elements:
-            self._flush()
+        precond = _fresh_step_factor(optimizer)
+        cols = self._columns_now(pending, precond, clip_coef)
+        row = {k: np.asarray(v) for k, v in base.items() if k not in ("rollout", "epoch", "minibatch")}
+        n = len(row["t"])
+        row.update({k: np.full(n, base[k]) for k in ("rollout", "epoch", "minibatch")})
+        row.update({k: v.numpy() for k, v in cols.items()})
+        self._done.append(row)
 
-    def finish(self) -> list[dict[str, Any]]:
-        """Every recorded step's columns, in recording order; clears the queue."""
+    def finish(self) -> dict[str, np.ndarray] | None:
+        """All recorded samples of this train() call as columns, in recording order (None if none)."""
         self._flush()
         done, self._done = self._done, []
-        return done
+        if not done:
+            return None
+        return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+
+    # ------------------------------------------------------------------ modes
+    def _choose_mode(
+        self, calls: list[persample.LinearCall], no_ent_on_logp: bool, k: int, ent_part: int | None
+    ) -> str:
+        assert self._support is not None
+        per_layer = [[f for f, sup in enumerate(self._support) if j in sup] for j in range(len(calls))]
+        ok = (
+            self.cotangents_enabled
+            and self._adam
+            and len(self.optimizer.param_groups) == 1
+            and no_ent_on_logp
+            and all(len(x) <= 1 for x in per_layer)
+        )
+        if not ok:
+            return "extra-backward"
+        self._layers = [Layer(j, calls[j].module, x[0]) for j, x in enumerate(per_layer) if x]
+        owners = {id(p) for ly in self._layers if ly.part == 0 for p in ly.module.parameters()}
+        if self.gaussian:
+            owners.add(id(self.policy.log_std))  # type: ignore[attr-defined]
+        self._score_idx = [n for n, p in enumerate(self._opt_params) if id(p) in owners]
+        return "cotangents"
+
+    def _batch_for(self, batch: int, k: int, ent_part: int | None) -> CotangentBatch:
+        b = self._batch
+        layers_same = b is not None and [(ly.index, ly.part) for ly in b.layers] == [
+            (ly.index, ly.part) for ly in self._layers
+        ]
+        if b is not None and layers_same and b.batch == batch and b.k == k and b.ent_part == ent_part:
+            return b
+        self._flush()
+        self._batch = CotangentBatch(
+            self._layers,
+            self._opt_params,
+            [self._opt_params[n] for n in self._score_idx],
+            [self._opt_names[n] for n in self._score_idx],
+            k,
+            ent_part,
+            batch,
+            self._steps_hint,
+            self.policy.log_std if self.gaussian else None,  # type: ignore[attr-defined]
+            self._score_norms,
+        )
+        return self._batch
+
+    def _flush(self) -> None:
+        if self._batch is not None and self._batch.m > 0:
+            group = self.optimizer.param_groups[0]
+            assert self._fetch is not None
+            self._done.append(self._batch.flush(group["eps"], group["betas"], self._fetch))
+
+    def _score_norms(self, params: dict[str, Tensor], obs: Any, act: Tensor) -> Tensor:
+        """||grad log pi|| per sample, exact, each at its own parameters (``params``: name -> (C, ...))."""
+        policy = self.policy
+        fixed = {n: p.detach() for n, p in persample.trainable(policy).items() if n not in params}
+
+        def logp(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
+            o1, a1 = th.utils._pytree.tree_map(lambda x: x.unsqueeze(0), (o, a))
+            return _call(policy, {**p, **fixed}, o1, a1)[1].reshape(())
+
+        old = th.distributions.Distribution._validate_args
+        th.distributions.Distribution.set_default_validate_args(False)
+        try:
+            grads = th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
+        finally:
+            th.distributions.Distribution.set_default_validate_args(old)
+        n = act.shape[0]
+        return sum(g.reshape(n, -1).square().sum(1) for g in grads.values()).sqrt()  # type: ignore[return-value]
 
     def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
         k, batch = pending.coef.shape[1], pending.coef.shape[0]
@@ -311,267 +358,6 @@ class SampleGeometry:
             assert pending.params_before is not None
             gram = self._jacobian_gram(pending.params_before, pending.inputs, batch, k, precond)
         return _columns(gram, pending.coef, pending.alpha, pending.ent_part, pending.ent_coef_logp, clip_coef)
-
-    def _snapshot(self, optimizer: th.optim.Optimizer) -> tuple[list[Tensor], float, float] | None:
-        """(copies of the second moments of all parameters), Adam step and lr; None when the batched
-        path cannot be used (not Adam, several groups, missing or unequal state)."""
-        if not self._adam or len(optimizer.param_groups) != 1:
-            return None
-        states = [optimizer.state.get(p) for p in self._opt_params]
-        if any(not st or "exp_avg_sq" not in st for st in states):
-            return None
-        step = float(states[0]["step"])  # type: ignore[index]
-        if not self._steps_checked:  # all parameters step together (checked once per train())
-            if any(float(st["step"]) != step for st in states[1:]):  # type: ignore[index]
-                return None
-            self._steps_checked = True
-        v = th._foreach_mul([st["exp_avg_sq"] for st in states], 1.0)  # type: ignore[index]
-        return v, step, float(optimizer.param_groups[0]["lr"])
-
-    def _flush(self) -> None:
-        """Compute the queued steps' columns, in chunks of steps with equal batch size."""
-        queue, self._queue, self._queued_elems = self._queue, [], 0
-        start = 0
-        while start < len(queue):
-            size = queue[start][0].coef.shape[0]
-            end = start
-            while end < len(queue) and queue[end][0].coef.shape[0] == size:
-                end += 1
-            self._flush_chunk(queue[start:end])
-            start = end
-
-    def _flush_chunk(
-        self, chunk: list[tuple[_Pending, tuple[Tensor, float, float], float, dict[str, Any]]]
-    ) -> None:
-        if chunk[0][0].d_loss is not None:
-            self._flush_reuse_chunk(chunk)
-            return
-        m = len(chunk)
-        group = self._group
-        beta1, beta2 = group["betas"]
-        fac = self._adam_factors(chunk)
-        first = chunk[0][0]
-        k, batch = first.coef.shape[1], first.coef.shape[0]
-        g1 = th.zeros(m, batch, k, k)
-        gp2 = th.zeros(m, batch, k, k)
-        gp00 = th.zeros(m, batch)  # only <s, F s> is needed with Q = F (self_reinforcement)
-
-        def accumulate(d: dict[int, Tensor], w1: Tensor, qp: Tensor | None, qp2: Tensor) -> None:
-            keys = sorted(d)
-            for x, f in enumerate(keys):
-                for h in keys[x:]:
-                    prod = d[f] * d[h]  # (M, B, n)
-                    s1 = prod.sum(-1) * w1 if w1.dim() == 2 else (prod * w1).sum(-1)
-                    s2 = (prod * qp2).sum(-1)
-                    g1[:, :, f, h] += s1
-                    gp2[:, :, f, h] += s2
-                    if f != h:
-                        g1[:, :, h, f] += s1
-                        gp2[:, :, h, f] += s2
-                    elif f == 0 and qp is not None:
-                        gp00.add_((prod * qp).sum(-1))
-
-        for j, call in enumerate(first.calls or []):
-            parts = sorted(first.d[j])  # type: ignore[index]
-            if not parts:
-                continue
-            a2 = th.stack([c[0].calls[j].inputs for c in chunk]).square()  # (M, B, in)
-            d = {h: th.stack([c[0].d[j][h] for c in chunk]) for h in parts}  # (M, B, out) each
-            w, b = call.module.weight, call.module.bias
-            out_dim = call.module.out_features
-            need_qp = 0 in d
-            qp = th.zeros(m, batch, out_dim) if need_qp else None
-            qp2 = th.zeros(m, batch, out_dim)
-            w1 = th.zeros(m, batch)
-            if w.requires_grad:
-                fw, fw2 = fac[id(w)]
-                if need_qp:
-                    qp = th.baddbmm(qp, a2, fw.transpose(1, 2))
-                qp2 = th.baddbmm(qp2, a2, fw2.transpose(1, 2))
-                w1 = w1 + a2.sum(-1)
-            if b is not None and b.requires_grad:
-                fb, fb2 = fac[id(b)]
-                if need_qp:
-                    qp = qp + fb[:, None, :]
-                qp2 = qp2 + fb2[:, None, :]
-                w1 = w1 + 1.0
-            accumulate(d, w1, qp, qp2)
-        if first.direct is not None:
-            fl, fl2 = fac[id(self.policy.log_std)]  # type: ignore[attr-defined]
-            d = {h: th.stack([c[0].direct[h] for c in chunk]) for h in first.direct}  # type: ignore[index]
-            accumulate(d, th.ones(m, batch, 1), fl[:, None, :], fl2[:, None, :])
-        gp = th.zeros(m, batch, k, k)
-        gp[:, :, 0, 0] = gp00
-        gram = persample.GramSet(g1.flatten(0, 1), gp.flatten(0, 1), gp2.flatten(0, 1))
-        coef = th.cat([c[0].coef for c in chunk])
-        alpha = th.cat([c[0].alpha for c in chunk])
-        ecl = first.ent_coef_logp is not None
-        ent_logp = th.cat([c[0].ent_coef_logp for c in chunk]) if ecl else None  # type: ignore[misc]
-        clip = th.tensor([c[2] for c in chunk]).repeat_interleave(first.coef.shape[0])
-        cols = _columns(gram, coef, alpha, first.ent_part, ent_logp, clip)
-        batch = first.coef.shape[0]
-        for i, c in enumerate(chunk):
-            sl = slice(i * batch, (i + 1) * batch)
-            self._done.append({**c[3], **{name: col[sl].numpy() for name, col in cols.items()}})
-
-    def _adam_factors(self, chunk: list[Any]) -> dict[int, tuple[Tensor, Tensor]]:
-        """``F = scale * P`` and ``F**2`` of every parameter for every queued step, ``(M, *shape)``."""
-        group = self._group
-        beta1, beta2 = group["betas"]
-        step = th.tensor([c[1][1] for c in chunk], dtype=th.float64)
-        lr = th.tensor([c[1][2] for c in chunk], dtype=th.float64)
-        scale = (lr * (1 - beta1) / (1 - beta1**step)).to(th.float32)
-        bc2_sqrt = th.sqrt(1 - beta2**step).to(th.float32)
-        out = {}
-        for n, p in enumerate(self._opt_params):
-            v = th.stack([c[1][0][n] for c in chunk])  # (M, *shape)
-            shape = (-1,) + (1,) * p.dim()
-            # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps), as torch's Adam divides
-            f = scale.view(shape) / (v.sqrt() / bc2_sqrt.view(shape) + group["eps"])
-            out[id(p)] = (f, f.square())
-        return out
-
-    def _flush_reuse_chunk(self, chunk: list[Any]) -> None:
-        """Columns from the training backward's own cotangents ``D = c^f d^f`` (one part per layer).
-
-        With scaled Gram matrices ``G~ = c c^T * G``: pg = sqrt(G~1[s,s]), score = pg / |alpha|,
-        self_reinforcement = -clip * G~F[s,s] / alpha; samples with alpha = 0 (clipped) get their
-        score norm from exact per-sample gradients at the pre-step parameters.
-        """
-        m = len(chunk)
-        first = chunk[0][0]
-        k, batch = first.coef.shape[1], first.coef.shape[0]
-        fac = self._adam_factors(chunk)
-        coef = th.stack([c[0].coef for c in chunk])  # (M, B, K)
-        g1 = th.zeros(m, batch, k, k)
-        gp2 = th.zeros(m, batch, k, k)
-        gp00 = th.zeros(m, batch)
-        for j, call in enumerate(first.calls or []):
-            part = first.layer_part[j]  # type: ignore[index]
-            if part is None:
-                continue
-            zeros = None
-            ds = []
-            for c in chunk:
-                dj = c[0].d_loss.get(j)
-                if dj is None:
-                    zeros = th.zeros(batch, call.module.out_features) if zeros is None else zeros
-                    dj = zeros
-                ds.append(dj)
-            d2 = th.stack(ds).square()  # (M, B, out)
-            a2 = th.stack([c[0].calls[j].inputs for c in chunk]).square()
-            w, b = call.module.weight, call.module.bias
-            w1 = th.zeros(m, batch)
-            qp2 = th.zeros_like(d2)
-            qp = th.zeros_like(d2) if part == 0 else None
-            if w.requires_grad:
-                fw, fw2 = fac[id(w)]
-                qp2 = th.baddbmm(qp2, a2, fw2.transpose(1, 2))
-                if qp is not None:
-                    qp = th.baddbmm(qp, a2, fw.transpose(1, 2))
-                w1 = w1 + a2.sum(-1)
-            if b is not None and b.requires_grad:
-                fb, fb2 = fac[id(b)]
-                qp2 = qp2 + fb2[:, None, :]
-                if qp is not None:
-                    qp = qp + fb[:, None, :]
-                w1 = w1 + 1.0
-            g1[:, :, part, part] += d2.sum(-1) * w1
-            gp2[:, :, part, part] += (d2 * qp2).sum(-1)
-            if qp is not None:
-                gp00 += (d2 * qp).sum(-1)
-        if first.direct is not None:
-            fl, fl2 = fac[id(self.policy.log_std)]  # type: ignore[attr-defined]
-            fl, fl2 = fl[:, None, :], fl2[:, None, :]
-            u = {h: th.stack([c[0].direct[h] for c in chunk]) * coef[:, :, h, None] for h in first.direct}
-            keys = sorted(u)
-            for x, p1 in enumerate(keys):
-                for p2 in keys[x:]:
-                    prod = u[p1] * u[p2]
-                    s1, s2 = prod.sum(-1), (prod * fl2).sum(-1)
-                    g1[:, :, p1, p2] += s1
-                    gp2[:, :, p1, p2] += s2
-                    if p1 != p2:
-                        g1[:, :, p2, p1] += s1
-                        gp2[:, :, p2, p1] += s2
-                    elif p1 == 0:
-                        gp00 += (prod * fl).sum(-1)
-        alpha = coef[..., 0]
-        clip = th.tensor([c[2] for c in chunk])[:, None]
-        live = alpha != 0
-        safe = th.where(live, alpha, th.ones_like(alpha))
-        pg = g1[..., 0, 0].clamp_min(0).sqrt()
-        score = th.where(live, pg / safe.abs(), th.zeros_like(pg))
-        if not bool(live.all()):
-            score[~live] = self._score_norms(chunk, ~live)
-        ones = th.ones(k)
-        cols = {
-            "score_norm": score,
-            "pg_grad_norm": pg,
-            "entropy_grad_norm": (
-                g1[..., first.ent_part, first.ent_part].clamp_min(0).sqrt()
-                if first.ent_part is not None
-                else th.zeros_like(pg)
-            ),
-            "value_grad_norm": g1[..., -1, -1].clamp_min(0).sqrt(),
-            "loss_grad_norm": (g1 @ ones @ ones).clamp_min(0).sqrt(),
-            "adam_update_norm": clip * (gp2 @ ones @ ones).clamp_min(0).sqrt(),
-            "self_reinforcement": th.where(live, -clip * gp00 / safe, th.zeros_like(pg)),
-        }
-        for i, c in enumerate(chunk):
-            self._done.append({**c[3], **{name: col[i].numpy() for name, col in cols.items()}})
-
-    def _score_norms(self, chunk: list[Any], mask: Tensor) -> Tensor:
-        """||grad log pi|| of the masked samples, exact, at each sample's own pre-step parameters."""
-        idx = mask.nonzero()  # (C, 2): (step in chunk, sample)
-        steps, pick = idx[:, 0], idx[:, 1]
-        needed = th.unique(steps)  # steps holding clipped samples; they kept their parameters
-        lut = th.full((len(chunk),), -1, dtype=th.long)
-        lut[needed] = th.arange(len(needed))
-        local = lut[steps]
-        sub = [chunk[i][0] for i in needed.tolist()]
-        # only parameters log pi depends on vary per sample; the others enter with zero gradient
-        score_params = self._score_param_index(chunk[0][0])
-        params = {
-            name: th.stack([pd.params_list[n] for pd in sub])[local]
-            for n, name in enumerate(self._opt_names)
-            if n in score_params
-        }
-        fixed = {
-            name: p.detach()
-            for n, (name, p) in enumerate(zip(self._opt_names, self._opt_params, strict=True))
-            if n not in score_params
-        }
-        obs = th.utils._pytree.tree_map(lambda *xs: th.stack(xs)[local, pick], *[pd.inputs[0] for pd in sub])
-        act = th.stack([pd.inputs[1] for pd in sub])[local, pick]
-        policy = self.policy
-
-        def logp(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
-            o1, a1 = th.utils._pytree.tree_map(lambda x: x.unsqueeze(0), (o, a))
-            return _call(policy, {**p, **fixed}, o1, a1)[1].reshape(())
-
-        old = th.distributions.Distribution._validate_args
-        th.distributions.Distribution.set_default_validate_args(False)
-        try:
-            grads = th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
-        finally:
-            th.distributions.Distribution.set_default_validate_args(old)
-        return sum(g.reshape(len(idx), -1).square().sum(1) for g in grads.values()).sqrt()  # type: ignore[union-attr]
-
-    def _score_param_index(self, pending: _Pending) -> set[int]:
-        """Indices (in optimizer order) of the parameters of the layers that log pi flows through."""
-        owners: set[int] = set()
-        for j, c in enumerate(pending.calls or []):
-            if self._layer_part[j] == 0:
-                owners |= {id(p) for p in c.module.parameters()}
-        if self.gaussian:
-            owners.add(id(self.policy.log_std))  # type: ignore[attr-defined]
-        return {n for n, p in enumerate(self._opt_params) if id(p) in owners}
-
-    def reset(self) -> None:
-        """Forget the cached part supports (call at the start of each train())."""
-        self._support = None
-        self._steps_checked = False
 
     # ------------------------------------------------------------------ generic path
     def _params_now(self) -> dict[str, Tensor]:
@@ -598,23 +384,9 @@ class SampleGeometry:
         old = th.distributions.Distribution._validate_args
         th.distributions.Distribution.set_default_validate_args(False)
         try:
-            return persample.jacobian_gram(
-                parts_fn,
-                {n: params[n] for n in names},
-                inputs,
-                batch,
-                k,
-                factors,
-            )
+            return persample.jacobian_gram(parts_fn, {n: params[n] for n in names}, inputs, batch, k, factors)
         finally:
             th.distributions.Distribution.set_default_validate_args(old)
-
-
-def _keep_grad(store: dict[int, Tensor], j: int) -> Any:
-    def hook(grad: Tensor) -> None:
-        store[j] = grad
-
-    return hook
 
 
 def _call(

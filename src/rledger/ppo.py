@@ -160,7 +160,8 @@ class InstrumentedPPO(PPO):
         grad_norms: list[float] = []
         clip_coefs: list[float] = []
         if geometry is not None:
-            geometry.reset()
+            n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
+            geometry.reset(self._fetch_samples, self.n_epochs * -(-n_samples // self.batch_size))
 
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -312,9 +313,9 @@ class InstrumentedPPO(PPO):
                         "minibatch": minibatch,
                         "t": rollout_data.t,
                         "env": rollout_data.env,
-                        "advantage_used": advantages.detach().numpy(),
-                        "ratio": ratio.detach().numpy(),
-                        "clipped": clipped.numpy(),
+                        "advantage_used": advantages.detach(),
+                        "ratio": ratio.detach(),
+                        "clipped": clipped,
                     }
                     geometry.record(pending, self.policy.optimizer, clip_coef, base)
 
@@ -345,8 +346,22 @@ class InstrumentedPPO(PPO):
             self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
             self.logger.record("train/clip_coef", float(np.mean(clip_coefs)))
 
-        sample_rows = geometry.finish() if geometry is not None else []
-        self._write_rollout(recording, transitions, sample_rows, update_rows)
+        samples = geometry.finish() if geometry is not None else None
+        self._write_rollout(recording, transitions, samples, update_rows)
+
+    def _fetch_samples(self, t_env: np.ndarray) -> tuple[Any, th.Tensor]:
+        """Observations and actions (as train() feeds them to the policy) of (t, env) pairs of the
+        rollout in the buffer (which get() has flattened env-major)."""
+        buf = self.rollout_buffer
+        flat = t_env[:, 1] * buf.buffer_size + t_env[:, 0]
+        if isinstance(buf.observations, dict):
+            obs: Any = {k: buf.to_torch(v[flat]) for k, v in buf.observations.items()}
+        else:
+            obs = buf.to_torch(buf.observations[flat])
+        actions = buf.to_torch(buf.actions[flat].astype(np.float32, copy=False))
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        return obs, actions
 
     # ------------------------------------------------------------------ ledger output
     def _transition_columns(self, episode_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -385,7 +400,7 @@ class InstrumentedPPO(PPO):
         self,
         recording: bool,
         transitions: dict[str, Any] | None,
-        sample_rows: list[dict[str, Any]],
+        samples: dict[str, np.ndarray] | None,
         update_rows: list[dict[str, Any]],
     ) -> None:
         rollout = self._rollout
@@ -397,7 +412,7 @@ class InstrumentedPPO(PPO):
         if transitions is not None:
             writer.write("transitions", rollout, transitions)
         if recording and "samples" in self.record:
-            writer.write("samples", rollout, _concat_samples(sample_rows))
+            writer.write("samples", rollout, _sample_columns(samples))
         if recording and "updates" in self.record:
             writer.write("updates", rollout, _rows_to_columns(update_rows, "updates", ()))
         if "episodes" in self.record and episodes:
@@ -422,8 +437,8 @@ class InstrumentedPPO(PPO):
             "n_envs": self.n_envs,
             "per_sample_path": self._geometry.path if self._geometry is not None else None,
             "config": ppo_config(self),
-            "versions": versions(),
-            "git_commit": git_commit(),
+            "versions": prev.get("versions") or versions(),
+            "git_commit": prev["git_commit"] if "git_commit" in prev else git_commit(),
             "rollouts_written": self._rollout,
             "num_timesteps": int(self.num_timesteps),
             "total_timesteps": total_timesteps
@@ -451,20 +466,12 @@ def _opt_step(optimizer: th.optim.Optimizer) -> int:
     return -1
 
 
-def _concat_samples(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """One column array per samples column from the per-step dicts (scalars repeated per sample)."""
+def _sample_columns(samples: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The samples table's columns with the schema's dtypes (empty when nothing was recorded)."""
     cols = schema.columns("samples")
-    if not rows:
+    if samples is None:
         return {c.name: np.zeros(0, dtype=c.dtype.to_pandas_dtype()) for c in cols}
-    sizes = [len(r["t"]) for r in rows]
-    out: dict[str, np.ndarray] = {}
-    for col in cols:
-        dtype = col.dtype.to_pandas_dtype()
-        if np.isscalar(rows[0][col.name]):
-            out[col.name] = np.repeat(np.array([r[col.name] for r in rows], dtype=dtype), sizes)
-        else:
-            out[col.name] = np.concatenate([r[col.name] for r in rows]).astype(dtype, copy=False)
-    return out
+    return {c.name: samples[c.name].astype(c.dtype.to_pandas_dtype(), copy=False) for c in cols}
 
 
 def _rows_to_columns(

@@ -116,6 +116,7 @@ class LedgerWriter:
         tbl = pa.Table.from_arrays(arrays, schema=arrow_schema)
         path = self.run_dir / table / f"part-{rollout:06d}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(tbl, sink, compression="zstd", row_group_size=1 << 20)
+        # zstd level 1: the same size as the default level on these float columns, at half the time
+        pq.write_table(tbl, sink, compression="zstd", compression_level=1, row_group_size=1 << 20)
         atomic_write_bytes(path, sink.getvalue().to_pybytes())
         return path
