@@ -28,8 +28,7 @@ CASES = {
     "cartpole-relu-sep-ent-4envs": dict(
         env="CartPole-v1",
         n_envs=4,
-        ent_coef=0.01,
-        reuse=False,  # the entropy shares the actor's layers with log pi: one extra backward
+        ent_coef=0.01,  # the entropy flows through the actor's layers: cotangents plus one backward of H
         policy_kwargs=dict(net_arch=dict(pi=[32, 16], vf=[24]), activation_fn=th.nn.ReLU),
     ),
     "pendulum-tanh": dict(env="Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32])),

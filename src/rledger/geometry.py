@@ -232,8 +232,11 @@ class SampleGeometry:
             u_logp = (((actions - dist.loc) / dist.scale).square() - 1.0).detach()  # d log pi / d log_std
         if self.mode == "cotangents":
             batch = self._batch_for(coef.shape[0], coef.shape[1], ent_part)
-            batch.hook_outputs(calls)
-            batch.put_before(coef, u_logp, need_params=bool((alpha == 0).any()))
+            d_entropy = None
+            if batch.ent_on_layers:  # one backward of sum_i H_i to the actor's layer outputs
+                d_entropy = persample.output_grads([entropy], calls, [self._support[ent_part]])  # type: ignore[index, list-item]
+            batch.hook_outputs(calls, d_entropy)
+            batch.put_before(coef, u_logp, need_params=bool(batch.exact_score_mask(coef).any()))
             pending.batched = True
         else:
             pending.calls = calls
@@ -281,19 +284,22 @@ class SampleGeometry:
     def _choose_mode(
         self, calls: list[persample.LinearCall], no_ent_on_logp: bool, k: int, ent_part: int | None
     ) -> str:
+        """``"cotangents"`` when no layer carries the value together with an actor part."""
         assert self._support is not None
-        per_layer = [[f for f, sup in enumerate(self._support) if j in sup] for j in range(len(calls))]
+        value = k - 1
+        per_layer = [{f for f, sup in enumerate(self._support) if j in sup} for j in range(len(calls))]
         ok = (
             self.cotangents_enabled
             and self._adam
             and len(self.optimizer.param_groups) == 1
             and no_ent_on_logp
-            and all(len(x) <= 1 for x in per_layer)
+            and all(not (x and value in x and len(x) > 1) for x in per_layer)
         )
         if not ok:
             return "extra-backward"
-        self._layers = [Layer(j, calls[j].module, x[0]) for j, x in enumerate(per_layer) if x]
-        owners = {id(p) for ly in self._layers if ly.part == 0 for p in ly.module.parameters()}
+        self._layers = [Layer(j, calls[j].module, value not in x) for j, x in enumerate(per_layer) if x]
+        self._ent_on_layers = ent_part is not None and any(ent_part in x for x in per_layer)
+        owners = {id(p) for ly in self._layers if ly.actor for p in ly.module.parameters()}
         if self.gaussian:
             owners.add(id(self.policy.log_std))  # type: ignore[attr-defined]
         self._score_idx = [n for n, p in enumerate(self._opt_params) if id(p) in owners]
@@ -301,10 +307,14 @@ class SampleGeometry:
 
     def _batch_for(self, batch: int, k: int, ent_part: int | None) -> CotangentBatch:
         b = self._batch
-        layers_same = b is not None and [(ly.index, ly.part) for ly in b.layers] == [
-            (ly.index, ly.part) for ly in self._layers
+        same_layers = b is not None and [(ly.index, ly.actor) for ly in b.layers] == [
+            (ly.index, ly.actor) for ly in self._layers
         ]
-        if b is not None and layers_same and b.batch == batch and b.k == k and b.ent_part == ent_part:
+        if (
+            b is not None
+            and same_layers
+            and (b.batch, b.k, b.ent_part, b.ent_on_layers) == (batch, k, ent_part, self._ent_on_layers)
+        ):
             return b
         self._flush()
         self._batch = CotangentBatch(
@@ -314,10 +324,11 @@ class SampleGeometry:
             [self._opt_names[n] for n in self._score_idx],
             k,
             ent_part,
+            self._ent_on_layers,
             batch,
             self._steps_hint,
             self.policy.log_std if self.gaussian else None,  # type: ignore[attr-defined]
-            self._score_norms,
+            self._score_grads,
         )
         return self._batch
 
@@ -327,23 +338,24 @@ class SampleGeometry:
             assert self._fetch is not None
             self._done.append(self._batch.flush(group["eps"], group["betas"], self._fetch))
 
-    def _score_norms(self, params: dict[str, Tensor], obs: Any, act: Tensor) -> Tensor:
-        """||grad log pi|| per sample, exact, each at its own parameters (``params``: name -> (C, ...))."""
+    def _score_grads(self, params: dict[str, Tensor], obs: Any, act: Tensor) -> dict[str, Tensor]:
+        """Exact per-sample ``grad log pi`` w.r.t. ``params`` (name -> (C, ...)), each sample at its
+        own parameter values; the other parameters enter at their current values."""
         policy = self.policy
         fixed = {n: p.detach() for n, p in persample.trainable(policy).items() if n not in params}
 
         def logp(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
             o1, a1 = th.utils._pytree.tree_map(lambda x: x.unsqueeze(0), (o, a))
-            return _call(policy, {**p, **fixed}, o1, a1)[1].reshape(())
+            with _reparametrize(policy, {**p, **fixed}):
+                # the actor alone: get_distribution skips the critic that evaluate_actions also runs
+                return policy.get_distribution(o1).log_prob(a1).reshape(())
 
         old = th.distributions.Distribution._validate_args
         th.distributions.Distribution.set_default_validate_args(False)
         try:
-            grads = th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
+            return th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
         finally:
             th.distributions.Distribution.set_default_validate_args(old)
-        n = act.shape[0]
-        return sum(g.reshape(n, -1).square().sum(1) for g in grads.values()).sqrt()  # type: ignore[return-value]
 
     def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
         k, batch = pending.coef.shape[1], pending.coef.shape[0]
@@ -387,6 +399,12 @@ class SampleGeometry:
             return persample.jacobian_gram(parts_fn, {n: params[n] for n in names}, inputs, batch, k, factors)
         finally:
             th.distributions.Distribution.set_default_validate_args(old)
+
+
+def _reparametrize(policy: nn.Module, p: dict[str, Tensor]) -> Any:
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    return _reparametrize_module(policy, p)
 
 
 def _call(
