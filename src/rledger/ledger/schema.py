@@ -75,7 +75,9 @@ COLUMNS: tuple[Column, ...] = (
         I64,
         "id",
         """Identity of the state in which the action was taken: `info["state_id"]` of that state when the
-        env provides it, else the first 8 bytes of BLAKE2b of the observation's bytes, as int64.""",
+        env provides it (on every step and reset), else a 64-bit hash of the observation's bytes as
+        stored in the rollout buffer (FNV-1a over zero-padded 8-byte words, then the splitmix64
+        finalizer; `rledger.recorder.obs_hash_rows`), as int64.""",
     ),
     _c(
         "transitions",
