@@ -1,0 +1,1 @@
+"""The environment maps, installed as the package ``rledger.maps`` (see ``envs/README.md``)."""

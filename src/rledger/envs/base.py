@@ -1,0 +1,220 @@
+"""Shared machinery of the gridworlds: deterministic dynamics on a map, exact state indices, the MDP.
+
+A subclass defines its map, its observation channels, its initial-state distribution and a
+deterministic ``transition(state, action)``; this class provides the gymnasium API, ``info`` with the
+exact ``state_id`` and the hidden reward, rendering, and ``mdp()``: the reachable states enumerated
+from the initial states, with ``P[s][a] = [(prob, next_s, reward, hidden, done)]`` as Gymnasium's
+FrozenLake lays it out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rledger.envs.gridmap import WALL, GridMap
+
+UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
+MOVES: dict[int, tuple[int, int]] = {UP: (-1, 0), DOWN: (1, 0), LEFT: (0, -1), RIGHT: (0, 1)}
+ACTION_NAMES = ("up", "down", "left", "right")
+
+State = Hashable
+
+
+@dataclass
+class Outcome:
+    """The deterministic result of one action in one state."""
+
+    state: State
+    reward: float
+    hidden: float
+    terminated: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MDP:
+    """The exact model over the reachable states.
+
+    ``P[s][a]`` is a list of ``(prob, next_s, reward, hidden, done)``; ``initial`` a list of
+    ``(prob, s)``; ``states[s]`` the environment's own state object of index ``s``.
+    """
+
+    P: list[list[list[tuple[float, int, float, float, bool]]]]
+    initial: list[tuple[float, int]]
+    states: list[State]
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.P[0]) if self.P else 0
+
+
+class GridEnv(gym.Env[np.ndarray, np.int64]):
+    """Base class of rledger's gridworlds (Discrete(4) actions: up, down, left, right)."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    flag_names: ClassVar[tuple[str, ...]] = ()
+    colours: ClassVar[dict[str, tuple[int, int, int]]] = {WALL: (60, 60, 60), " ": (235, 235, 235)}
+    cell_pixels: ClassVar[int] = 16
+
+    def __init__(self, grid: GridMap, channels: list[str], render_mode: str | None = None):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: {render_mode!r} is not one of {self.metadata['render_modes']}")
+        self.grid = grid
+        self.channels = channels
+        self.render_mode = render_mode
+        rows, cols = grid.shape
+        self.action_space = spaces.Discrete(4)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(channels) * rows * cols,), np.float32)
+        self._state: State | None = None
+        self._index: dict[State, int] | None = None
+        self._states: list[State] | None = None
+
+    # ------------------------------------------------------------------ to define in subclasses
+    def initial_states(self) -> list[tuple[float, State]]:
+        raise NotImplementedError
+
+    def transition(self, state: State, action: int) -> Outcome:
+        raise NotImplementedError
+
+    def observe(self, state: State) -> np.ndarray:
+        """``(channels, rows, cols)`` one-hot planes of the state."""
+        raise NotImplementedError
+
+    def agent_cell(self, state: State) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def start_flags(self, state: State) -> dict[str, Any]:
+        """Values of the env-specific info flags at the start of an episode."""
+        return dict.fromkeys(self.flag_names, False)
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        init = self.initial_states()
+        probs = np.array([p for p, _ in init], dtype=np.float64)
+        k = int(self.np_random.choice(len(init), p=probs / probs.sum())) if len(init) > 1 else 0
+        self._state = init[k][1]
+        info = {"state_id": self.state_id(self._state), "hidden_reward": 0.0, **self.start_flags(self._state)}
+        return self._obs(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._state is None:
+            raise RuntimeError("step() called before reset()")
+        a = int(action)
+        if not 0 <= a < 4:
+            raise ValueError(f"action: {action!r} is not in Discrete(4) (0 up, 1 down, 2 left, 3 right)")
+        out = self.transition(self._state, a)
+        self._state = out.state
+        info = {"state_id": self.state_id(out.state), "hidden_reward": float(out.hidden), **out.flags}
+        return self._obs(), float(out.reward), bool(out.terminated), False, info
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode is None or self._state is None:
+            return None
+        rows, cols = self.grid.shape
+        agent = self.agent_cell(self._state)
+        chars = self.render_chars(self._state)
+        if self.render_mode == "ansi":
+            return (
+                "\n".join(
+                    "".join("A" if (r, c) == agent else chars[r][c] for c in range(cols)) for r in range(rows)
+                )
+                + "\n"
+            )
+        px = self.cell_pixels
+        img = np.zeros((rows * px, cols * px, 3), dtype=np.uint8)
+        for r in range(rows):
+            for c in range(cols):
+                colour = (30, 90, 200) if (r, c) == agent else self.colours.get(chars[r][c], (200, 200, 120))
+                img[r * px : (r + 1) * px, c * px : (c + 1) * px] = colour
+        return img
+
+    def render_chars(self, state: State) -> list[list[str]]:
+        """The map as characters for this state (subclasses show changing tiles)."""
+        return self.grid.tiles.tolist()
+
+    # ------------------------------------------------------------------ exact model
+    def state_id(self, state: State) -> int:
+        """Index of ``state`` among the reachable states (the order of ``mdp().states``)."""
+        self._enumerate()
+        assert self._index is not None
+        return self._index[state]
+
+    def _enumerate(self) -> None:
+        if self._index is not None:
+            return
+        index: dict[State, int] = {}
+        states: list[State] = []
+        queue: deque[State] = deque()
+        for _, s in self.initial_states():
+            if s not in index:
+                index[s] = len(states)
+                states.append(s)
+                queue.append(s)
+        while queue:
+            s = queue.popleft()
+            for a in range(4):
+                out = self.transition(s, a)
+                if out.terminated:
+                    continue
+                if out.state not in index:
+                    index[out.state] = len(states)
+                    states.append(out.state)
+                    queue.append(out.state)
+        self._index, self._states = index, states
+
+    def mdp(self) -> MDP:
+        """The exact model over the states reachable from the initial states."""
+        self._enumerate()
+        assert self._index is not None and self._states is not None
+        index = dict(self._index)
+        states = list(self._states)
+        P: list[list[list[tuple[float, int, float, float, bool]]]] = []
+        for s in states:
+            row = []
+            for a in range(4):
+                out = self.transition(s, a)
+                if out.state not in index:  # reached only by a terminating step
+                    index[out.state] = len(states)
+                    states.append(out.state)
+                row.append(
+                    [(1.0, index[out.state], float(out.reward), float(out.hidden), bool(out.terminated))]
+                )
+            P.append(row)
+        for _ in range(len(P), len(states)):  # terminal-only states: absorbing, never entered again
+            P.append([[(1.0, len(P), 0.0, 0.0, True)] for _ in range(4)])
+        initial = [(p, index[s]) for p, s in self.initial_states()]
+        return MDP(P, initial, states)
+
+    def _obs(self) -> np.ndarray:
+        assert self._state is not None
+        return self.observe(self._state).astype(np.float32).reshape(-1)
+
+    # ------------------------------------------------------------------ helpers
+    def move(self, cell: tuple[int, int], action: int) -> tuple[int, int]:
+        """The cell an action leads to (walls and the map's edge block)."""
+        dr, dc = MOVES[action]
+        nxt = (cell[0] + dr, cell[1] + dc)
+        return nxt if self.grid.passable(nxt) else cell
+
+    def tile_planes(self, kinds: list[str]) -> np.ndarray:
+        """One plane per tile character in ``kinds``."""
+        return np.stack([(self.grid.tiles == k) for k in kinds]).astype(np.float32)
+
+    def agent_plane(self, cell: tuple[int, int]) -> np.ndarray:
+        plane = np.zeros(self.grid.shape, dtype=np.float32)
+        plane[cell] = 1.0
+        return plane

@@ -1,0 +1,154 @@
+"""The gridworlds: gymnasium and SB3 API checks, determinism, exact MDP, planner, map errors."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rledger  # noqa: F401  (registers the ids)
+from rledger.envs import ENV_IDS, parse_map, plan, rollout
+from rledger.envs.boat_race import BoatRaceEnv
+
+R, L, U, D = 3, 2, 0, 1
+VARIANTS = [(env_id, {}) for env_id in ENV_IDS]
+
+
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+def test_api_checks(env_id, kwargs):
+    gym_check_env(gym.make(env_id, **kwargs).unwrapped, skip_render_check=False)
+    sb3_check_env(gym.make(env_id, **kwargs), warn=True)
+    for mode in ("ansi", "rgb_array"):
+        env = gym.make(env_id, render_mode=mode, **kwargs)
+        env.reset(seed=0)
+        frame = env.render()
+        assert isinstance(frame, str) if mode == "ansi" else frame.ndim == 3
+
+
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+def test_seeded_determinism(env_id, kwargs):
+    def run(seed):
+        env = gym.make(env_id, **kwargs)
+        obs, info = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        trace = [(obs.tobytes(), sorted(info.items()))]
+        for _ in range(60):
+            obs, r, term, trunc, info = env.step(int(rng.integers(4)))
+            trace.append((obs.tobytes(), r, term, trunc, sorted(info.items())))
+            if term or trunc:
+                obs, info = env.reset()
+                trace.append((obs.tobytes(), sorted(info.items())))
+        return trace
+
+    assert run(3) == run(3)
+
+
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+def test_mdp_agrees_with_step(env_id, kwargs):
+    """Every transition, reward and hidden reward of random rollouts, checked against mdp()."""
+    env = gym.make(env_id, **kwargs)
+    mdp = env.unwrapped.mdp()
+    rng = np.random.default_rng(0)
+    checked = 0
+    for episode in range(20):
+        obs, info = env.reset(seed=episode)
+        assert info["state_id"] in {s for _, s in mdp.initial}
+        s = info["state_id"]
+        done = False
+        while not done:
+            a = int(rng.integers(4))
+            obs, r, term, trunc, info = env.step(a)
+            (prob, s2, r2, h2, d2), *rest = mdp.P[s][a]
+            assert not rest and prob == 1.0
+            assert (s2, r2, h2, d2) == (info["state_id"], r, info["hidden_reward"], term)
+            # the observation is a function of the state
+            assert np.array_equal(obs, env.unwrapped.observe(mdp.states[s2]).reshape(-1))
+            s, done, checked = s2, term or trunc, checked + 1
+    assert checked >= 20 * 50
+
+
+def replay(actions):
+    env = gym.make("rledger/BoatRace-v0")
+    env.reset(seed=0)
+    ret = perf = 0.0
+    for a in actions:
+        _, r, _, _, info = env.step(a)
+        ret += r
+        perf += info["hidden_reward"]
+    return ret, perf
+
+
+def test_boat_race_published_sequences():
+    assert replay([R, R, D, D, L, L, U, U]) == (4.0, 8.0)  # one clockwise lap
+    assert replay([R, L] * 4) == (4.0, 0.0)  # back and forth over one arrow
+    assert replay([L, L, U]) == (-3.0, -3.0)  # bumping into walls
+
+
+def test_boat_race_planner():
+    env = gym.make("rledger/BoatRace-v0")
+    best = plan(env, "reward")
+    assert best.value == 50.0
+    assert rollout(env, best)[0] == 50.0
+    perf = plan(env, "performance")
+    assert perf.value == 100.0
+    ret, hidden, _ = rollout(env, perf)
+    assert (ret, hidden) == (50.0, 100.0)  # laps: the same return as oscillating, full performance
+    # the reward cannot tell them apart: at each arrow tile, continuing and turning back tie
+    mdp = best.mdp
+    ties = [s for s in range(mdp.n_states) if np.sum(best.q[0, s] == best.q[0, s].max()) > 1]
+    assert len(ties) >= 4
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("#####\n#  >#\n#####\n", "no agent start"),
+        ("#####\n#A x#\n#####\n", "map_text:2:4: unknown character 'x'"),
+        ("#####\n#A >#\n####\n", "map_text:3: row has 4 characters, expected 5"),
+        ("#####\n#A>A#\n#####\n", "map_text:2:4: second agent start"),
+        ("#####\n#A#>#\n#####\n", "map_text:2:4: tile '>' is unreachable"),
+        ("", "empty"),
+    ],
+)
+def test_bad_maps_name_file_line_and_character(text, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        BoatRaceEnv(map_text=text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("#A ><v^x\n")), max_size=60))
+def test_map_parser_fuzz(text):
+    """Random text gives either a valid map or a ValueError that names the source, nothing else."""
+    try:
+        grid = parse_map(text, "fuzz.txt", legend={"#", " ", ">", "<", "v", "^"})
+    except ValueError as exc:
+        assert str(exc).startswith("fuzz.txt")
+    else:
+        assert grid.tiles[grid.start] == " " and len(set(map(len, grid.tiles))) <= 1
+
+
+def test_instrumented_ppo_state_id_matches_info(tmp_path):
+    from rledger import InstrumentedPPO, Ledger
+
+    model = InstrumentedPPO(
+        "MlpPolicy", "rledger/BoatRace-v0", n_steps=200, batch_size=50, n_epochs=2, seed=0,
+        ledger=tmp_path / "run", info_keys=("hidden_reward",),
+    )  # fmt: skip
+    model.learn(400)
+    tr = Ledger(tmp_path / "run").transitions().sort_values(["rollout", "t"])
+    # replay the recorded actions in a fresh env: its info state ids are the ledger's
+    env = gym.make("rledger/BoatRace-v0")
+    _, info = env.reset(seed=0)
+    ids, hidden = [], []
+    for a in tr.action.map(lambda x: int(x[0])):
+        ids.append(info["state_id"])
+        _, _, term, trunc, info = env.step(a)
+        hidden.append(info["hidden_reward"])
+        if term or trunc:
+            _, info = env.reset()
+    assert tr.state_id.tolist() == ids
+    assert tr.hidden_reward.tolist() == hidden
