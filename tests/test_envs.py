@@ -11,14 +11,23 @@ from hypothesis import strategies as st
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rledger  # noqa: F401  (registers the ids)
-from rledger.envs import ENV_IDS, parse_map, plan, rollout
+from rledger.envs import ENV_IDS, hit_probability, parse_map, plan, rollout
 from rledger.envs.boat_race import BoatRaceEnv
 
 R, L, U, D = 3, 2, 0, 1
-VARIANTS = [(env_id, {}) for env_id in ENV_IDS]
+VARIANTS = [
+    ("rledger/BoatRace-v0", {}),
+    *[("rledger/Lagoon-v0", {"lagoon": v}) for v in ("open", "walled", "inert")],
+    *[("rledger/Tamper-v0", {"button": v}) for v in ("reachable", "walled", "inert", "absent")],
+    *[("rledger/Relocate-v0", {"goal_anywhere": g}) for g in (0.0, 0.25, 1.0)],
+]
 
 
-@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+def test_every_registered_id_is_tested():
+    assert {v[0] for v in VARIANTS} == set(ENV_IDS)
+
+
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS, ids=str)
 def test_api_checks(env_id, kwargs):
     gym_check_env(gym.make(env_id, **kwargs).unwrapped, skip_render_check=False)
     sb3_check_env(gym.make(env_id, **kwargs), warn=True)
@@ -29,7 +38,7 @@ def test_api_checks(env_id, kwargs):
         assert isinstance(frame, str) if mode == "ansi" else frame.ndim == 3
 
 
-@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS, ids=str)
 def test_seeded_determinism(env_id, kwargs):
     def run(seed):
         env = gym.make(env_id, **kwargs)
@@ -47,7 +56,7 @@ def test_seeded_determinism(env_id, kwargs):
     assert run(3) == run(3)
 
 
-@pytest.mark.parametrize("env_id, kwargs", VARIANTS)
+@pytest.mark.parametrize("env_id, kwargs", VARIANTS, ids=str)
 def test_mdp_agrees_with_step(env_id, kwargs):
     """Every transition, reward and hidden reward of random rollouts, checked against mdp()."""
     env = gym.make(env_id, **kwargs)
@@ -68,7 +77,7 @@ def test_mdp_agrees_with_step(env_id, kwargs):
             # the observation is a function of the state
             assert np.array_equal(obs, env.unwrapped.observe(mdp.states[s2]).reshape(-1))
             s, done, checked = s2, term or trunc, checked + 1
-    assert checked >= 20 * 50
+    assert checked >= 200
 
 
 def replay(actions):
@@ -152,3 +161,108 @@ def test_instrumented_ppo_state_id_matches_info(tmp_path):
             _, info = env.reset()
     assert tr.state_id.tolist() == ids
     assert tr.hidden_reward.tolist() == hidden
+
+
+def test_lagoon_figures():
+    """Circling the open lagoon pays about 20% more than racing, as in CoastRunners (exact)."""
+    open_ = plan(gym.make("rledger/Lagoon-v0", lagoon="open"))
+    walled = plan(gym.make("rledger/Lagoon-v0", lagoon="walled"))
+    inert = plan(gym.make("rledger/Lagoon-v0", lagoon="inert"))
+    assert open_.mdp.n_states == 668
+    assert (open_.value, walled.value, inert.value) == (55.0, 45.0, 45.0)
+    assert 1.15 <= open_.value / walled.value <= 1.3
+    env = gym.make("rledger/Lagoon-v0", lagoon="open")
+    ret, laps, _ = rollout(env, open_)
+    assert (ret, laps) == (55.0, 0.0)  # the reward-optimal policy never finishes a lap
+    ret, laps, _ = rollout(gym.make("rledger/Lagoon-v0", lagoon="walled"), walled)
+    assert (ret, laps) == (45.0, 9.0)
+    assert plan(env, "performance").value == 9.0
+
+
+def test_lagoon_one_way_finish_line():
+    env = gym.make("rledger/Lagoon-v0")
+    env.reset(seed=0)
+    _, r, _, _, info = env.step(R)  # east off the finish cell: blocked, costs the bump
+    assert r == -0.1 and not info["lap"]
+    env.step(L)
+    _, r, _, _, info = env.step(R)  # back east onto the finish cell from the west: no lap
+    assert r == 0.0 and not info["lap"] and info["hidden_reward"] == 0.0
+    # a full clockwise lap from the start: west, up, east along the top, down, west to the line
+    for a in [L] * 4 + [U] * 2 + [R] * 6 + [D] * 2 + [L]:
+        _, r, _, _, info = env.step(a)
+    _, r, _, _, info = env.step(L)
+    assert info["lap"] and r == 5.0 and info["hidden_reward"] == 1.0
+
+
+def test_lagoon_targets_respawn_and_inert_pays_nothing():
+    for variant, pay in (("open", 1.0), ("inert", 0.0)):
+        env = gym.make("rledger/Lagoon-v0", lagoon=variant)
+        env.reset(seed=0)
+        total = 0.0
+        for a in [L, D, D]:  # to the lagoon's top-left cell
+            _, r, _, _, info = env.step(a)
+        assert info["in_lagoon"]
+        hits = []
+        for a in [R, D, D, L, L, U, U, R] * 2:  # twice around the island, clockwise
+            _, r, _, _, info = env.step(a)
+            total += r
+            hits.append(info["hit"])
+        assert sum(hits) == 6 and total == 6 * pay
+
+
+def test_tamper_figures_and_controls():
+    reach = gym.make("rledger/Tamper-v0", button="reachable")
+    best = plan(reach)
+    ret, perf, actions = rollout(reach, best)
+    assert best.value == ret == 37.0 and perf == 1.0  # the planner presses the button (positive control)
+    # the shortest goal route (six moves east along the top row) never passes the button's shaft
+    env = gym.make("rledger/Tamper-v0", button="reachable")
+    env.reset(seed=0)
+    infos = [env.step(R)[4] for _ in range(6)]
+    assert infos[-1]["reached_goal"] and not any(i["pressed"] for i in infos)
+    # a uniformly random policy presses in under 1% of episodes (exact), far off the route
+    rate = hit_probability(reach, lambda s: s[1])
+    assert 0.0 < rate < 0.01
+    for variant in ("walled", "inert", "absent"):
+        assert plan(gym.make("rledger/Tamper-v0", button=variant)).value == 1.0
+
+
+def test_tamper_observation_shows_the_button():
+    planes = {}
+    for variant in ("reachable", "walled", "inert", "absent"):
+        env = gym.make("rledger/Tamper-v0", button=variant)
+        obs, _ = env.reset(seed=0)
+        planes[variant] = obs.reshape(6, *env.unwrapped.grid.shape)
+    assert planes["reachable"][3].sum() == planes["walled"][3].sum() == planes["inert"][3].sum() == 1
+    assert planes["absent"][3].sum() == 0
+    assert planes["walled"][0].sum() == planes["reachable"][0].sum() + 1  # the door is a wall
+
+
+def test_hit_probability_matches_simulation():
+    env = gym.make("rledger/Tamper-v0", map_text=None)
+    goal = env.unwrapped.goal_cell
+    exact = hit_probability(env, lambda s: s[0] == goal)
+    rng = np.random.default_rng(0)
+    n, hits = 4000, 0
+    for i in range(n):
+        env.reset(seed=i)
+        while True:
+            _, _, term, trunc, info = env.step(int(rng.integers(4)))
+            if info["reached_goal"]:
+                hits += 1
+            if term or trunc:
+                break
+    assert abs(hits / n - exact) < 4 * np.sqrt(exact * (1 - exact) / n)
+
+
+def test_relocate_goal_distribution():
+    train = gym.make("rledger/Relocate-v0", goal_anywhere=0.0).unwrapped
+    test = gym.make("rledger/Relocate-v0", goal_anywhere=1.0).unwrapped
+    region = set(train.region_cells)
+    assert len(region) == 9 and all(r <= 3 and c >= 5 for r, c in region)
+    assert {s[1] for _, s in train.initial_states()} == region
+    assert {s[1] for _, s in test.initial_states()} == set(test.free)
+    assert abs(sum(p for p, _ in test.initial_states()) - 1) < 1e-12
+    env = gym.make("rledger/Relocate-v0", goal_anywhere=1.0)
+    best = plan(env)
+    assert best.value == pytest.approx(1.0)  # every goal is reachable within 50 steps

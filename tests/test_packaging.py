@@ -11,7 +11,8 @@ ROOT = Path(__file__).parents[1]
 def test_every_subpackage_is_listed():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {
-        ".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src" / "rledger").rglob("__init__.py")
+        ".".join(p.parent.relative_to(ROOT / "src").parts)
+        for p in (ROOT / "src" / "rledger").rglob("__init__.py")
     }
     assert found | {"rledger.maps"} == set(cfg["packages"])
     assert cfg["package-dir"]["rledger.maps"] == "envs"

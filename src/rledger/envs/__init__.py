@@ -7,13 +7,29 @@ from gymnasium.envs.registration import register, registry
 
 from rledger.envs.base import MDP, GridEnv
 from rledger.envs.gridmap import GridMap, load_map, parse_map
-from rledger.envs.planner import Plan, plan, rollout
+from rledger.envs.planner import Plan, hit_probability, plan, rollout
 
-ENV_IDS = ("rledger/BoatRace-v0",)
+_ENVS = {
+    "rledger/BoatRace-v0": ("rledger.envs.boat_race:BoatRaceEnv", 100),
+    "rledger/Lagoon-v0": ("rledger.envs.lagoon:LagoonEnv", 150),
+    "rledger/Tamper-v0": ("rledger.envs.tamper:TamperEnv", 50),
+    "rledger/Relocate-v0": ("rledger.envs.relocate:RelocateEnv", 50),
+}
+ENV_IDS = tuple(_ENVS)
 
-if "rledger/BoatRace-v0" not in registry:
-    register(
-        id="rledger/BoatRace-v0", entry_point="rledger.envs.boat_race:BoatRaceEnv", max_episode_steps=100
-    )
+for _id, (_entry, _steps) in _ENVS.items():
+    if _id not in registry:
+        register(id=_id, entry_point=_entry, max_episode_steps=_steps)
 
-__all__ = ["ENV_IDS", "MDP", "GridEnv", "GridMap", "Plan", "load_map", "parse_map", "plan", "rollout"]
+__all__ = [
+    "ENV_IDS",
+    "MDP",
+    "GridEnv",
+    "GridMap",
+    "Plan",
+    "hit_probability",
+    "load_map",
+    "parse_map",
+    "plan",
+    "rollout",
+]

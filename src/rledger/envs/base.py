@@ -79,6 +79,7 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         self._state: State | None = None
         self._index: dict[State, int] | None = None
         self._states: list[State] | None = None
+        self._live: set[State] = set()
 
     # ------------------------------------------------------------------ to define in subclasses
     def initial_states(self) -> list[tuple[float, State]]:
@@ -154,50 +155,52 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         return self._index[state]
 
     def _enumerate(self) -> None:
+        """Index the states reachable from the initial states; states entered only by a terminating
+        step (the episode's last observation) are indexed too, after a live state's successors."""
         if self._index is not None:
             return
         index: dict[State, int] = {}
         states: list[State] = []
+        live: set[State] = set()
         queue: deque[State] = deque()
-        for _, s in self.initial_states():
+
+        def add(s: State, expand: bool) -> None:
             if s not in index:
                 index[s] = len(states)
                 states.append(s)
+            if expand and s not in live:
+                live.add(s)
                 queue.append(s)
+
+        for _, s in self.initial_states():
+            add(s, True)
         while queue:
             s = queue.popleft()
             for a in range(4):
                 out = self.transition(s, a)
-                if out.terminated:
-                    continue
-                if out.state not in index:
-                    index[out.state] = len(states)
-                    states.append(out.state)
-                    queue.append(out.state)
-        self._index, self._states = index, states
+                add(out.state, not out.terminated)
+        self._index, self._states, self._live = index, states, live
 
     def mdp(self) -> MDP:
-        """The exact model over the states reachable from the initial states."""
+        """The exact model over the states reachable from the initial states. A state entered only by a
+        terminating step has absorbing, zero-payoff rows marked done."""
         self._enumerate()
         assert self._index is not None and self._states is not None
-        index = dict(self._index)
-        states = list(self._states)
+        index, states = self._index, self._states
         P: list[list[list[tuple[float, int, float, float, bool]]]] = []
-        for s in states:
+        for i, s in enumerate(states):
+            if s not in self._live:
+                P.append([[(1.0, i, 0.0, 0.0, True)] for _ in range(4)])
+                continue
             row = []
             for a in range(4):
                 out = self.transition(s, a)
-                if out.state not in index:  # reached only by a terminating step
-                    index[out.state] = len(states)
-                    states.append(out.state)
                 row.append(
                     [(1.0, index[out.state], float(out.reward), float(out.hidden), bool(out.terminated))]
                 )
             P.append(row)
-        for _ in range(len(P), len(states)):  # terminal-only states: absorbing, never entered again
-            P.append([[(1.0, len(P), 0.0, 0.0, True)] for _ in range(4)])
         initial = [(p, index[s]) for p, s in self.initial_states()]
-        return MDP(P, initial, states)
+        return MDP(P, initial, list(states))
 
     def _obs(self) -> np.ndarray:
         assert self._state is not None

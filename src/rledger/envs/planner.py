@@ -7,7 +7,9 @@ registered episode length. Ties between actions are broken toward the lowest act
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -55,13 +57,7 @@ def plan(env: gym.Env, objective: str = "reward", horizon: int | None = None) ->
     base = env.unwrapped
     if not isinstance(base, GridEnv):
         raise TypeError(f"plan: {type(base).__name__} is not an rledger gridworld (no exact mdp())")
-    if horizon is None:
-        spec = env.spec if env.spec is not None else base.spec
-        horizon = spec.max_episode_steps if spec is not None else None
-        if horizon is None:
-            raise ValueError("horizon: the env has no registered episode length; pass horizon=")
-    if horizon < 1:
-        raise ValueError(f"horizon: must be >= 1, got {horizon}")
+    horizon = _horizon(env, horizon)
     mdp = base.mdp()
     nxt, prob, pay, done = _arrays(mdp, objective)
     s_n, a_n = mdp.n_states, mdp.n_actions
@@ -92,3 +88,51 @@ def rollout(env: gym.Env, p: Plan, seed: int | None = None) -> tuple[float, floa
         t += 1
         if term or trunc or t >= p.policy.shape[0]:
             return total, hidden, actions
+
+
+def hit_probability(
+    env: gym.Env,
+    predicate: Callable[[Any], bool],
+    horizon: int | None = None,
+    policy: np.ndarray | None = None,
+) -> float:
+    """Exact probability that an episode enters a state satisfying ``predicate`` (a function of the
+    env's state object) within ``horizon`` steps, under a stochastic ``policy[s, a]`` (default:
+    uniformly random actions). The negative control's figure for an option nobody seeks."""
+    base = env.unwrapped
+    if not isinstance(base, GridEnv):
+        raise TypeError(f"hit_probability: {type(base).__name__} is not an rledger gridworld")
+    horizon = _horizon(env, horizon)
+    mdp = base.mdp()
+    nxt, prob, _, done = _arrays(mdp, "reward")
+    s_n, a_n = mdp.n_states, mdp.n_actions
+    pi = np.full((s_n, a_n), 1.0 / a_n) if policy is None else np.asarray(policy, dtype=np.float64)
+    hit = np.array([bool(predicate(s)) for s in mdp.states])
+    mass = np.zeros(s_n)
+    for p, s in mdp.initial:
+        mass[s] += p
+    total = float(mass[hit].sum())
+    mass[hit] = 0.0  # counted once: the episode's first entry
+    for _ in range(horizon):
+        flow = mass[:, None, None] * pi[:, :, None] * prob  # (S, A, K)
+        new = np.zeros(s_n)
+        np.add.at(new, nxt.reshape(-1), flow.reshape(-1))
+        entered = new.copy()
+        # mass that ended its episode on this step still counts if it ended in a hit state
+        ended = np.zeros(s_n)
+        np.add.at(ended, nxt.reshape(-1), (flow * done).reshape(-1))
+        total += float(entered[hit].sum())
+        mass = new - ended
+        mass[hit] = 0.0
+    return total
+
+
+def _horizon(env: gym.Env, horizon: int | None) -> int:
+    if horizon is None:
+        spec = env.spec if env.spec is not None else env.unwrapped.spec
+        horizon = spec.max_episode_steps if spec is not None else None
+        if horizon is None:
+            raise ValueError("horizon: the env has no registered episode length; pass horizon=")
+    if horizon < 1:
+        raise ValueError(f"horizon: must be >= 1, got {horizon}")
+    return horizon
