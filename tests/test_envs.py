@@ -140,17 +140,30 @@ def test_map_parser_fuzz(text):
         assert grid.tiles[grid.start] == " " and len(set(map(len, grid.tiles))) <= 1
 
 
-def test_instrumented_ppo_state_id_matches_info(tmp_path):
+def test_unreachable_goal_is_refused():
+    from rledger.envs.tamper import TamperEnv
+
+    text = "#########\n#A  #  G#\n#   #   #\n##D#######\n".replace("##D#######", "##D######")
+    text += "## ######\n##B######\n#########\n"
+    with pytest.raises(ValueError, match=r"map_text:2:8: tile 'G' is unreachable"):
+        TamperEnv(map_text=text)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_instrumented_ppo_state_id_matches_info(tmp_path, env_id):
+    from stable_baselines3.common.env_util import make_vec_env
+
     from rledger import InstrumentedPPO, Ledger
 
+    venv = make_vec_env(env_id, n_envs=1, seed=0)
     model = InstrumentedPPO(
-        "MlpPolicy", "rledger/BoatRace-v0", n_steps=200, batch_size=50, n_epochs=2, seed=0,
+        "MlpPolicy", venv, n_steps=200, batch_size=50, n_epochs=2, seed=0,
         ledger=tmp_path / "run", info_keys=("hidden_reward",),
     )  # fmt: skip
     model.learn(400)
     tr = Ledger(tmp_path / "run").transitions().sort_values(["rollout", "t"])
-    # replay the recorded actions in a fresh env: its info state ids are the ledger's
-    env = gym.make("rledger/BoatRace-v0")
+    # replay the recorded actions in a fresh env seeded as make_vec_env seeds env 0: same state ids
+    env = gym.make(env_id)
     _, info = env.reset(seed=0)
     ids, hidden = [], []
     for a in tr.action.map(lambda x: int(x[0])):
