@@ -85,6 +85,84 @@ def train(
 
 
 @main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9 or 0,3,5")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)"
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field (repeatable)"
+)
+@click.option("--overwrite", is_flag=True, help="rerun complete runs whose config differs from the spec")
+def run(
+    spec_path: Path,
+    out: Path,
+    seeds: str | None,
+    workers: int,
+    backend: str,
+    ray_address: str | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs."""
+    from rledger.experiments import SpecError, load_spec, plan_runs, run_local, run_ray
+    from rledger.experiments.run import command_line
+
+    try:
+        spec = load_spec(spec_path, list(overrides), seeds)
+        jobs = plan_runs(spec, out, overwrite)
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    done = sum(j.state == "done" for j in jobs)
+    console.print(f"{spec.name}: {len(jobs)} runs ({done} complete) -> {out / spec.name}")
+    try:
+        if backend == "local":
+            results = run_local(jobs, workers, command_line(), overwrite)
+        else:
+            results = run_ray(jobs, ray_address, command_line(), overwrite)
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    except KeyboardInterrupt:
+        console.print("interrupted: incomplete runs have no DONE marker and restart from scratch next time")
+        sys.exit(130)
+    _print_runs([r for r in _list(out) if r["experiment"] == spec.name])
+    console.print(f"{len(results)} runs complete")
+
+
+@main.command(name="ls")
+@click.argument("out", type=click.Path(path_type=Path), default=Path("runs"))
+def ls_runs(out: Path) -> None:
+    """List the runs under OUT with status, steps, return and performance."""
+    if not out.is_dir():
+        raise _Bad(f"{out}: no such folder; pass the --out folder of rledger run")
+    _print_runs(_list(out))
+
+
+def _list(out: Path) -> list[dict[str, object]]:
+    from rledger.experiments import list_runs
+
+    return list_runs(out)
+
+
+def _print_runs(rows: list[dict[str, object]]) -> None:
+    table = Table()
+    for col in ("experiment", "variant", "seed", "status", "steps", "return", "performance"):
+        table.add_column(
+            col, justify="right" if col in ("seed", "steps", "return", "performance") else "left"
+        )
+    for r in rows:
+        fmt = [
+            "-" if r[c] is None else (f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]))
+            for c in ("experiment", "variant", "seed", "status", "steps", "return", "performance")
+        ]
+        table.add_row(*fmt)
+    console.print(table)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def summary(run_dir: Path) -> None:
     """Summarize the ledger in RUN_DIR."""

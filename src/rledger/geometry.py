@@ -350,12 +350,8 @@ class SampleGeometry:
                 # the actor alone: get_distribution skips the critic that evaluate_actions also runs
                 return policy.get_distribution(o1).log_prob(a1).reshape(())
 
-        old = th.distributions.Distribution._validate_args
-        th.distributions.Distribution.set_default_validate_args(False)
-        try:
+        with _functional_calls(policy):
             return th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
-        finally:
-            th.distributions.Distribution.set_default_validate_args(old)
 
     def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
         k, batch = pending.coef.shape[1], pending.coef.shape[0]
@@ -393,12 +389,25 @@ class SampleGeometry:
             return th.stack(out)
 
         factors = {n: (precond(live[n]) or (None,))[0] for n in names} if precond is not None else None
-        old = th.distributions.Distribution._validate_args
-        th.distributions.Distribution.set_default_validate_args(False)
-        try:
+        with _functional_calls(policy):
             return persample.jacobian_gram(parts_fn, {n: params[n] for n in names}, inputs, batch, k, factors)
-        finally:
-            th.distributions.Distribution.set_default_validate_args(old)
+
+
+@contextlib.contextmanager
+def _functional_calls(policy: ActorCriticPolicy) -> Iterator[None]:
+    """Around torch.func transforms of the policy: no data-dependent argument validation in
+    torch.distributions, and SB3's action distribution object (which every forward overwrites) is
+    restored afterwards, so no transformed tensor outlives the transform."""
+    old_validate = th.distributions.Distribution._validate_args
+    dist_obj = policy.action_dist
+    saved = dict(vars(dist_obj))
+    th.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        th.distributions.Distribution.set_default_validate_args(old_validate)
+        vars(dist_obj).clear()
+        vars(dist_obj).update(saved)
 
 
 def _reparametrize(policy: nn.Module, p: dict[str, Tensor]) -> Any:

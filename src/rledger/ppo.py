@@ -104,6 +104,14 @@ class InstrumentedPPO(PPO):
             self._geometry = SampleGeometry(self.policy, self.policy.optimizer, self.action_space)
             self._geometry.validate()
 
+    def _excluded_save_params(self) -> list[str]:
+        # the recording machinery is not part of the model: model.zip stays loadable with PPO.load
+        return [
+            *super()._excluded_save_params(),
+            "_writer", "_geometry", "_arrays", "_episodes", "_state_ids", "_pending_episodes",
+            "_run_info_cache", "_info_state_ids", "_started",
+        ]  # fmt: skip
+
     @property
     def ledger_dir(self) -> str | None:
         return None if self._writer is None else str(self._writer.run_dir)

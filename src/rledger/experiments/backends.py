@@ -1,0 +1,151 @@
+"""Running an experiment's runs: locally in a process pool, or as Ray tasks.
+
+:func:`plan_runs` resolves the spec into jobs and checks every run folder before anything starts
+(complete runs are skipped; a complete run whose config differs is refused without ``overwrite``);
+:func:`run_local` and :func:`run_ray` execute the jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rledger.experiments import run as runmod
+from rledger.experiments.spec import Spec, SpecError
+
+
+@dataclass
+class Job:
+    variant: str
+    seed: int
+    path: Path
+    config: dict[str, Any]
+    state: str  # new, done, conflict, partial
+
+
+def plan_runs(spec: Spec, out: str | Path, overwrite: bool) -> list[Job]:
+    """Every (train variant, seed) run with its folder's state; refuses conflicts unless ``overwrite``."""
+    jobs = []
+    for variant in spec.train:
+        for seed in spec.seeds:
+            config = spec.run_config(variant, seed)
+            path = runmod.run_dir(out, spec.name, variant, seed)
+            jobs.append(Job(variant, seed, path, config, runmod.status(path, config)))
+    conflicts = [j for j in jobs if j.state == "conflict"]
+    if conflicts and not overwrite:
+        raise SpecError(
+            f"{conflicts[0].path}: a complete run whose config.yaml differs from the spec "
+            f"({len(conflicts)} such run(s)); pass --overwrite to rerun them, or use another --out"
+        )
+    return jobs
+
+
+def _worker(config: dict[str, Any], path: str, command: str, overwrite: bool) -> dict[str, Any]:
+    return runmod.execute(config, Path(path), command, overwrite)
+
+
+def run_local(
+    jobs: list[Job], workers: int, command: str, overwrite: bool, show: bool = True
+) -> list[dict[str, Any]]:
+    """Run the jobs that are not complete in a pool of ``workers`` processes (one torch thread each),
+    with a progress display. Ctrl-C cancels pending runs; started runs stay incomplete (no DONE) and
+    are restarted from scratch next time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    todo = [j for j in jobs if j.state != "done" or overwrite]
+    results = [json.loads((j.path / runmod.DONE).read_text()) for j in jobs if j not in todo]
+    if not todo:
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show, transient=False) as progress:
+        overall = progress.add_task(f"runs ({len(results)} already complete)", total=len(todo))
+        bars: dict[Future[dict[str, Any]], tuple[Job, Any]] = {}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            try:
+                for job in todo:
+                    fut = pool.submit(_worker, job.config, str(job.path), command, overwrite)
+                    total = job.config["total_timesteps"]
+                    bars[fut] = (job, progress.add_task(f"  {job.variant} seed={job.seed}", total=total))
+                pending = set(bars)
+                while pending:
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        job, bar = bars[fut]
+                        results.append(fut.result())  # re-raises a failed run's error
+                        progress.update(bar, completed=job.config["total_timesteps"])
+                        progress.advance(overall)
+                    for fut in pending:
+                        job, bar = bars[fut]
+                        p = job.path / "progress.json"
+                        if p.is_file():
+                            try:
+                                progress.update(bar, completed=json.loads(p.read_text())["timesteps"])
+                            except (ValueError, KeyError, OSError):
+                                pass
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    return results
+
+
+def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool) -> list[dict[str, Any]]:
+    """One Ray task per job, on the cluster at ``address`` or a new local one. The output folder must
+    be visible to every node (a shared filesystem)."""
+    try:
+        import ray
+    except ImportError:
+        raise SpecError("--backend ray: Ray is not installed; pip install 'rledger[ray]'") from None
+    todo = [j for j in jobs if j.state != "done" or overwrite]
+    results = [json.loads((j.path / runmod.DONE).read_text()) for j in jobs if j not in todo]
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=1)(_worker)
+        refs = [task.remote(j.config, str(j.path.resolve()), command, overwrite) for j in todo]
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1, timeout=None)
+            results.extend(ray.get(ready))
+            time.sleep(0)
+    finally:
+        if started:
+            ray.shutdown()
+    return results
+
+
+def list_runs(out: str | Path) -> list[dict[str, Any]]:
+    """Every run folder under ``out``: experiment, variant, seed, status, steps, return, performance."""
+    rows = []
+    for cfg in sorted(Path(out).glob("*/*/seed=*/config.yaml")):
+        path = cfg.parent
+        config = runmod.yaml.safe_load(cfg.read_text())
+        row: dict[str, Any] = {
+            "experiment": config.get("experiment"),
+            "variant": config.get("variant"),
+            "seed": config.get("seed"),
+            "status": "complete" if (path / runmod.DONE).is_file() else "incomplete",
+            "steps": None,
+            "return": None,
+            "performance": None,
+            "path": str(path),
+        }
+        if (path / runmod.DONE).is_file():
+            done = json.loads((path / runmod.DONE).read_text())
+            row["steps"] = done.get("timesteps")
+            own = done.get("eval", {}).get(config.get("variant"), {})
+            row["return"] = own.get("return")
+            row["performance"] = own.get("hidden_reward")
+        elif (path / "progress.json").is_file():
+            try:
+                row["steps"] = json.loads((path / "progress.json").read_text())["timesteps"]
+            except (ValueError, KeyError):
+                pass
+        rows.append(row)
+    return rows

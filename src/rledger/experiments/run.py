@@ -1,0 +1,176 @@
+"""One run into one folder: ``<out>/<experiment>/<variant>/seed=<k>/``.
+
+The folder holds ``config.yaml`` (the resolved configuration), ``command.txt``, ``run.json``
+(versions, git commit, timings), ``model.zip`` (loadable with ``PPO.load``), ``ledger/`` (the Parquet
+tables), ``eval.json`` (evaluation episodes), ``tensorboard/`` and, written last, ``DONE``. A run is
+complete exactly when ``DONE`` exists. Every file is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
+
+DONE = "DONE"
+
+
+def run_dir(out: str | os.PathLike[str], experiment: str, variant: str, seed: int) -> Path:
+    return Path(out) / experiment / variant / f"seed={seed}"
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
+
+
+def status(path: Path, config: dict[str, Any]) -> str:
+    """``"new"``, ``"done"`` (complete, same config), ``"conflict"`` (complete, other config) or
+    ``"partial"`` (started, never finished)."""
+    if not path.exists():
+        return "new"
+    if (path / DONE).is_file():
+        stored = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
+        return "done" if stored == dump_config(config) else "conflict"
+    return "partial"
+
+
+def move_aside(path: Path) -> Path:
+    """Move an interrupted run's folder aside (never mixed into a new run); returns where it went."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.partial-{stamp}")
+    n = 1
+    while dest.exists():
+        dest = path.with_name(f"{path.name}.partial-{stamp}-{n}")
+        n += 1
+    path.rename(dest)
+    return dest
+
+
+def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = False) -> dict[str, Any]:
+    """Train, save, evaluate and mark one run complete. Returns the run's summary."""
+    import torch as th
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+    from rledger.experiments.spec import ppo_kwargs
+    from rledger.ppo import InstrumentedPPO
+
+    th.set_num_threads(1)
+    state = status(path, config)
+    if state == "done" and not overwrite:
+        return json.loads((path / DONE).read_text())
+    if state == "conflict" and not overwrite:
+        raise FileExistsError(f"{path}: a complete run with another config; pass --overwrite to replace it")
+    if state in ("done", "conflict"):
+        shutil.rmtree(path)
+    elif state == "partial":
+        move_aside(path)
+    path.mkdir(parents=True)
+    atomic_write_bytes(path / "config.yaml", dump_config(config).encode())
+    atomic_write_bytes(path / "command.txt", (command + "\n").encode())
+    t0 = time.time()
+    env = make_vec_env(
+        config["env"]["id"], n_envs=config["n_envs"], seed=config["seed"], env_kwargs=config["env"]["kwargs"]
+    )
+    model = InstrumentedPPO(
+        config["policy"],
+        env,
+        seed=config["seed"],
+        ledger=path / "ledger",
+        record=config["record"]["tables"],
+        record_every=config["record"]["every"],
+        info_keys=tuple(config["record"]["info_keys"]),
+        tensorboard_log=str(path / "tensorboard"),
+        device="cpu",
+        **ppo_kwargs(config),
+    )
+    model.learn(
+        config["total_timesteps"],
+        callback=_Progress(path / "progress.json", config["total_timesteps"]),
+        tb_log_name="ppo",
+    )
+    tmp = path / ".model.tmp.zip"
+    model.save(tmp)
+    os.replace(tmp, path / "model.zip")
+    evaluation = evaluate(model, config)
+    atomic_write_json(path / "eval.json", evaluation)
+    run_info = json.loads((path / "ledger" / "run.json").read_text())
+    run_info.update(
+        experiment=config["experiment"], variant=config["variant"], seconds=round(time.time() - t0, 2)
+    )
+    atomic_write_json(path / "run.json", run_info)
+    summary = {
+        "experiment": config["experiment"],
+        "variant": config["variant"],
+        "seed": config["seed"],
+        "timesteps": int(model.num_timesteps),
+        "seconds": run_info["seconds"],
+        "eval": {v: e["summary"] for v, e in evaluation.items()},
+    }
+    (path / "progress.json").unlink(missing_ok=True)
+    atomic_write_json(path / DONE, summary)  # last: the run is complete
+    return summary
+
+
+def evaluate(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Episodes of the trained policy on each evaluation variant: return, length, hidden performance,
+    and the sum of every numeric info flag."""
+    import gymnasium as gym
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    n = config["eval"]["episodes"]
+    for variant, kwargs in config["eval"]["variants"].items():
+        env = gym.make(config["env"]["id"], **kwargs)
+        episodes = []
+        for i in range(n):
+            obs, info = env.reset(seed=1_000_000 + 1000 * config["seed"] + i)
+            ret, length, sums = 0.0, 0, {}
+            while True:
+                action, _ = model.predict(obs, deterministic=config["eval"]["deterministic"])
+                obs, r, term, trunc, info = env.step(action)
+                ret += float(r)
+                length += 1
+                for k, v in info.items():
+                    if (
+                        isinstance(v, bool | int | float | np.bool_ | np.integer | np.floating)
+                        and k != "state_id"
+                    ):
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                if term or trunc:
+                    break
+            episodes.append({"episode": i, "return": ret, "length": length, **sums, "terminated": bool(term)})
+        keys = sorted({k for e in episodes for k in e} - {"episode"})
+        summary = (
+            {k: float(np.mean([float(e.get(k, 0.0)) for e in episodes])) for k in keys} if episodes else {}
+        )
+        out[variant] = {"episodes": episodes, "summary": summary}
+    return out
+
+
+class _Progress:
+    """Writes ``progress.json`` (timesteps done / total) after every rollout, for the progress display."""
+
+    def __new__(cls, path: Path, total: int) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Progress(BaseCallback):
+            def _on_step(self) -> bool:
+                return True
+
+            def _on_rollout_end(self) -> None:
+                atomic_write_json(path, {"timesteps": int(self.num_timesteps), "total": total})
+
+        return Progress()
+
+
+def command_line() -> str:
+    return " ".join(["rledger", *sys.argv[1:]])

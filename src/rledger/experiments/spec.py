@@ -1,0 +1,335 @@
+"""Experiment specs: one YAML file per experiment, validated into typed dataclasses.
+
+Every error names the field path and the fix in one line, e.g.
+``ppo.learning_rate: must be > 0, got -1``. Fields are documented in ``docs/experiments.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rledger.ledger.schema import TABLES
+
+
+class SpecError(ValueError):
+    """A spec that cannot be run; the message names the field path and the fix."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    episodes: int = 10
+    deterministic: bool = True
+    variants: tuple[str, ...] = ()  # empty: the run's own variant
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    tables: tuple[str, ...] = TABLES
+    every: int = 1
+    info_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    train: tuple[str, ...]
+    seeds: tuple[int, ...]
+    total_timesteps: int
+    n_envs: int
+    policy: str
+    ppo: dict[str, Any]
+    record: RecordSpec
+    eval: EvalSpec
+    probes: dict[str, Any] = field(default_factory=dict)
+
+    def env_kwargs_for(self, variant: str) -> dict[str, Any]:
+        return {**self.env_kwargs, **self.variants[variant]}
+
+    def run_config(self, variant: str, seed: int) -> dict[str, Any]:
+        """The resolved configuration of one run (what its config.yaml holds)."""
+        return {
+            "experiment": self.name,
+            "variant": variant,
+            "seed": seed,
+            "env": {"id": self.env_id, "kwargs": self.env_kwargs_for(variant)},
+            "total_timesteps": self.total_timesteps,
+            "n_envs": self.n_envs,
+            "policy": self.policy,
+            "ppo": copy.deepcopy(self.ppo),
+            "record": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.record).items()},
+            "eval": {
+                "episodes": self.eval.episodes,
+                "deterministic": self.eval.deterministic,
+                "variants": {v: self.env_kwargs_for(v) for v in (self.eval.variants or (variant,))},
+            },
+        }
+
+
+TOP_KEYS = {
+    "name",
+    "env",
+    "variants",
+    "train",
+    "seeds",
+    "total_timesteps",
+    "n_envs",
+    "policy",
+    "ppo",
+    "record",
+    "eval",
+    "probes",
+}
+POLICIES = ("MlpPolicy",)
+ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
+
+# PPO keyword: (check, description of the valid range)
+_PPO_RULES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda v: _schedule_ok(v), "a number > 0 or 'lin_<number>' (linear decay to 0)"),
+    "n_steps": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "batch_size": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "n_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "gamma": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "gae_lambda": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "clip_range": (lambda v: _schedule_ok(v), "a number > 0 or 'lin_<number>'"),
+    "clip_range_vf": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "normalize_advantage": (lambda v: isinstance(v, bool), "true or false"),
+    "ent_coef": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "vf_coef": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "target_kl": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "policy_kwargs": (lambda v: isinstance(v, dict), "a mapping (net_arch, activation_fn, ...)"),
+}
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _schedule_ok(v: Any) -> bool:
+    if _num(v):
+        return v > 0
+    m = re.fullmatch(r"lin_([0-9.eE+-]+)", str(v))
+    try:
+        return m is not None and float(m.group(1)) > 0
+    except ValueError:
+        return False
+
+
+def parse_seeds(value: Any, path: str = "seeds") -> tuple[int, ...]:
+    """``[0, 1, 5]``, ``"0-9"``, ``"0,3,5"``, ``"0-3,8"`` or a single integer."""
+    if _int(value):
+        seeds = [value]
+    elif isinstance(value, list) and value and all(_int(x) for x in value):
+        seeds = list(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", value):
+        seeds = []
+        for part in value.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+            if b < a:
+                raise SpecError(
+                    f"{path}: range {part.strip()!r} runs backwards; write it low-high, e.g. '0-9'"
+                )
+            seeds += range(a, b + 1)
+    else:
+        raise SpecError(f"{path}: must be a list of integers or a range like '0-9' or '0,3,5', got {value!r}")
+    if any(s < 0 for s in seeds):
+        raise SpecError(f"{path}: seeds must be >= 0, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{path}: duplicate seeds in {seeds}")
+    return tuple(seeds)
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: must be a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown(d: dict[str, Any], allowed: set[str], path: str) -> None:
+    for key in d:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise SpecError(f"{where}: unknown key; allowed keys: {', '.join(sorted(allowed))}")
+
+
+def validate(raw: Any, source: str = "spec") -> Spec:
+    """Validate a parsed YAML document into a :class:`Spec`."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping, got {type(raw).__name__}")
+    _unknown(raw, TOP_KEYS, "")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise SpecError(f"name: must be a non-empty name of letters, digits, '_', '.', '-', got {name!r}")
+    env = _mapping(raw.get("env"), "env")
+    _unknown(env, {"id", "kwargs"}, "env")
+    env_id = env.get("id")
+    if not isinstance(env_id, str):
+        raise SpecError(f"env.id: must be a gymnasium id such as 'rledger/BoatRace-v0', got {env_id!r}")
+    import gymnasium as gym
+
+    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+
+    if env_id not in gym.registry:
+        raise SpecError(
+            f"env.id: unknown gymnasium id {env_id!r}; registered rledger ids: {', '.join(rledger.envs.ENV_IDS)}"
+        )
+    env_kwargs = _mapping(env.get("kwargs"), "env.kwargs")
+    variants_raw = _mapping(raw.get("variants"), "variants") or {"default": {}}
+    variants: dict[str, dict[str, Any]] = {}
+    for vname, vkw in variants_raw.items():
+        if not isinstance(vname, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", vname):
+            raise SpecError(f"variants.{vname}: variant names are letters, digits, '_', '.', '-'")
+        variants[vname] = _mapping(vkw, f"variants.{vname}")
+    train_raw = raw.get("train", list(variants))
+    if not isinstance(train_raw, list) or not train_raw or any(v not in variants for v in train_raw):
+        raise SpecError(
+            f"train: must be a non-empty list of variant names from {sorted(variants)}, got {train_raw!r}"
+        )
+    seeds = parse_seeds(raw.get("seeds", [0]))
+    total = raw.get("total_timesteps")
+    if not _int(total) or total <= 0:
+        raise SpecError(f"total_timesteps: must be an integer > 0, got {total!r}")
+    n_envs = raw.get("n_envs", 1)
+    if not _int(n_envs) or n_envs < 1:
+        raise SpecError(f"n_envs: must be an integer >= 1, got {n_envs!r}")
+    policy = raw.get("policy", "MlpPolicy")
+    if policy not in POLICIES:
+        raise SpecError(f"policy: must be one of {POLICIES}, got {policy!r}")
+    ppo = _mapping(raw.get("ppo"), "ppo")
+    _unknown(ppo, set(_PPO_RULES), "ppo")
+    for key, value in ppo.items():
+        check, want = _PPO_RULES[key]
+        if not check(value):
+            raise SpecError(f"ppo.{key}: must be {want}, got {value!r}")
+    pk = ppo.get("policy_kwargs", {})
+    _unknown(pk, {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}, "ppo.policy_kwargs")
+    if "activation_fn" in pk and pk["activation_fn"] not in ACTIVATIONS:
+        raise SpecError(
+            f"ppo.policy_kwargs.activation_fn: must be one of {ACTIVATIONS}, got {pk['activation_fn']!r}"
+        )
+    record = _mapping(raw.get("record"), "record")
+    _unknown(record, {"tables", "every", "info_keys"}, "record")
+    tables = tuple(record.get("tables", TABLES))
+    if not set(tables) <= set(TABLES):
+        raise SpecError(f"record.tables: must be a subset of {list(TABLES)}, got {list(tables)}")
+    every = record.get("every", 1)
+    if not _int(every) or every < 1:
+        raise SpecError(f"record.every: must be an integer >= 1, got {every!r}")
+    info_keys = record.get("info_keys", [])
+    if not isinstance(info_keys, list) or not all(isinstance(k, str) for k in info_keys):
+        raise SpecError(f"record.info_keys: must be a list of info key names, got {info_keys!r}")
+    ev = _mapping(raw.get("eval"), "eval")
+    _unknown(ev, {"episodes", "deterministic", "variants"}, "eval")
+    episodes = ev.get("episodes", 10)
+    if not _int(episodes) or episodes < 0:
+        raise SpecError(f"eval.episodes: must be an integer >= 0, got {episodes!r}")
+    deterministic = ev.get("deterministic", True)
+    if not isinstance(deterministic, bool):
+        raise SpecError(f"eval.deterministic: must be true or false, got {deterministic!r}")
+    ev_variants = ev.get("variants", [])
+    if not isinstance(ev_variants, list) or any(v not in variants for v in ev_variants):
+        raise SpecError(
+            f"eval.variants: must be a list of variant names from {sorted(variants)}, got {ev_variants!r}"
+        )
+    probes = _mapping(raw.get("probes"), "probes")
+    return Spec(
+        name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
+        RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
+    )  # fmt: skip
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key.path=value`` overrides (the value parsed as YAML) applied to a copy of ``raw``."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r}: write key.path=value, e.g. --set ppo.learning_rate=1e-3")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {part!r} is not a mapping in the spec")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SpecError(
+                f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})"
+            ) from None
+    return out
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None, seeds: str | None = None) -> Spec:
+    """Read, override and validate a spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read the spec ({exc.strerror or exc}); check the path") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise SpecError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            raise SpecError(f"{p}: the spec must be a YAML mapping")
+        raw = apply_overrides(raw, overrides)
+    if seeds is not None:
+        raw = {**raw, "seeds": seeds}
+    return validate(raw, str(p))
+
+
+def ppo_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """SB3 keyword arguments from a run config's ``ppo`` section (schedules and activations resolved)."""
+    import torch as th
+
+    kwargs = copy.deepcopy(config["ppo"])
+    for key in ("learning_rate", "clip_range"):
+        v = kwargs.get(key)
+        if isinstance(v, str):
+            start = float(v.split("_", 1)[1])
+            kwargs[key] = _Linear(start)
+    pk = kwargs.get("policy_kwargs")
+    if pk and "activation_fn" in pk:
+        pk["activation_fn"] = {
+            "tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "leaky_relu": th.nn.LeakyReLU,
+            "gelu": th.nn.GELU, "silu": th.nn.SiLU,
+        }[pk["activation_fn"]]  # fmt: skip
+    return kwargs
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """Linear decay from ``start`` to 0 over training (SB3 passes progress remaining, 1 -> 0)."""
+
+    start: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.start * progress_remaining
+
+
+def _check_rules_cover_ppo() -> None:  # pragma: no cover - a development aid
+    from stable_baselines3 import PPO
+
+    params = set(inspect.signature(PPO.__init__).parameters)
+    assert set(_PPO_RULES) <= params

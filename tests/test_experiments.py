@@ -1,0 +1,204 @@
+"""Experiment specs and the runner: errors, a 2x2 smoke experiment, resumption, reloading a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rledger.cli import main
+from rledger.experiments import load_spec, parse_seeds
+from rledger.experiments.spec import SpecError
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(SMOKE.read_text())
+    for key, value in changes.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is ...:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"ppo.foo": 1}, "ppo.foo: unknown key"),
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"n_envs": "two"}, "n_envs: must be an integer >= 1, got 'two'"),
+        ({"env.id": "rledger/Nope-v0"}, "env.id: unknown gymnasium id 'rledger/Nope-v0'"),
+        ({"total_timesteps": -5}, "total_timesteps: must be an integer > 0, got -5"),
+        ({"ppo.learning_rate": -1}, "ppo.learning_rate: must be a number > 0"),
+        ({"seeds": "3-1"}, "seeds: range '3-1' runs backwards"),
+        ({"seeds": "a-b"}, "seeds: must be a list of integers or a range"),
+        ({"eval.variants": ["nope"]}, "eval.variants: must be a list of variant names"),
+        ({"record.tables": ["samples", "bogus"]}, "record.tables: must be a subset"),
+    ],
+)
+def test_bad_spec_exit_2_nothing_written(tmp_path, changes, message):
+    spec = write_spec(tmp_path, **changes)
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert len(res.output.strip().splitlines()) == 1  # one line
+    assert not out.exists()
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "missing.yaml"), "--out", str(out)])
+    assert res.exit_code == 2 and "missing.yaml: cannot read the spec" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nenv: [unclosed\n")
+    res = CliRunner().invoke(main, ["run", str(bad), "--out", str(out)])
+    assert res.exit_code == 2 and "bad.yaml:" in res.output and "not valid YAML" in res.output
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--seeds", "0-x"])
+    assert res.exit_code == 2 and "seeds:" in res.output
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--set", "ppo.n_steps"])
+    assert res.exit_code == 2 and "--set" in res.output
+    assert not out.exists()
+
+
+def test_seed_ranges():
+    assert parse_seeds("0-3") == (0, 1, 2, 3)
+    assert parse_seeds("0,3,5") == (0, 3, 5)
+    assert parse_seeds("0-1,7") == (0, 1, 7)
+    assert parse_seeds([4, 2]) == (4, 2)
+    with pytest.raises(SpecError, match="duplicate"):
+        parse_seeds("1,1")
+
+
+def test_spec_round_trip_and_overrides():
+    spec = load_spec(SMOKE, ["ppo.n_epochs=3", "eval.episodes=1"], seeds="5-6")
+    assert spec.ppo["n_epochs"] == 3 and spec.eval.episodes == 1 and spec.seeds == (5, 6)
+    cfg = spec.run_config("absent", 5)
+    assert cfg["env"]["kwargs"] == {"button": "absent"}
+    assert set(cfg["eval"]["variants"]) == {"absent", "reachable"}
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_smoke_two_variants_two_seeds(smoke_out):
+    from rledger import Ledger
+
+    dirs = sorted(smoke_out.glob("smoke/*/seed=*"))
+    assert [f"{d.parent.name}/{d.name}" for d in dirs] == [
+        "absent/seed=0", "absent/seed=1", "reachable/seed=0", "reachable/seed=1",
+    ]  # fmt: skip
+    for d in dirs:
+        for name in ("config.yaml", "command.txt", "run.json", "model.zip", "eval.json", "DONE"):
+            assert (d / name).is_file(), f"{d}/{name}"
+        assert list((d / "tensorboard").rglob("events.*"))
+        ledger = Ledger(d / "ledger")
+        assert len(ledger.transitions()) == 1024
+        assert set(json.loads((d / "eval.json").read_text())) == {"absent", "reachable"}
+        info = json.loads((d / "run.json").read_text())
+        assert info["variant"] == d.parent.name and "versions" in info
+
+
+def test_saved_model_reloads_and_acts(smoke_out):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    model = PPO.load(smoke_out / "smoke" / "absent" / "seed=0" / "model.zip")
+    env = gym.make("rledger/Tamper-v0", button="absent")
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)
+    assert env.action_space.contains(int(action))
+
+
+def test_tensorboard_has_grad_norm(smoke_out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next((smoke_out / "smoke" / "absent" / "seed=0" / "tensorboard").rglob("events.*"))
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/grad_norm", "train/clip_coef", "train/approx_kl", "train/clip_fraction"} <= tags
+
+
+def test_complete_runs_are_skipped_and_conflicts_refused(smoke_out):
+    done = smoke_out / "smoke" / "absent" / "seed=0" / "DONE"
+    before = done.stat().st_mtime_ns
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(smoke_out)])
+    assert res.exit_code == 0 and "4 complete" in res.output
+    assert done.stat().st_mtime_ns == before
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(smoke_out), "--set", "ppo.n_epochs=3"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert done.stat().st_mtime_ns == before
+    res = CliRunner().invoke(main, ["ls", str(smoke_out)])
+    assert res.exit_code == 0 and res.output.count("complete") >= 4
+
+
+def test_interrupted_run_restarts_from_scratch(tmp_path):
+    """Kill the runner mid-run; the rerun moves the partial folder aside and writes a whole ledger."""
+    from rledger import Ledger
+
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "rledger.cli", "run", str(SMOKE), "--out", str(out), "--seeds", "0",
+            "--set", "train=[absent]", "--set", "total_timesteps=20000"]  # fmt: skip
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    run = out / "smoke" / "absent" / "seed=0"
+    deadline = time.time() + 120
+    while not (run / "progress.json").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (run / "progress.json").is_file(), "the run never started"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "DONE").exists()
+    partial_parts = list((run / "ledger" / "samples").glob("part-*.parquet"))
+    assert partial_parts, "the killed run had written some rollouts"
+    assert not list(run.rglob("*.tmp"))  # nothing half-written under a final name
+    res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--seeds", "0", "--set", "train=[absent]",
+                                    "--set", "total_timesteps=20000"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (run / "DONE").is_file()
+    aside = list(run.parent.glob("seed=0.partial-*"))
+    assert len(aside) >= 1
+    tr = Ledger(run / "ledger").transitions(columns=["rollout", "t", "env"])
+    per_rollout = 2 * 128  # n_envs * n_steps
+    assert len(tr) == -(-20000 // per_rollout) * per_rollout and not tr.duplicated().any()
+
+
+def test_ray_backend_on_a_real_local_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    from rledger import Ledger
+
+    out = tmp_path / "runs"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--backend", "ray"])
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 0, res.output
+    dirs = sorted(out.glob("smoke/*/seed=*"))
+    assert len(dirs) == 4 and all((d / "DONE").is_file() for d in dirs)
+    assert len(Ledger(dirs[0] / "ledger").samples(columns=["t"])) > 0
