@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from rledger.ledger import Ledger, LedgerExistsError
+from rledger.ledger import Ledger
 from rledger.ledger.schema import TABLES
 
 console = Console()
@@ -50,38 +50,33 @@ def train(
     record_every: int,
     overwrite: bool,
 ) -> None:
-    """Train PPO (SB3 defaults otherwise) on one env with every update recorded, then summarize."""
-    import gymnasium as gym
-    import torch as th
-    from stable_baselines3.common.env_util import make_vec_env
+    """One instrumented PPO run without a spec (SB3 defaults otherwise) into the run folder OUT
+    (ledger, model, evaluation, TensorBoard logs), then a summary of its ledger."""
+    from rledger.experiments import SpecError, execute, validate
+    from rledger.experiments.run import command_line
 
-    from rledger.ppo import InstrumentedPPO
-
-    th.set_num_threads(1)
-    if env_id not in gym.registry:
-        raise _Bad(f"--env: unknown gymnasium id {env_id!r}; see gymnasium.registry for the ids installed")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise _Bad(
             f"--out: {out} exists and is not empty; pass --overwrite to replace it or choose another path"
         )
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    raw = {
+        "name": "train",
+        "env": {"id": env_id},
+        "seeds": [seed],
+        "total_timesteps": timesteps,
+        "n_envs": n_envs,
+        "ppo": {"n_steps": n_steps, "batch_size": batch_size},
+        "record": {"every": record_every, "info_keys": list(info_keys)},
+        "eval": {"episodes": 5, "deterministic": True},
+    }
     try:
-        model = InstrumentedPPO(
-            "MlpPolicy",
-            env,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            seed=seed,
-            ledger=out,
-            info_keys=info_keys,
-            record_every=record_every,
-            overwrite=overwrite,
-        )
-    except (ValueError, LedgerExistsError) as exc:
-        raise _Bad(str(exc)) from exc
-    with console.status(f"training {env_id} for {timesteps} steps, recording to {out}"):
-        model.learn(timesteps)
-    _print_summary(Ledger(out))
+        spec = validate(raw, "rledger train")
+    except SpecError as exc:
+        raise _Bad(str(exc).replace("env.id:", "--env:").replace("record.info_keys:", "--info-key:")) from exc
+    config = spec.run_config("default", seed)
+    with console.status(f"training {env_id} for {timesteps} steps into {out}"):
+        execute(config, out, command_line(), overwrite=overwrite)
+    _print_summary(Ledger(out / "ledger"))
 
 
 @main.command()
@@ -165,9 +160,9 @@ def _print_runs(rows: list[dict[str, object]]) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def summary(run_dir: Path) -> None:
-    """Summarize the ledger in RUN_DIR."""
+    """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder)."""
     try:
-        ledger = Ledger(run_dir)
+        ledger = Ledger(run_dir / "ledger" if (run_dir / "ledger" / "run.json").is_file() else run_dir)
     except FileNotFoundError as exc:
         raise _Bad(str(exc)) from exc
     _print_summary(ledger)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rledger.ledger.schema import TABLES
+from rledger.ledger.schema import TABLES, check_info_keys
 
 
 class SpecError(ValueError):
@@ -235,6 +235,10 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     info_keys = record.get("info_keys", [])
     if not isinstance(info_keys, list) or not all(isinstance(k, str) for k in info_keys):
         raise SpecError(f"record.info_keys: must be a list of info key names, got {info_keys!r}")
+    try:
+        check_info_keys(tuple(info_keys))
+    except ValueError as exc:
+        raise SpecError(f"record.{exc}") from None
     ev = _mapping(raw.get("eval"), "eval")
     _unknown(ev, {"episodes", "deterministic", "variants"}, "eval")
     episodes = ev.get("episodes", 10)
