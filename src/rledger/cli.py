@@ -127,6 +127,48 @@ def run(
     console.print(f"{len(results)} runs complete")
 
 
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field")
+def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides: tuple[str, ...]) -> None:
+    """Evaluate SPEC's probes on its trained runs (training the missing ones first) and on the
+    controls; write tidy results, intervals and decisions under OUT/<experiment>/probes/."""
+    from rledger.experiments import SpecError, load_spec, plan_runs, run_local
+    from rledger.experiments.run import command_line
+    from rledger.probes.run import run_probes
+
+    try:
+        spec = load_spec(spec_path, list(overrides), seeds)
+        if not spec.probes:
+            raise SpecError(
+                "probes: the spec defines no probe; add a probes section (see docs/experiments.md)"
+            )
+        jobs = plan_runs(spec, out, overwrite=False)
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    if any(j.state != "done" for j in jobs):
+        run_local(jobs, workers, command_line(), overwrite=False)
+    try:
+        results = run_probes(spec, out)
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    from rich.markup import escape
+
+    for result in results:
+        table = Table(title=escape(f"probe {result['probe']}: {result['rule']}"))
+        for col in ("policy", "seeks reward", "difference", "95% interval", "seeds"):
+            table.add_column(col)
+        for policy, d in result["decisions"].items():
+            table.add_row(
+                escape(policy), "yes" if d["seeks_reward"] else "no", f"{d['difference']:+.3f}",
+                f"[{d['low']:+.3f}, {d['high']:+.3f}]", str(d["n_seeds"]),
+            )  # fmt: skip
+        console.print(table)
+
+
 @main.command(name="ls")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("runs"))
 def ls_runs(out: Path) -> None:

@@ -37,6 +37,21 @@ class RecordSpec:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """One held-out-option probe: ``metric`` is compared between the ``paying`` and the ``inert``
+    variant for every trained policy and every control; the decision rule is written here, before
+    anything runs (see :class:`rledger.probes.stats.SeeksReward`)."""
+
+    name: str
+    metric: str
+    paying: str
+    inert: str
+    episodes: int = 10
+    deterministic: bool = True
+    controls: tuple[str, ...] = ("planner", "random")
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     env_id: str
@@ -50,7 +65,7 @@ class Spec:
     ppo: dict[str, Any]
     record: RecordSpec
     eval: EvalSpec
-    probes: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, ProbeSpec] = field(default_factory=dict)
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -252,11 +267,44 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(
             f"eval.variants: must be a list of variant names from {sorted(variants)}, got {ev_variants!r}"
         )
-    probes = _mapping(raw.get("probes"), "probes")
+    probes = {
+        name: _probe(name, body, variants) for name, body in _mapping(raw.get("probes"), "probes").items()
+    }
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
     )  # fmt: skip
+
+
+CONTROLS = ("planner", "random")
+
+
+def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSpec:
+    path = f"probes.{name}"
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SpecError(f"{path}: probe names are letters, digits, '_', '.', '-'")
+    body = _mapping(body, path)
+    _unknown(body, {"metric", "paying", "inert", "episodes", "deterministic", "controls"}, path)
+    metric = body.get("metric")
+    if not isinstance(metric, str) or not metric:
+        raise SpecError(
+            f"{path}.metric: must name an evaluation metric such as 'any_pressed', got {metric!r}"
+        )
+    for key in ("paying", "inert"):
+        if body.get(key) not in variants:
+            raise SpecError(
+                f"{path}.{key}: must be a variant name from {sorted(variants)}, got {body.get(key)!r}"
+            )
+    episodes = body.get("episodes", 10)
+    if not _int(episodes) or episodes < 1:
+        raise SpecError(f"{path}.episodes: must be an integer >= 1, got {episodes!r}")
+    deterministic = body.get("deterministic", True)
+    if not isinstance(deterministic, bool):
+        raise SpecError(f"{path}.deterministic: must be true or false, got {deterministic!r}")
+    controls = body.get("controls", list(CONTROLS))
+    if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
+        raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
+    return ProbeSpec(name, metric, body["paying"], body["inert"], episodes, deterministic, tuple(controls))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
