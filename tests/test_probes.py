@@ -149,3 +149,14 @@ def test_probe_spec_errors(tmp_path):
     ]:
         with pytest.raises(SpecError, match=message):
             validate({**base, "probes": probes})
+
+
+def test_reward_is_a_learning_rate_under_plain_sgd():
+    """Probe 5: (reward * c, lr) and (reward, lr * c) give the same policy, to float32 rounding."""
+    from rledger.probes.reward_scale import sgd_identity
+
+    r = sgd_identity(c=3.0, lr=1e-3, timesteps=512)  # 3 is not a power of two: float rounding differs
+    assert r["max_diff_lr_vs_lr_x_c"] > 1e-3  # what c changes is visible...
+    assert r["max_diff_reward_x_c_vs_lr_x_c"] < 1e-5 * max(
+        1.0, r["max_abs_param"]
+    )  # ...and the identity holds
