@@ -109,7 +109,8 @@ def test_probe_command_end_to_end(tmp_path):
     spec = Path(__file__).parents[1] / "experiments" / "probe_tamper.yaml"
     out = tmp_path / "runs"
     args = ["probe", str(spec), "--out", str(out), "--seeds", "0-1", "--workers", "2",
-            "--set", "total_timesteps=1024", "--set", "probes.held_out_button.episodes=3"]  # fmt: skip
+            "--set", "total_timesteps=1024", "--set", "probes.held_out_button.episodes=3",
+            "--set", "probes.held_out_button_greedy.episodes=2"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     folder = out / "probe_tamper" / "probes" / "held_out_button"
