@@ -167,16 +167,19 @@ def test_interrupted_run_restarts_from_scratch(tmp_path):
     )
     run = out / "smoke" / "absent" / "seed=0"
     deadline = time.time() + 120
-    while not (run / "progress.json").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    assert (run / "progress.json").is_file(), "the run never started"
-    time.sleep(1.0)
+    while not list((run / "ledger" / "samples").glob("part-*.parquet")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # kill it somewhere inside a later rollout
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "DONE").exists()
     partial_parts = list((run / "ledger" / "samples").glob("part-*.parquet"))
     assert partial_parts, "the killed run had written some rollouts"
-    assert not list(run.rglob("*.tmp"))  # nothing half-written under a final name
+    # a SIGKILL may leave a hidden temporary file, but every file under a final name is whole
+    import pyarrow.parquet as pq
+
+    for part in run.rglob("part-*.parquet"):
+        pq.read_table(part)
     res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--seeds", "0", "--set", "train=[absent]",
                                     "--set", "total_timesteps=20000"])  # fmt: skip
     assert res.exit_code == 0, res.output
