@@ -1,0 +1,130 @@
+"""Probe 4 (boat-race tie-break): which way a policy breaks the four arrow-tile ties, and whether the
+training history (the ledger's early self-reinforcement) predicts it.
+
+On BoatRace-v0 a lap and an oscillation earn the same return. At each arrow tile the agent can
+*continue* (move in the arrow's direction) or *turn back* (move against it); both are optimal. This
+module reads a policy's choice at each tile, classifies whole policies, and sums the ledger's
+``self_reinforcement`` of the two actions at each tile over the early part of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+
+from rledger.envs.base import MOVES
+from rledger.envs.boat_race import ARROWS
+from rledger.ledger import Ledger
+
+CLASSES = ("lap", "oscillation", "mixed", "other")
+
+
+@dataclass(frozen=True)
+class Tile:
+    cell: tuple[int, int]
+    state_id: int
+    continue_action: int
+    back_action: int
+
+
+def arrow_tiles(env: gym.Env) -> list[Tile]:
+    """The four arrow tiles with their state ids and the continue / turn-back actions."""
+    base = env.unwrapped
+    by_move = {v: k for k, v in MOVES.items()}
+    tiles = []
+    for ch, (dr, dc) in ARROWS.items():
+        for cell in base.grid.cells(ch):
+            tiles.append(Tile(cell, base.state_id(cell), by_move[(dr, dc)], by_move[(-dr, -dc)]))
+    return sorted(tiles, key=lambda t: t.state_id)
+
+
+def tile_preferences(env: gym.Env, probs: Callable[[int], np.ndarray]) -> pd.DataFrame:
+    """Per arrow tile: the policy's probability of continuing and of turning back
+    (``probs(state_id)`` returns the 4 action probabilities in that state)."""
+    rows = []
+    for tile in arrow_tiles(env):
+        p = np.asarray(probs(tile.state_id), dtype=np.float64)
+        rows.append({"state_id": tile.state_id, "cell": tile.cell, "p_continue": p[tile.continue_action],
+                     "p_back": p[tile.back_action]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def greedy_cycle(env: gym.Env, probs: Callable[[int], np.ndarray], steps: int = 100) -> tuple[float, float]:
+    """Return and hidden performance of the greedy policy over one episode."""
+    _, info = env.reset(seed=0)
+    ret = perf = 0.0
+    for _ in range(steps):
+        _, r, term, trunc, info = env.step(int(np.argmax(probs(info["state_id"]))))
+        ret += r
+        perf += info["hidden_reward"]
+        if term or trunc:
+            break
+    return ret, perf
+
+
+def classify(env: gym.Env, probs: Callable[[int], np.ndarray], mixed_threshold: float = 0.25) -> str:
+    """``mixed`` if at some arrow tile both continuing and turning back have probability >=
+    ``mixed_threshold``; else from the greedy policy's episode: ``lap`` (performance >= 90: it laps),
+    ``oscillation`` (return >= 45 with performance <= 10: the optimal return without progress),
+    ``other``."""
+    prefs = tile_preferences(env, probs)
+    if ((prefs.p_continue >= mixed_threshold) & (prefs.p_back >= mixed_threshold)).any():
+        return "mixed"
+    ret, perf = greedy_cycle(env, probs)
+    if perf >= 90:
+        return "lap"
+    if ret >= 45 and perf <= 10:
+        return "oscillation"
+    return "other"
+
+
+def early_reinforcement(ledger: Ledger, env: gym.Env, until_rollout: int) -> pd.DataFrame:
+    """Per arrow tile: the summed ``self_reinforcement`` of the continue and turn-back actions over
+    rollouts ``< until_rollout``, aggregated in DuckDB over the samples joined with their transitions."""
+    tiles = arrow_tiles(env)
+    ids = ", ".join(str(t.state_id) for t in tiles)
+    df = ledger.sql(
+        f"""SELECT state_id, CAST(action[1] AS INTEGER) AS action, SUM(self_reinforcement) AS reinforcement,
+                   COUNT(*) AS n
+            FROM samples_x WHERE rollout < {int(until_rollout)} AND state_id IN ({ids})
+            GROUP BY state_id, action"""
+    )
+    total = {(int(r.state_id), int(r.action)): float(r.reinforcement) for r in df.itertuples()}
+    rows = [
+        {
+            "state_id": t.state_id,
+            "cell": t.cell,
+            "sr_continue": total.get((t.state_id, t.continue_action), 0.0),
+            "sr_back": total.get((t.state_id, t.back_action), 0.0),
+        }
+        for t in tiles
+    ]
+    return pd.DataFrame(rows)
+
+
+def prediction_table(early: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
+    """Join early reinforcement with the final preferences: ``predicted_continue`` (early
+    reinforcement favoured continuing), ``final_continue`` and the score for an AUC
+    (``sr_continue - sr_back``)."""
+    t = early.merge(final[["state_id", "p_continue", "p_back"]], on="state_id")
+    t["score"] = t.sr_continue - t.sr_back
+    t["predicted_continue"] = t.score > 0
+    t["final_continue"] = t.p_continue > t.p_back
+    return t
+
+
+def accuracy_and_auc(table: pd.DataFrame) -> tuple[float, float]:
+    """Accuracy of the early-reinforcement prediction and the AUC of its score for the final choice
+    (Mann-Whitney form; 0.5 is chance; NaN when only one final class occurs)."""
+    acc = float((table.predicted_continue == table.final_continue).mean())
+    pos = table.loc[table.final_continue, "score"].to_numpy()
+    neg = table.loc[~table.final_continue, "score"].to_numpy()
+    if len(pos) == 0 or len(neg) == 0:
+        return acc, float("nan")
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return acc, float(greater + 0.5 * ties)

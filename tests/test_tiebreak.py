@@ -1,0 +1,96 @@
+"""Probe 4 machinery: tile preferences, the policy classifier on scripted policies, the ledger's early
+reinforcement per tile against a pandas computation, and the AUC."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import pytest
+
+import rledger  # noqa: F401
+from rledger.probes.tiebreak import (
+    accuracy_and_auc,
+    arrow_tiles,
+    classify,
+    early_reinforcement,
+    prediction_table,
+    tile_preferences,
+)
+
+U, D, L, R = 0, 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def env():
+    return gym.make("rledger/BoatRace-v0")
+
+
+def scripted(env, table):
+    """A deterministic policy from a cell -> action table (others: up)."""
+    states = env.unwrapped.mdp().states
+
+    def probs(state_id):
+        p = np.zeros(4)
+        p[table.get(states[state_id], U)] = 1.0
+        return p
+
+    return probs
+
+
+LAP = {(1, 1): R, (1, 2): R, (1, 3): D, (2, 3): D, (3, 3): L, (3, 2): L, (3, 1): U, (2, 1): U}
+
+
+def test_arrow_tiles(env):
+    tiles = {t.cell: (t.continue_action, t.back_action) for t in arrow_tiles(env)}
+    assert tiles == {(1, 2): (R, L), (2, 3): (D, U), (3, 2): (L, R), (2, 1): (U, D)}
+
+
+def test_classifier_on_scripted_policies(env):
+    assert classify(env, scripted(env, LAP)) == "lap"
+    oscillate = dict(LAP)
+    oscillate[(1, 2)] = L  # turn back at the first arrow: back and forth between (1,1) and (1,2)
+    assert classify(env, scripted(env, oscillate)) == "oscillation"
+    assert classify(env, lambda s: np.full(4, 0.25)) == "mixed"
+    stuck = {cell: U for cell in LAP}  # bumps into walls
+    stuck[(1, 1)] = L
+    assert classify(env, scripted(env, stuck)) == "other"
+    prefs = tile_preferences(env, scripted(env, LAP))
+    assert (prefs.p_continue == 1).all() and (prefs.p_back == 0).all()
+
+
+def test_early_reinforcement_matches_pandas(tmp_path, env):
+    from rledger import InstrumentedPPO, Ledger
+
+    model = InstrumentedPPO("MlpPolicy", "rledger/BoatRace-v0", n_steps=256, batch_size=64, n_epochs=2, seed=0,
+                            ledger=tmp_path / "r")  # fmt: skip
+    model.learn(1024)
+    ledger = Ledger(tmp_path / "r")
+    got = early_reinforcement(ledger, env, until_rollout=2)
+    s = ledger.samples(columns=["rollout", "t", "env", "self_reinforcement"])
+    tr = ledger.transitions(columns=["rollout", "t", "env", "state_id", "action"])
+    j = s.merge(tr, on=["rollout", "t", "env"])
+    j = j[j.rollout < 2]
+    j["a"] = j.action.map(lambda x: int(x[0]))
+    for t, row in zip(arrow_tiles(env), got.itertuples(), strict=True):
+        at = j[j.state_id == t.state_id]
+        assert row.sr_continue == pytest.approx(
+            at.loc[at.a == t.continue_action, "self_reinforcement"].sum(), rel=1e-5, abs=1e-12
+        )
+        assert row.sr_back == pytest.approx(
+            at.loc[at.a == t.back_action, "self_reinforcement"].sum(), rel=1e-5, abs=1e-12
+        )
+    assert (got.sr_continue != 0).any()
+
+
+def test_accuracy_and_auc():
+    early = pd.DataFrame(
+        {"state_id": [1, 2, 3, 4], "sr_continue": [2.0, 1.0, 0.0, 0.0], "sr_back": [0.0, 0.0, 1.0, 3.0]}
+    )
+    final = pd.DataFrame(
+        {"state_id": [1, 2, 3, 4], "p_continue": [0.9, 0.8, 0.1, 0.6], "p_back": [0.1, 0.2, 0.9, 0.4]}
+    )
+    t = prediction_table(early, final)
+    acc, auc = accuracy_and_auc(t)
+    assert acc == 0.75  # tile 4 was reinforced toward turning back yet continues
+    assert auc == pytest.approx(2 / 3)  # scores 2, 1, -3 (continue) vs -1 (back): 2 of 3 pairs ordered
