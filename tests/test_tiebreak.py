@@ -94,3 +94,27 @@ def test_accuracy_and_auc():
     acc, auc = accuracy_and_auc(t)
     assert acc == 0.75  # tile 4 was reinforced toward turning back yet continues
     assert auc == pytest.approx(2 / 3)  # scores 2, 1, -3 (continue) vs -1 (back): 2 of 3 pairs ordered
+
+
+def test_tiebreak_table_and_summary_end_to_end(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from rledger.cli import main
+    from rledger.probes.tiebreak import CLASSES, tiebreak_summary, tiebreak_table
+
+    spec = Path(__file__).parents[1] / "experiments" / "probe_tiebreak.yaml"
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--seeds", "0-1", "--workers", "2",
+                                    "--set", "total_timesteps=4096", "--set", "eval.episodes=1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    runs = [(s, str(out / "probe_tiebreak" / "default" / f"seed={s}")) for s in (0, 1)]
+    table = tiebreak_table(runs, early_fraction=0.5)
+    assert len(table) == 8 and set(table.seed) == {0, 1}
+    assert table.policy_class.isin(CLASSES).all()
+    assert ((table.p_continue >= 0) & (table.p_continue + table.p_back <= 1 + 1e-6)).all()
+    summary = tiebreak_summary(table, n_resamples=200)
+    assert summary["n_seeds"] == 2 and 0 <= summary["accuracy"] <= 1
+    assert summary["accuracy_ci"][0] <= summary["accuracy"] <= summary["accuracy_ci"][1]
+    assert sum(summary["policy_classes"].values()) == 2

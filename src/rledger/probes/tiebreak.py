@@ -128,3 +128,69 @@ def accuracy_and_auc(table: pd.DataFrame) -> tuple[float, float]:
     greater = (pos[:, None] > neg[None, :]).mean()
     ties = (pos[:, None] == neg[None, :]).mean()
     return acc, float(greater + 0.5 * ties)
+
+
+def model_probs(model: object, env: gym.Env) -> Callable[[int], np.ndarray]:
+    """``state_id -> action probabilities`` of a trained SB3 model on a gridworld."""
+    import torch as th
+
+    base = env.unwrapped
+    states = base.mdp().states
+    policy = model.policy  # type: ignore[attr-defined]
+
+    def probs(state_id: int) -> np.ndarray:
+        obs = th.as_tensor(base.observe(states[state_id]).reshape(1, -1))
+        with th.no_grad():
+            return policy.get_distribution(obs).distribution.probs[0].numpy()
+
+    return probs
+
+
+def tiebreak_table(run_dirs: list[tuple[int, str]], early_fraction: float = 0.15) -> pd.DataFrame:
+    """One row per (seed, arrow tile): final preferences of the trained model, early reinforcement
+    (the first ``early_fraction`` of rollouts), and the whole policy's class."""
+    from pathlib import Path
+
+    from stable_baselines3 import PPO
+
+    env = gym.make("rledger/BoatRace-v0")
+    frames = []
+    for seed, path in run_dirs:
+        ledger = Ledger(Path(path) / "ledger")
+        n_rollouts = int(ledger.run_info["rollouts_written"])
+        until = max(1, int(round(early_fraction * n_rollouts)))
+        model = PPO.load(Path(path) / "model.zip", device="cpu")
+        probs = model_probs(model, env)
+        t = prediction_table(early_reinforcement(ledger, env, until), tile_preferences(env, probs))
+        t.insert(0, "seed", seed)
+        t["policy_class"] = classify(env, probs)
+        t["early_rollouts"] = until
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_000) -> dict[str, object]:
+    """Accuracy and AUC of early reinforcement as a predictor of the final tile choice, with 95%
+    bootstrap intervals over seeds (seeds resampled whole), and the count of each policy class."""
+    acc, auc = accuracy_and_auc(table)
+    seeds = table.seed.unique()
+    rng = np.random.default_rng(seed)
+    accs, aucs = [], []
+    groups = {s: g for s, g in table.groupby("seed")}
+    for _ in range(n_resamples):
+        pick = rng.choice(seeds, size=len(seeds), replace=True)
+        sample = pd.concat([groups[s] for s in pick], ignore_index=True)
+        a, u = accuracy_and_auc(sample)
+        accs.append(a)
+        aucs.append(u)
+    aucs_arr = np.array(aucs, dtype=float)
+    classes = table.drop_duplicates("seed").policy_class.value_counts().to_dict()
+    return {
+        "n_seeds": int(len(seeds)),
+        "accuracy": acc,
+        "accuracy_ci": [float(np.quantile(accs, 0.025)), float(np.quantile(accs, 0.975))],
+        "auc": auc,
+        "auc_ci": [float(np.nanquantile(aucs_arr, 0.025)), float(np.nanquantile(aucs_arr, 0.975))],
+        "continue_share": float(table.final_continue.mean()),
+        "policy_classes": {c: int(classes.get(c, 0)) for c in CLASSES},
+    }
