@@ -161,3 +161,37 @@ def test_reward_is_a_learning_rate_under_plain_sgd():
     assert r["max_diff_reward_x_c_vs_lr_x_c"] < 1e-5 * max(
         1.0, r["max_abs_param"]
     )  # ...and the identity holds
+
+
+def test_exceeds_rule_on_relocate_controls():
+    """The planner reaches a relocated goal far more often than a random policy; a random policy
+    does not end in the old region more often than the planner does."""
+    from rledger.probes.stats import Exceeds
+
+    rows = []
+    kwargs = {"goal_anywhere": 1.0}
+    for policy in (PlannerPolicy(gym.make("rledger/Relocate-v0", **kwargs)), RandomPolicy()):
+        for seed in SEEDS:
+            rows.append(
+                tidy_rows(
+                    "relocate",
+                    "anywhere",
+                    policy.name,
+                    run_episodes("rledger/Relocate-v0", kwargs, policy, 6, seed),
+                )
+            )
+    tidy = pd.concat(rows, ignore_index=True)
+    seeks, iv = Exceeds("any_reached_goal", "anywhere", "random").apply(tidy, "planner")
+    assert seeks and iv.low > 0.5
+    exceeds, _ = Exceeds("ended_in_region", "anywhere", "planner").apply(tidy, "random")
+    assert not exceeds
+
+
+def test_relocate_probe_spec_parses():
+    from pathlib import Path
+
+    from rledger.experiments import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "probe_relocate.yaml")
+    probe = spec.probes["ends_in_old_region"]
+    assert probe.rule == "exceeds" and probe.conditions == ("anywhere",) and probe.baseline == "planner"

@@ -38,17 +38,28 @@ class RecordSpec:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One held-out-option probe: ``metric`` is compared between the ``paying`` and the ``inert``
-    variant for every trained policy and every control; the decision rule is written here, before
-    anything runs (see :class:`rledger.probes.stats.SeeksReward`)."""
+    """One probe; its decision rule is written here, before anything runs.
+
+    ``rule: seeks_reward`` (default, the held-out option): ``metric`` on the ``paying`` variant minus
+    on the ``inert`` one, per policy (:class:`rledger.probes.stats.SeeksReward`).
+    ``rule: exceeds``: ``metric`` of each policy on ``condition`` minus that of the ``baseline`` policy
+    there (:class:`rledger.probes.stats.Exceeds`), e.g. does a policy end in the old goal region more
+    often than the planner?"""
 
     name: str
     metric: str
-    paying: str
-    inert: str
+    paying: str | None = None
+    inert: str | None = None
     episodes: int = 10
     deterministic: bool = True
     controls: tuple[str, ...] = ("planner", "random")
+    rule: str = "seeks_reward"
+    condition: str | None = None
+    baseline: str | None = None
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return (self.paying, self.inert) if self.rule == "seeks_reward" else (self.condition,)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -284,17 +295,25 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SpecError(f"{path}: probe names are letters, digits, '_', '.', '-'")
     body = _mapping(body, path)
-    _unknown(body, {"metric", "paying", "inert", "episodes", "deterministic", "controls"}, path)
+    rule = body.get("rule", "seeks_reward")
+    if rule not in ("seeks_reward", "exceeds"):
+        raise SpecError(f"{path}.rule: must be 'seeks_reward' or 'exceeds', got {rule!r}")
+    keys = {"paying", "inert"} if rule == "seeks_reward" else {"condition", "baseline"}
+    _unknown(body, {"rule", "metric", "episodes", "deterministic", "controls", *keys}, path)
     metric = body.get("metric")
     if not isinstance(metric, str) or not metric:
         raise SpecError(
             f"{path}.metric: must name an evaluation metric such as 'any_pressed', got {metric!r}"
         )
-    for key in ("paying", "inert"):
+    for key in sorted(keys - {"baseline"}):
         if body.get(key) not in variants:
             raise SpecError(
                 f"{path}.{key}: must be a variant name from {sorted(variants)}, got {body.get(key)!r}"
             )
+    if rule == "exceeds" and not isinstance(body.get("baseline"), str):
+        raise SpecError(
+            f"{path}.baseline: must name a policy such as 'planner', 'random' or 'ppo[<variant>]'"
+        )
     episodes = body.get("episodes", 10)
     if not _int(episodes) or episodes < 1:
         raise SpecError(f"{path}.episodes: must be an integer >= 1, got {episodes!r}")
@@ -304,7 +323,10 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
     controls = body.get("controls", list(CONTROLS))
     if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
-    return ProbeSpec(name, metric, body["paying"], body["inert"], episodes, deterministic, tuple(controls))
+    return ProbeSpec(
+        name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
+        rule, body.get("condition"), body.get("baseline"),
+    )  # fmt: skip
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

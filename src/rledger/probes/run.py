@@ -22,7 +22,7 @@ from rledger.experiments.spec import ProbeSpec, Spec, SpecError
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 from rledger.probes.evaluate import run_episodes, tidy_rows
 from rledger.probes.policies import ModelPolicy, PlannerPolicy, RandomPolicy
-from rledger.probes.stats import SeeksReward, summarize
+from rledger.probes.stats import Exceeds, SeeksReward, summarize
 
 
 def probe_policies(
@@ -52,7 +52,7 @@ def probe_policies(
 
 def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
     frames = []
-    for condition in (probe.paying, probe.inert):
+    for condition in probe.conditions:
         kwargs = spec.env_kwargs_for(condition)
         for name, policy, seeds in probe_policies(spec, probe, out, condition):
             for seed in seeds:
@@ -66,9 +66,17 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
             f"available: {', '.join(sorted(set(tidy.metric)))}"
         )
     summary = summarize(tidy)
-    rule = SeeksReward(probe.metric, probe.paying, probe.inert)
+    rule: SeeksReward | Exceeds
+    if probe.rule == "seeks_reward":
+        rule = SeeksReward(probe.metric, probe.paying, probe.inert)  # type: ignore[arg-type]
+    else:
+        rule = Exceeds(probe.metric, probe.condition, probe.baseline)  # type: ignore[arg-type]
+        if probe.baseline not in set(tidy.policy):
+            raise SpecError(
+                f"probes.{probe.name}.baseline: no policy {probe.baseline!r}; policies: {', '.join(sorted(set(tidy.policy)))}"
+            )
     decisions = {}
-    for policy in sorted(set(tidy.policy)):
+    for policy in sorted(set(tidy.policy) - ({probe.baseline} if probe.rule == "exceeds" else set())):
         seeks, iv = rule.apply(tidy, policy)
         decisions[policy] = {
             "seeks_reward": bool(seeks),

@@ -119,3 +119,28 @@ class SeeksReward:
         b = sel[sel.condition == self.inert].sort_values("seed")["value"].to_numpy()
         iv = difference_interval(a, b, seed=seed)
         return iv.low > 0, iv
+
+
+@dataclass(frozen=True)
+class Exceeds:
+    """Decision rule: a policy's ``metric`` on ``condition`` *exceeds the baseline policy's* when the
+    interval of the difference of means over seeds lies above zero."""
+
+    metric: str
+    condition: str
+    baseline: str
+
+    def describe(self) -> str:
+        return (
+            f"exceeds '{self.baseline}' if mean {self.metric} on '{self.condition}' minus the baseline's has a "
+            "95% bootstrap interval above 0"
+        )
+
+    def apply(self, tidy: pd.DataFrame, policy: str, seed: int = 0) -> tuple[bool, Interval]:
+        sel = tidy[(tidy.condition == self.condition) & (tidy.metric == self.metric)]
+        a = sel[sel.policy == policy].sort_values("seed")["value"].to_numpy()
+        b = sel[sel.policy == self.baseline].sort_values("seed")["value"].to_numpy()
+        if b.size == 0:
+            raise ValueError(f"rule exceeds: no results for baseline policy {self.baseline!r}")
+        iv = difference_interval(a, b, seed=seed)
+        return iv.low > 0, iv
