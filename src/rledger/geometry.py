@@ -133,6 +133,9 @@ class SampleGeometry:
         names = {id(p): n for n, p in policy.named_parameters()}
         self._opt_names = [names[id(p)] for p in self._opt_params]
         self._batch: CotangentBatch | None = None
+        self._batch_key: tuple[Any, ...] | None = None
+        self._batches: dict[tuple[Any, ...], CotangentBatch] = {}
+        self._epochs_hint = 1
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
         self._steps_hint = 1
         self._done: list[dict[str, np.ndarray]] = []
@@ -180,13 +183,16 @@ class SampleGeometry:
                 "policy without data-dependent control flow, or record=('transitions', 'updates', 'episodes')."
             ) from exc
 
-    def reset(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], steps_hint: int) -> None:
+    def reset(
+        self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], steps_hint: int, epochs: int = 1
+    ) -> None:
         """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
         actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected."""
         self._support = None
         self.mode = None
         self._fetch = fetch
         self._steps_hint = max(1, steps_hint)
+        self._epochs_hint = max(1, epochs)
 
     # ------------------------------------------------------------------ per minibatch
     @contextlib.contextmanager
@@ -306,30 +312,29 @@ class SampleGeometry:
         return "cotangents"
 
     def _batch_for(self, batch: int, k: int, ent_part: int | None) -> CotangentBatch:
-        b = self._batch
-        same_layers = b is not None and [(ly.index, ly.actor) for ly in b.layers] == [
-            (ly.index, ly.actor) for ly in self._layers
-        ]
-        if (
-            b is not None
-            and same_layers
-            and (b.batch, b.k, b.ent_part, b.ent_on_layers) == (batch, k, ent_part, self._ent_on_layers)
-        ):
-            return b
+        """The slot buffers for this minibatch's shape. Buffers are kept per shape (a truncated last
+        minibatch gets its own); switching shape flushes the active ones first, so rows stay in order."""
+        key = (batch, k, ent_part, self._ent_on_layers, tuple((ly.index, ly.actor) for ly in self._layers))
+        if self._batch is not None and self._batch_key == key:
+            return self._batch
         self._flush()
-        self._batch = CotangentBatch(
-            self._layers,
-            self._opt_params,
-            [self._opt_params[n] for n in self._score_idx],
-            [self._opt_names[n] for n in self._score_idx],
-            k,
-            ent_part,
-            self._ent_on_layers,
-            batch,
-            self._steps_hint,
-            self.policy.log_std if self.gaussian else None,  # type: ignore[attr-defined]
-            self._score_grads,
-        )
+        if key not in self._batches:
+            # the truncated minibatch occurs once per epoch: size its buffers to n_epochs steps
+            hint = self._steps_hint if not self._batches else max(1, self._epochs_hint)
+            self._batches[key] = CotangentBatch(
+                self._layers,
+                self._opt_params,
+                [self._opt_params[n] for n in self._score_idx],
+                [self._opt_names[n] for n in self._score_idx],
+                k,
+                ent_part,
+                self._ent_on_layers,
+                batch,
+                hint,
+                self.policy.log_std if self.gaussian else None,  # type: ignore[attr-defined]
+                self._score_grads,
+            )
+        self._batch, self._batch_key = self._batches[key], key
         return self._batch
 
     def _flush(self) -> None:

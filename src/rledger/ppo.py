@@ -169,7 +169,9 @@ class InstrumentedPPO(PPO):
         clip_coefs: list[float] = []
         if geometry is not None:
             n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
-            geometry.reset(self._fetch_samples, self.n_epochs * -(-n_samples // self.batch_size))
+            geometry.reset(
+                self._fetch_samples, self.n_epochs * -(-n_samples // self.batch_size), self.n_epochs
+            )
 
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
