@@ -180,6 +180,17 @@ def parse_seeds(value: Any, path: str = "seeds") -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _episodes_and_mode(d: dict[str, Any], path: str, minimum: int) -> tuple[int, bool]:
+    """``episodes`` (an integer >= minimum, default 10) and ``deterministic`` (bool, default true)."""
+    episodes = d.get("episodes", 10)
+    if not _int(episodes) or episodes < minimum:
+        raise SpecError(f"{path}.episodes: must be an integer >= {minimum}, got {episodes!r}")
+    deterministic = d.get("deterministic", True)
+    if not isinstance(deterministic, bool):
+        raise SpecError(f"{path}.deterministic: must be true or false, got {deterministic!r}")
+    return episodes, deterministic
+
+
 def _mapping(value: Any, path: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -267,12 +278,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(f"record.{exc}") from None
     ev = _mapping(raw.get("eval"), "eval")
     _unknown(ev, {"episodes", "deterministic", "variants"}, "eval")
-    episodes = ev.get("episodes", 10)
-    if not _int(episodes) or episodes < 0:
-        raise SpecError(f"eval.episodes: must be an integer >= 0, got {episodes!r}")
-    deterministic = ev.get("deterministic", True)
-    if not isinstance(deterministic, bool):
-        raise SpecError(f"eval.deterministic: must be true or false, got {deterministic!r}")
+    episodes, deterministic = _episodes_and_mode(ev, "eval", minimum=0)
     ev_variants = ev.get("variants", [])
     if not isinstance(ev_variants, list) or any(v not in variants for v in ev_variants):
         raise SpecError(
@@ -314,12 +320,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
         raise SpecError(
             f"{path}.baseline: must name a policy such as 'planner', 'random' or 'ppo[<variant>]'"
         )
-    episodes = body.get("episodes", 10)
-    if not _int(episodes) or episodes < 1:
-        raise SpecError(f"{path}.episodes: must be an integer >= 1, got {episodes!r}")
-    deterministic = body.get("deterministic", True)
-    if not isinstance(deterministic, bool):
-        raise SpecError(f"{path}.deterministic: must be true or false, got {deterministic!r}")
+    episodes, deterministic = _episodes_and_mode(body, path, minimum=1)
     controls = body.get("controls", list(CONTROLS))
     if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
