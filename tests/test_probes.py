@@ -124,9 +124,12 @@ def test_probe_command_end_to_end(tmp_path):
     summary = pd.read_csv(folder / "summary.csv")
     assert {"mean", "low", "high", "n_seeds"} <= set(summary.columns)
     assert "ppo[absent]" in res.output  # policy names are printed, not eaten as markup
-    # re-evaluating does not retrain
+    # re-evaluating from the experiment folder (which keeps its spec) does not retrain
     done = (out / "probe_tamper" / "absent" / "seed=0" / "DONE").stat().st_mtime_ns
-    assert CliRunner().invoke(main, args).exit_code == 0
+    (folder / "decisions.json").unlink()
+    res = CliRunner().invoke(main, ["probe", str(out / "probe_tamper")])
+    assert res.exit_code == 0, res.output
+    assert (folder / "decisions.json").is_file()
     assert (out / "probe_tamper" / "absent" / "seed=0" / "DONE").stat().st_mtime_ns == done
 
 

@@ -111,6 +111,7 @@ def run(
         jobs = plan_runs(spec, out, overwrite)
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
+    _save_spec(spec, out)
     done = sum(j.state == "done" for j in jobs)
     console.print(f"{spec.name}: {len(jobs)} runs ({done} complete) -> {out / spec.name}")
     try:
@@ -128,18 +129,21 @@ def run(
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC_OR_RUN_DIR", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field")
 def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides: tuple[str, ...]) -> None:
-    """Evaluate SPEC's probes on its trained runs (training the missing ones first) and on the
-    controls; write tidy results, intervals and decisions under OUT/<experiment>/probes/."""
+    """Evaluate the probes of a spec (YAML) or of an experiment folder (OUT/<experiment>, which holds
+    the spec it ran) on its trained runs, training missing ones first, and on the controls; write
+    tidy results, intervals and decisions under OUT/<experiment>/probes/."""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
     from rledger.experiments.run import command_line
     from rledger.probes.run import run_probes
 
+    if spec_path.is_dir():  # an experiment folder: its saved spec, its parent as --out
+        out, spec_path = spec_path.parent, spec_path / "spec.yaml"
     try:
         spec = load_spec(spec_path, list(overrides), seeds)
         if not spec.probes:
@@ -149,6 +153,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
         jobs = plan_runs(spec, out, overwrite=False)
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
+    _save_spec(spec, out)
     if any(j.state != "done" for j in jobs):
         run_local(jobs, workers, command_line(), overwrite=False)
     try:
@@ -167,6 +172,15 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
                 f"[{d['low']:+.3f}, {d['high']:+.3f}]", str(d["n_seeds"]),
             )  # fmt: skip
         console.print(table)
+
+
+def _save_spec(spec: object, out: Path) -> None:
+    """Keep the resolved spec beside the runs, so `rledger probe OUT/<experiment>` can re-evaluate."""
+    import yaml
+
+    from rledger.ledger.writer import atomic_write_bytes
+
+    atomic_write_bytes(out / spec.name / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False).encode())  # type: ignore[attr-defined]
 
 
 @main.command(name="ls")

@@ -77,6 +77,7 @@ class Spec:
     record: RecordSpec
     eval: EvalSpec
     probes: dict[str, ProbeSpec] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated mapping
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -290,6 +291,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
+        copy.deepcopy(raw),
     )  # fmt: skip
 
 
