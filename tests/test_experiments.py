@@ -205,3 +205,27 @@ def test_ray_backend_on_a_real_local_instance(tmp_path):
     dirs = sorted(out.glob("smoke/*/seed=*"))
     assert len(dirs) == 4 and all((d / "DONE").is_file() for d in dirs)
     assert len(Ledger(dirs[0] / "ledger").samples(columns=["t"])) > 0
+
+
+def test_opening_phase_then_the_runs_own_variant(tmp_path):
+    """An opening variant trains first (here: laps rewarded), then the run's variant, one model and ledger."""
+    import numpy as np
+
+    from rledger import Ledger
+
+    spec = ROOT / "experiments" / "probe_tiebreak_history.yaml"
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--seeds", "0",
+                                    "--set", "total_timesteps=8192", "--set", "opening.timesteps=4096",
+                                    "--set", "eval.episodes=1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run = out / "probe_tiebreak_history" / "default" / "seed=0"
+    assert (run / "DONE").is_file()
+    tr = Ledger(run / "ledger").transitions(columns=["rollout", "reward", "clockwise"])
+    opening, rest = tr[tr.rollout < 2], tr[tr.rollout >= 2]
+    # clockwise moves pay the +1 bonus only in the opening phase: -1 (+3 on an arrow) (+1 bonus)
+    assert set(np.unique(opening.reward[opening.clockwise == 1])) <= {0.0, 3.0}
+    assert set(np.unique(rest.reward[rest.clockwise == 1])) <= {-1.0, 2.0}
+    assert tr.rollout.nunique() == 4
+    with pytest.raises(SpecError, match="opening.timesteps"):
+        load_spec(spec, ["opening.timesteps=999999"])

@@ -77,8 +77,12 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
     atomic_write_bytes(path / "config.yaml", dump_config(config).encode())
     atomic_write_bytes(path / "command.txt", (command + "\n").encode())
     t0 = time.time()
+    opening = config.get("opening")
     env = make_vec_env(
-        config["env"]["id"], n_envs=config["n_envs"], seed=config["seed"], env_kwargs=config["env"]["kwargs"]
+        config["env"]["id"],
+        n_envs=config["n_envs"],
+        seed=config["seed"],
+        env_kwargs=opening["env_kwargs"] if opening else config["env"]["kwargs"],
     )
     model = InstrumentedPPO(
         config["policy"],
@@ -92,11 +96,33 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
         device="cpu",
         **ppo_kwargs(config),
     )
-    model.learn(
-        config["total_timesteps"],
-        callback=_Progress(path / "progress.json", config["total_timesteps"]),
-        tb_log_name="ppo",
-    )
+    progress = _Progress(path / "progress.json", config["total_timesteps"])
+    if opening:
+        # the opening variant first, under the full run's schedules (learning rate, clip range) ...
+        from stable_baselines3.common.callbacks import CallbackList
+
+        model.learn(
+            config["total_timesteps"],
+            callback=CallbackList([progress, _StopAt(opening["timesteps"])]),
+            tb_log_name="ppo",
+        )
+        # ... then the run's own variant, continuing the same model and ledger
+        model.set_env(
+            make_vec_env(
+                config["env"]["id"],
+                n_envs=config["n_envs"],
+                seed=config["seed"] + 100_003,
+                env_kwargs=config["env"]["kwargs"],
+            )
+        )
+        model.learn(
+            config["total_timesteps"] - model.num_timesteps,
+            callback=progress,
+            reset_num_timesteps=False,
+            tb_log_name="ppo",
+        )
+    else:
+        model.learn(config["total_timesteps"], callback=progress, tb_log_name="ppo")
     tmp = path / ".model.tmp.zip"
     model.save(tmp)
     os.replace(tmp, path / "model.zip")
@@ -170,6 +196,27 @@ class _Progress:
                 atomic_write_json(path, {"timesteps": int(self.num_timesteps), "total": total})
 
         return Progress()
+
+
+class _StopAt:
+    """Stops learn() at the first step of the first rollout that would start at or after ``steps``
+    (that one step is discarded with its rollout); every completed rollout has been trained on."""
+
+    def __new__(cls, steps: int) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class StopAt(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rollout_start = 0
+
+            def _on_rollout_start(self) -> None:
+                self.rollout_start = self.num_timesteps
+
+            def _on_step(self) -> bool:
+                return self.rollout_start < steps
+
+        return StopAt()
 
 
 def command_line() -> str:

@@ -78,6 +78,7 @@ class Spec:
     eval: EvalSpec
     probes: dict[str, ProbeSpec] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated mapping
+    opening: tuple[str, int] | None = None  # (variant, timesteps) trained first, then the run's variant
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -94,6 +95,16 @@ class Spec:
             "policy": self.policy,
             "ppo": copy.deepcopy(self.ppo),
             "record": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.record).items()},
+            **(
+                {
+                    "opening": {
+                        "timesteps": self.opening[1],
+                        "env_kwargs": self.env_kwargs_for(self.opening[0]),
+                    }
+                }
+                if self.opening is not None
+                else {}
+            ),
             "eval": {
                 "episodes": self.eval.episodes,
                 "deterministic": self.eval.deterministic,
@@ -115,6 +126,7 @@ TOP_KEYS = {
     "record",
     "eval",
     "probes",
+    "opening",
 }
 POLICIES = ("MlpPolicy",)
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
@@ -179,6 +191,24 @@ def parse_seeds(value: Any, path: str = "seeds") -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{path}: duplicate seeds in {seeds}")
     return tuple(seeds)
+
+
+def _opening(value: Any, variants: dict[str, dict[str, Any]], total: int) -> tuple[str, int] | None:
+    """``opening: {variant: V, timesteps: N}``: the first N steps train on variant V, then on the run's own."""
+    if value is None:
+        return None
+    d = _mapping(value, "opening")
+    _unknown(d, {"variant", "timesteps"}, "opening")
+    if d.get("variant") not in variants:
+        raise SpecError(
+            f"opening.variant: must be a variant name from {sorted(variants)}, got {d.get('variant')!r}"
+        )
+    steps = d.get("timesteps")
+    if not _int(steps) or not 0 < steps < total:
+        raise SpecError(
+            f"opening.timesteps: must be an integer in (0, total_timesteps={total}), got {steps!r}"
+        )
+    return d["variant"], steps
 
 
 def _episodes_and_mode(d: dict[str, Any], path: str, minimum: int) -> tuple[int, bool]:
@@ -291,7 +321,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
-        copy.deepcopy(raw),
+        copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
     )  # fmt: skip
 
 
