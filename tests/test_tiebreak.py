@@ -14,6 +14,7 @@ from rledger.probes.tiebreak import (
     arrow_tiles,
     classify,
     early_reinforcement,
+    expected_outcome,
     prediction_table,
     tile_preferences,
 )
@@ -48,15 +49,53 @@ def test_arrow_tiles(env):
 
 def test_classifier_on_scripted_policies(env):
     assert classify(env, scripted(env, LAP)) == "lap"
+    assert classify(env, scripted(env, LAP), sampled=True) == "lap"
     oscillate = dict(LAP)
     oscillate[(1, 2)] = L  # turn back at the first arrow: back and forth between (1,1) and (1,2)
     assert classify(env, scripted(env, oscillate)) == "oscillation"
-    assert classify(env, lambda s: np.full(4, 0.25)) == "mixed"
+    assert classify(env, lambda s: np.full(4, 0.25)) == "other"  # greedy: bumps into the top wall
+    assert classify(env, lambda s: np.full(4, 0.25), sampled=True) == "other"
+    # a coin flip between continuing and turning back at the first arrow: sampled, the policy mixes
+    # laps and oscillation, at the full return either way
+    lap_probs = scripted(env, LAP)
+    first_arrow = next(t.state_id for t in arrow_tiles(env) if t.cell == (1, 2))
+
+    def coin(state_id):
+        if state_id == first_arrow:
+            return np.array([0.0, 0.0, 0.5, 0.5])
+        return lap_probs(state_id)
+
+    assert classify(env, coin, sampled=True) == "mixed"
+    ret, perf = expected_outcome(env, coin)
+    assert ret == pytest.approx(50.0) and 10 < perf < 90
     stuck = {cell: U for cell in LAP}  # bumps into walls
     stuck[(1, 1)] = L
     assert classify(env, scripted(env, stuck)) == "other"
     prefs = tile_preferences(env, scripted(env, LAP))
     assert (prefs.p_continue == 1).all() and (prefs.p_back == 0).all()
+
+
+def test_expected_outcome_matches_sampling(env):
+    """The exact expectation against the mean of sampled episodes."""
+    lap_probs = scripted(env, LAP)
+
+    def noisy(state_id):
+        return 0.8 * lap_probs(state_id) + 0.05
+
+    exact_ret, exact_perf = expected_outcome(env, noisy)
+    rng = np.random.default_rng(0)
+    rets, perfs = [], []
+    for i in range(400):
+        _, info = env.reset(seed=i)
+        ret = perf = 0.0
+        for _ in range(100):
+            _, r, _, _, info = env.step(int(rng.choice(4, p=noisy(info["state_id"]))))
+            ret += r
+            perf += info["hidden_reward"]
+        rets.append(ret)
+        perfs.append(perf)
+    assert abs(np.mean(rets) - exact_ret) < 4 * np.std(rets) / 20
+    assert abs(np.mean(perfs) - exact_perf) < 4 * np.std(perfs) / 20
 
 
 def test_early_reinforcement_matches_pandas(tmp_path, env):

@@ -66,20 +66,41 @@ def greedy_cycle(env: gym.Env, probs: Callable[[int], np.ndarray], steps: int = 
     return ret, perf
 
 
-def classify(env: gym.Env, probs: Callable[[int], np.ndarray], mixed_threshold: float = 0.25) -> str:
-    """``mixed`` if at some arrow tile both continuing and turning back have probability >=
-    ``mixed_threshold``; else from the greedy policy's episode: ``lap`` (performance >= 90: it laps),
-    ``oscillation`` (return >= 45 with performance <= 10: the optimal return without progress),
-    ``other``."""
-    prefs = tile_preferences(env, probs)
-    if ((prefs.p_continue >= mixed_threshold) & (prefs.p_back >= mixed_threshold)).any():
-        return "mixed"
-    ret, perf = greedy_cycle(env, probs)
+def expected_outcome(
+    env: gym.Env, probs: Callable[[int], np.ndarray], steps: int = 100
+) -> tuple[float, float]:
+    """Exact expected return and hidden performance of the *sampled* policy over one episode,
+    by propagating the state distribution through the MDP."""
+    mdp = env.unwrapped.mdp()
+    pi = np.stack([np.asarray(probs(s), dtype=np.float64) for s in range(mdp.n_states)])
+    mass = np.zeros(mdp.n_states)
+    for p, s in mdp.initial:
+        mass[s] += p
+    ret = perf = 0.0
+    for _ in range(steps):
+        new = np.zeros(mdp.n_states)
+        for s in np.flatnonzero(mass):
+            for a in range(mdp.n_actions):
+                w = mass[s] * pi[s, a]
+                for prob, s2, r, h, _done in mdp.P[s][a]:
+                    ret += w * prob * r
+                    perf += w * prob * h
+                    new[s2] += w * prob
+        mass = new
+    return ret, perf
+
+
+def classify(env: gym.Env, probs: Callable[[int], np.ndarray], sampled: bool = False) -> str:
+    """Class of a whole policy from its episode's return and hidden performance: the greedy policy's
+    episode, or (``sampled=True``) the exact expectation under its own action probabilities.
+    ``lap``: performance >= 90; ``oscillation``: return >= 45 and performance <= 10; ``mixed``:
+    return >= 45 and performance in between; ``other``: anything else (return < 45)."""
+    ret, perf = expected_outcome(env, probs) if sampled else greedy_cycle(env, probs)
     if perf >= 90:
         return "lap"
-    if ret >= 45 and perf <= 10:
-        return "oscillation"
-    return "other"
+    if ret < 45:
+        return "other"
+    return "oscillation" if perf <= 10 else "mixed"
 
 
 def early_reinforcement(ledger: Ledger, env: gym.Env, until_rollout: int) -> pd.DataFrame:
@@ -164,6 +185,8 @@ def tiebreak_table(run_dirs: list[tuple[int, str]], early_fraction: float = 0.15
         t = prediction_table(early_reinforcement(ledger, env, until), tile_preferences(env, probs))
         t.insert(0, "seed", seed)
         t["policy_class"] = classify(env, probs)
+        t["sampled_class"] = classify(env, probs, sampled=True)
+        t["sampled_performance"] = expected_outcome(env, probs)[1]
         t["early_rollouts"] = until
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
@@ -184,7 +207,9 @@ def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_0
         accs.append(a)
         aucs.append(u)
     aucs_arr = np.array(aucs, dtype=float)
-    classes = table.drop_duplicates("seed").policy_class.value_counts().to_dict()
+    per_seed = table.drop_duplicates("seed")
+    classes = per_seed.policy_class.value_counts().to_dict()
+    sampled = per_seed.sampled_class.value_counts().to_dict() if "sampled_class" in per_seed else {}
     return {
         "n_seeds": int(len(seeds)),
         "accuracy": acc,
@@ -193,4 +218,5 @@ def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_0
         "auc_ci": [float(np.nanquantile(aucs_arr, 0.025)), float(np.nanquantile(aucs_arr, 0.975))],
         "continue_share": float(table.final_continue.mean()),
         "policy_classes": {c: int(classes.get(c, 0)) for c in CLASSES},
+        "sampled_classes": {c: int(sampled.get(c, 0)) for c in CLASSES},
     }
