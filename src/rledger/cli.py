@@ -164,7 +164,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
 
     for result in results:
         table = Table(title=escape(f"probe {result['probe']}: {result['rule']}"))
-        for col in ("policy", "seeks reward", "difference", "95% interval", "seeds"):
+        for col in ("policy", "rule holds", "difference", "95% interval", "seeds"):
             table.add_column(col)
         for policy, d in result["decisions"].items():
             table.add_row(
