@@ -229,3 +229,13 @@ def test_opening_phase_then_the_runs_own_variant(tmp_path):
     assert tr.rollout.nunique() == 4
     with pytest.raises(SpecError, match="opening.timesteps"):
         load_spec(spec, ["opening.timesteps=999999"])
+
+
+def test_ppo_fields_are_sb3_ppo_arguments():
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    from rledger.experiments.spec import _PPO_RULES
+
+    assert set(_PPO_RULES) <= set(inspect.signature(PPO.__init__).parameters)

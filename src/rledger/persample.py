@@ -11,7 +11,7 @@ where ``P`` is an elementwise (diagonal) preconditioner such as Adam's ``1 / (sq
 
 Two exact ways to get them:
 
-* :func:`linear_gram` (fast path). For a Linear layer ``z = a W^T + b``, sample ``i``'s weight gradient
+* :func:`linear_blocks` + :func:`gram_from_blocks` (Linear layers). For a Linear layer ``z = a W^T + b``, sample ``i``'s weight gradient
   of a part ``f`` is the outer product ``d_i^f a_i^T`` with ``d_i^f = df_i/dz_i``, so
   ``<d^f a^T, Q (d^h a^T)> = (d^f * d^h)^T Q_W (a^2)`` and the bias adds ``(d^f * d^h) . Q_b``:
   one backward pass to the layer outputs per group of parts gives every sample's Gram matrix.
@@ -41,13 +41,6 @@ class GramSet:
     g1: Tensor
     gp: Tensor | None
     gp2: Tensor | None
-
-    def __iadd__(self, other: GramSet) -> GramSet:
-        self.g1 += other.g1
-        if other.gp is not None:
-            self.gp = other.gp if self.gp is None else self.gp + other.gp
-            self.gp2 = other.gp2 if self.gp2 is None else self.gp2 + other.gp2
-        return self
 
 
 def empty_gram(batch: int, k: int, with_precond: bool, dtype: torch.dtype = torch.float32) -> GramSet:
@@ -237,16 +230,6 @@ def gram_from_blocks(blocks: Sequence[Block]) -> GramSet:
     left = torch.cat([d * w[:, None, :] for w in weights], 1)  # (B, K * len(weights), N)
     g = left @ d.transpose(1, 2)
     return GramSet(g[:, :k], g[:, k : 2 * k] if with_p else None, g[:, 2 * k :] if with_p else None)
-
-
-def linear_gram(
-    calls: Sequence[LinearCall],
-    d: Sequence[Mapping[int, Tensor]],
-    k: int,
-    precond: Callable[[nn.Parameter], tuple[Tensor, Tensor] | None] | None = None,
-) -> GramSet:
-    """Per-sample Gram matrices over the weights and biases of the recorded Linear calls."""
-    return gram_from_blocks(linear_blocks(calls, d, k, precond))
 
 
 def jacobian_gram(

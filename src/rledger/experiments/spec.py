@@ -7,7 +7,6 @@ Every error names the field path and the fix in one line, e.g.
 from __future__ import annotations
 
 import copy
-import inspect
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -433,10 +432,3 @@ class _Linear:
 
     def __call__(self, progress_remaining: float) -> float:
         return self.start * progress_remaining
-
-
-def _check_rules_cover_ppo() -> None:  # pragma: no cover - a development aid
-    from stable_baselines3 import PPO
-
-    params = set(inspect.signature(PPO.__init__).parameters)
-    assert set(_PPO_RULES) <= params

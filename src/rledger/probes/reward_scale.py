@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
@@ -74,7 +73,3 @@ def divergence(
     z = _train(env_id, c, b, seed, timesteps, False, n_steps=256)
     diff, scale = _max_param_diff(a, z)
     return {"max_actor_param_diff": diff, "max_abs_param": scale, "c": c, "b": b}
-
-
-def _as_array(d: dict[str, float]) -> np.ndarray:  # pragma: no cover - convenience for notebooks
-    return np.array(list(d.values()))

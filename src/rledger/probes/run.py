@@ -10,7 +10,6 @@ rule, and for every policy whether it seeks the held-out reward, with the interv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +96,3 @@ def run_probes(spec: Spec, out: str | Path) -> list[dict[str, Any]]:
     if not spec.probes:
         raise SpecError("probes: the spec defines no probe; add a probes section (see docs/experiments.md)")
     return [run_probe(spec, p, Path(out)) for p in spec.probes.values()]
-
-
-def load_decisions(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
