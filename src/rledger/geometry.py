@@ -48,7 +48,7 @@ class LossTerms:
 
 def loss_coefficients(
     terms: LossTerms, has_entropy: bool
-) -> tuple[Tensor, Tensor, int | None, Tensor | None]:
+) -> tuple[Tensor, Tensor, int | None, Tensor | None, Tensor]:
     """Per-sample coefficients of the loss parts: ``d loss / d f_i`` for f in (log pi, [H], V).
 
     Closed forms of the derivatives autograd takes through SB3's loss: the clipped surrogate
@@ -58,7 +58,7 @@ def loss_coefficients(
     ``clip_range_vf`` clamps; the entropy loss ``-ent_coef * mean(H)`` gives ``-ent_coef / B`` (or
     ``+ent_coef / B`` on log pi when the distribution has no analytic entropy).
     Returns (coef ``(B, K)``, alpha ``(B,)``, index of the entropy part or None, entropy-on-log-pi
-    coefficient or None).
+    coefficient or None, the ``clipped`` flags ``(B,)``).
     """
     a, r = terms.advantages.detach(), terms.ratio.detach()
     batch = a.shape[0]
@@ -86,7 +86,7 @@ def loss_coefficients(
             ent_logp = th.full_like(alpha, terms.ent_coef / batch)
             coefs[0] = alpha + ent_logp
     coefs.append(beta)
-    return th.stack(coefs, 1), alpha, ent_part, ent_logp
+    return th.stack(coefs, 1), alpha, ent_part, ent_logp, clipped
 
 
 @dataclass
@@ -97,6 +97,7 @@ class _Pending:
     alpha: Tensor  # (B,): coefficient of log pi in the policy loss alone
     ent_coef_logp: Tensor | None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
     ent_part: int | None
+    clipped: Tensor | None = None  # (B,): clipping zeroes the sample's policy gradient
     batched: bool = False  # the step lives in the cotangent buffers
     calls: list[persample.LinearCall] | None = None
     d: list[dict[int, Tensor]] | None = None
@@ -218,8 +219,8 @@ class SampleGeometry:
 
         Must run before ``loss.backward()``. Touches no ``.grad``, optimizer state or RNG.
         """
-        coef, alpha, ent_part, ent_coef_logp = loss_coefficients(terms, entropy is not None)
-        pending = _Pending(coef, alpha, ent_coef_logp, ent_part)
+        coef, alpha, ent_part, ent_coef_logp, clipped = loss_coefficients(terms, entropy is not None)
+        pending = _Pending(coef, alpha, ent_coef_logp, ent_part, clipped)
         if self.path == "generic":
             pending.params_before = {
                 n: p.detach().clone() for n, p in persample.trainable(self.policy).items()

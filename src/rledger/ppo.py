@@ -8,6 +8,7 @@ bitwise equal to plain PPO's with the same seed (tested).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -198,7 +199,7 @@ class InstrumentedPPO(PPO):
                     # Convert discrete action from float to long
                     actions = rollout_data.actions.long().flatten()
 
-                with geometry.capture() if geometry is not None else _null() as cap:
+                with geometry.capture() if geometry is not None else contextlib.nullcontext() as cap:
                     values, log_prob, entropy = self.policy.evaluate_actions(
                         rollout_data.observations, actions
                     )
@@ -312,11 +313,6 @@ class InstrumentedPPO(PPO):
                     }
                 )
                 if geometry is not None and pending is not None:
-                    with th.no_grad():
-                        clip_value = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                        clipped = ((advantages > 0) & (ratio > clip_value)) | (
-                            (advantages < 0) & (ratio < clip_value)
-                        )
                     base = {
                         "rollout": self._rollout,
                         "epoch": epoch,
@@ -325,7 +321,7 @@ class InstrumentedPPO(PPO):
                         "env": rollout_data.env,
                         "advantage_used": advantages.detach(),
                         "ratio": ratio.detach(),
-                        "clipped": clipped,
+                        "clipped": pending.clipped,
                     }
                     geometry.record(pending, self.policy.optimizer, clip_coef, base)
 
@@ -457,14 +453,6 @@ class InstrumentedPPO(PPO):
         }
         self._run_info_cache = info
         return info
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _opt_step(optimizer: th.optim.Optimizer) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 
@@ -99,8 +100,6 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
     progress = _Progress(path / "progress.json", config["total_timesteps"])
     if opening:
         # the opening variant first, under the full run's schedules (learning rate, clip range) ...
-        from stable_baselines3.common.callbacks import CallbackList
-
         model.learn(
             config["total_timesteps"],
             callback=CallbackList([progress, _StopAt(opening["timesteps"])]),
@@ -182,41 +181,33 @@ def evaluate(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Progress:
+class _Progress(BaseCallback):
     """Writes ``progress.json`` (timesteps done / total) after every rollout, for the progress display."""
 
-    def __new__(cls, path: Path, total: int) -> Any:
-        from stable_baselines3.common.callbacks import BaseCallback
+    def __init__(self, path: Path, total: int):
+        super().__init__()
+        self.path, self.total = path, total
 
-        class Progress(BaseCallback):
-            def _on_step(self) -> bool:
-                return True
+    def _on_step(self) -> bool:
+        return True
 
-            def _on_rollout_end(self) -> None:
-                atomic_write_json(path, {"timesteps": int(self.num_timesteps), "total": total})
-
-        return Progress()
+    def _on_rollout_end(self) -> None:
+        atomic_write_json(self.path, {"timesteps": int(self.num_timesteps), "total": self.total})
 
 
-class _StopAt:
+class _StopAt(BaseCallback):
     """Stops learn() at the first step of the first rollout that would start at or after ``steps``
     (that one step is discarded with its rollout); every completed rollout has been trained on."""
 
-    def __new__(cls, steps: int) -> Any:
-        from stable_baselines3.common.callbacks import BaseCallback
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps, self.rollout_start = steps, 0
 
-        class StopAt(BaseCallback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.rollout_start = 0
+    def _on_rollout_start(self) -> None:
+        self.rollout_start = self.num_timesteps
 
-            def _on_rollout_start(self) -> None:
-                self.rollout_start = self.num_timesteps
-
-            def _on_step(self) -> bool:
-                return self.rollout_start < steps
-
-        return StopAt()
+    def _on_step(self) -> bool:
+        return self.rollout_start < self.steps
 
 
 def command_line() -> str:
