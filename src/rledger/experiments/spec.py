@@ -35,6 +35,10 @@ class RecordSpec:
     info_keys: tuple[str, ...] = ()
 
 
+# what it means for the policy under test when a probe's rule holds: the report's verdict
+HOLDS_MEANS = ("reward_seeking", "not_reward_seeking")
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """One probe; its decision rule is written here, before anything runs.
@@ -43,7 +47,8 @@ class ProbeSpec:
     on the ``inert`` one, per policy (:class:`rledger.probes.stats.SeeksReward`).
     ``rule: exceeds``: ``metric`` of each policy on ``condition`` minus that of the ``baseline`` policy
     there (:class:`rledger.probes.stats.Exceeds`), e.g. does a policy end in the old goal region more
-    often than the planner?"""
+    often than the planner? ``holds_means`` says what the rule holding means for the policy under test
+    (``reward_seeking`` or ``not_reward_seeking``; required for ``exceeds``)."""
 
     name: str
     metric: str
@@ -55,6 +60,7 @@ class ProbeSpec:
     rule: str = "seeks_reward"
     condition: str | None = None
     baseline: str | None = None
+    holds_means: str | None = "reward_seeking"
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -336,7 +342,13 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
     if rule not in ("seeks_reward", "exceeds"):
         raise SpecError(f"{path}.rule: must be 'seeks_reward' or 'exceeds', got {rule!r}")
     keys = {"paying", "inert"} if rule == "seeks_reward" else {"condition", "baseline"}
-    _unknown(body, {"rule", "metric", "episodes", "deterministic", "controls", *keys}, path)
+    _unknown(body, {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", *keys}, path)
+    holds_means = body.get("holds_means", "reward_seeking" if rule == "seeks_reward" else None)
+    if holds_means not in HOLDS_MEANS:
+        raise SpecError(
+            f"{path}.holds_means: must be one of {[m for m in HOLDS_MEANS if m]}, got {holds_means!r}"
+            + ("" if rule == "seeks_reward" else " (an 'exceeds' rule has no default: say what it means)")
+        )
     metric = body.get("metric")
     if not isinstance(metric, str) or not metric:
         raise SpecError(
@@ -357,7 +369,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
     return ProbeSpec(
         name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
-        rule, body.get("condition"), body.get("baseline"),
+        rule, body.get("condition"), body.get("baseline"), holds_means,
     )  # fmt: skip
 
 

@@ -87,7 +87,15 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
     folder = out / spec.name / "probes" / probe.name
     atomic_write_bytes(folder / "tidy.csv", tidy.to_csv(index=False).encode())
     atomic_write_bytes(folder / "summary.csv", summary.to_csv(index=False).encode())
-    result = {"probe": probe.name, "rule": rule.describe(), "decisions": decisions}
+    result = {
+        "probe": probe.name,
+        "rule": rule.describe(),
+        "rule_kind": probe.rule,
+        "holds_means": probe.holds_means,
+        "paying": probe.paying if probe.rule == "seeks_reward" else probe.condition,
+        "metric": probe.metric,
+        "decisions": decisions,
+    }
     atomic_write_json(folder / "decisions.json", result)
     return result
 

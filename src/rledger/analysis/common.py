@@ -1,0 +1,147 @@
+"""What every claim shares: finding run folders, the result of a claim, writing figures and CSVs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from rledger.ledger import Ledger
+from rledger.ledger.writer import atomic_write_bytes
+
+DONE = "DONE"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One complete run folder (``<root>/<experiment>/<variant>/seed=<n>/``)."""
+
+    experiment: str
+    variant: str
+    seed: int
+    path: Path
+    env_id: str
+    config: dict[str, Any]
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.path / "ledger")
+
+    @property
+    def steps_per_rollout(self) -> int:
+        info = self.ledger.run_info
+        return int(info["config"]["n_steps"]) * int(info["n_envs"])
+
+    @property
+    def is_gridworld(self) -> bool:
+        return self.env_id.startswith("rledger/")
+
+
+@dataclass
+class ClaimResult:
+    """What one claim's analysis produced: figure stems (each written as .png and .pdf), CSV files,
+    findings in neutral sentences, and for probe-like claims the verdict on "the policy seeks reward"
+    (``supports``, ``contradicts`` or ``inconclusive``) with its reason."""
+
+    claim: str
+    title: str
+    figures: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    verdicts: list[dict[str, str]] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "claim": self.claim,
+            "title": self.title,
+            "figures": [str(p) for p in self.figures],
+            "tables": [str(p) for p in self.tables],
+            "findings": self.findings,
+            "verdicts": self.verdicts,
+            "rules": self.rules,
+        }
+
+
+def find_runs(root: str | os.PathLike[str], experiment: str | None = None) -> list[RunInfo]:
+    """Every complete run (with its DONE marker and ledger) under ``root``, sorted by experiment,
+    variant and seed. ``root`` is the ``--out`` folder of ``rledger run``, or one experiment folder in it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder; pass the --out folder of `rledger run`")
+    pattern = "*/seed=*/config.yaml" if (root / "spec.yaml").is_file() else "*/*/seed=*/config.yaml"
+    runs = []
+    for cfg_path in sorted(root.glob(pattern)):
+        path = cfg_path.parent
+        if not (path / DONE).is_file() or not (path / "ledger" / "run.json").is_file():
+            continue
+        config = yaml.safe_load(cfg_path.read_text())
+        if experiment is not None and config.get("experiment") != experiment:
+            continue
+        runs.append(
+            RunInfo(
+                experiment=str(config["experiment"]),
+                variant=str(config["variant"]),
+                seed=int(config["seed"]),
+                path=path,
+                env_id=str(config["env"]["id"]),
+                config=config,
+            )
+        )
+    runs.sort(key=lambda r: (r.experiment, r.variant, r.seed))
+    return runs
+
+
+def group_runs(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
+    """Runs grouped by (experiment, variant), in order."""
+    groups: dict[tuple[str, str], list[RunInfo]] = {}
+    for r in runs:
+        groups.setdefault((r.experiment, r.variant), []).append(r)
+    return groups
+
+
+def save_figure(fig: Any, stem: Path) -> Path:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf``, each whole or not at all; returns the stem."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for ext, kwargs in (("png", {"dpi": 110}), ("pdf", {})):
+        fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=f".{ext}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
+            os.replace(tmp, stem.with_suffix(f".{ext}"))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return stem
+
+
+def save_csv(df: pd.DataFrame, path: Path) -> Path:
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+    return path
+
+
+def save_json(obj: Any, path: Path) -> Path:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
+    return path
+
+
+def new_figure(*shape: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = (shape + (1, 1))[:2] if shape else (1, 1)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+    )
+    return fig, axes

@@ -1,0 +1,196 @@
+"""Claim 3: behaviour against reinforcement history. Does the reinforcement a (state, action) pair
+received predict what the final policy does there?
+
+Per run: for the states the final policy visits (transitions in the last 20% of rollouts, weighted by
+visits), the action with the largest cumulative ``self_reinforcement`` up to a cut (10%, 25%, 50%,
+100% of rollouts) is compared with the final policy's most probable action. Baselines: the action
+sampled most often up to the same cut (frequency, which reinforcement could merely echo) and chance
+(1 / number of actions). The boat-race tie-break (``rledger.probes.tiebreak``) is the sharpest case:
+there the reward is indifferent and only history can decide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rledger.analysis.common import (
+    ClaimResult,
+    RunInfo,
+    find_runs,
+    group_runs,
+    new_figure,
+    save_csv,
+    save_figure,
+)
+from rledger.analysis.gridmaps import late_visits, make_env, policy_table
+from rledger.ledger import Ledger
+
+CUTS = (0.1, 0.25, 0.5, 1.0)
+
+
+def cumulative_by_cut(ledger: Ledger, cuts: tuple[float, ...] = CUTS) -> pd.DataFrame:
+    """(state_id, action, cut, reinforcement, n): cumulative ``self_reinforcement`` and sample counts
+    per (state, action) over rollouts ``< round(cut * rollouts)``, one DuckDB pass."""
+    n = int(ledger.run_info["rollouts_written"])
+    bounds = [max(1, int(round(c * n))) for c in cuts]
+    cols = ", ".join(
+        f"SUM(self_reinforcement) FILTER (WHERE rollout < {b}) AS sr_{i}, "
+        f"COUNT(*) FILTER (WHERE rollout < {b}) AS n_{i}"
+        for i, b in enumerate(bounds)
+    )
+    wide = ledger.sql(
+        f"SELECT state_id, CAST(action[1] AS INTEGER) AS action, {cols} FROM samples_x GROUP BY state_id, action"
+    )
+    frames = [
+        pd.DataFrame(
+            {
+                "state_id": wide.state_id,
+                "action": wide.action,
+                "cut": c,
+                "reinforcement": wide[f"sr_{i}"].fillna(0.0),
+                "n": wide[f"n_{i}"].fillna(0).astype(np.int64),
+            }
+        )  # fmt: skip
+        for i, c in enumerate(cuts)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def prediction_accuracy(cumulative: pd.DataFrame, probs: np.ndarray, visits: pd.DataFrame) -> pd.DataFrame:
+    """(cut, predictor, accuracy, states): visit-weighted share of visited states where the predictor's
+    action equals the final policy's most probable one. Predictors: ``reinforcement`` (argmax of
+    cumulative self_reinforcement; actions never sampled count 0), ``frequency`` (argmax of sample
+    counts), ``chance``. Ties between actions count as the lowest index, as np.argmax does."""
+    n_actions = probs.shape[1]
+    weights = visits.set_index("state_id").visits
+    states = weights.index.to_numpy()
+    final = probs[states].argmax(1)
+    w = weights.to_numpy(dtype=np.float64)
+    rows = []
+    for cut, g in cumulative.groupby("cut"):
+        sr = np.zeros((len(probs), n_actions))
+        cnt = np.zeros((len(probs), n_actions))
+        sr[g.state_id.to_numpy(), g.action.to_numpy()] = g.reinforcement.to_numpy()
+        cnt[g.state_id.to_numpy(), g.action.to_numpy()] = g.n.to_numpy()
+        seen = cnt[states].sum(1) > 0
+        ww = w * seen
+        for name, pred in (("reinforcement", sr[states].argmax(1)), ("frequency", cnt[states].argmax(1))):
+            rows.append({"cut": cut, "predictor": name, "accuracy": float((ww * (pred == final)).sum() / ww.sum()),
+                         "states": int(seen.sum())})  # fmt: skip
+        rows.append(
+            {"cut": cut, "predictor": "chance", "accuracy": 1.0 / n_actions, "states": int(seen.sum())}
+        )
+    return pd.DataFrame(rows)
+
+
+def run_accuracy(run: RunInfo, late_fraction: float = 0.2) -> pd.DataFrame:
+    from stable_baselines3 import PPO
+
+    ledger = run.ledger
+    n = int(ledger.run_info["rollouts_written"])
+    visits = late_visits(ledger, min(n - 1, int(round((1 - late_fraction) * n))))
+    probs = policy_table(PPO.load(run.path / "model.zip", device="cpu"), make_env(run))
+    table = prediction_accuracy(cumulative_by_cut(ledger), probs, visits)
+    ledger.close()
+    return table
+
+
+def plot_accuracy(table: pd.DataFrame, ax: object = None) -> object:
+    import seaborn as sns
+
+    if ax is None:
+        _, axes = new_figure()
+        ax = axes[0, 0]
+    sns.lineplot(data=table, x="cut", y="accuracy", hue="predictor", marker="o", ax=ax, palette="colorblind",
+                 errorbar=("ci", 95), n_boot=1000, seed=0)  # fmt: skip
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("share of training whose reinforcement is counted")
+    ax.set_ylabel("agreement with final policy")
+    return ax
+
+
+def tiebreak_section(runs: list[RunInfo], out: Path, result: ClaimResult, n_resamples: int = 2000) -> None:
+    """The boat-race tie-break per boat-race experiment: early reinforcement at each arrow tile
+    against the final preference there, with accuracy, AUC and policy classes."""
+    from rledger.probes.tiebreak import tiebreak_summary, tiebreak_table
+
+    boat = [r for r in runs if r.env_id == "rledger/BoatRace-v0"]
+    tables, summaries = [], []
+    for (exp, variant), group in group_runs(boat).items():
+        t = tiebreak_table([(r.seed, str(r.path)) for r in group])
+        t.insert(0, "variant", variant)
+        t.insert(0, "experiment", exp)
+        tables.append(t)
+        s = tiebreak_summary(t, seed=0, n_resamples=n_resamples)
+        summaries.append({"experiment": exp, "variant": variant, **s})
+        result.findings.append(
+            f"Tie-break, {exp}/{variant} ({s['n_seeds']} seeds): final policies continue around the track "
+            f"at {s['continue_share']:.0%} of arrow tiles; early reinforcement predicts the tile choice with "
+            f"accuracy {s['accuracy']:.2f} [{s['accuracy_ci'][0]:.2f}, {s['accuracy_ci'][1]:.2f}] and AUC "
+            f"{s['auc']:.2f} [{s['auc_ci'][0]:.2f}, {s['auc_ci'][1]:.2f}] (chance 0.5); greedy policy classes "
+            + ", ".join(f"{k} {v}" for k, v in s["policy_classes"].items() if v)
+            + "."
+        )
+    if not tables:
+        return
+    table = pd.concat(tables, ignore_index=True)
+    result.tables.append(save_csv(table.drop(columns=["cell"]), out / "history_tiebreak.csv"))
+    flat = [{k: (v if not isinstance(v, (list, dict)) else str(v)) for k, v in s.items()} for s in summaries]
+    result.tables.append(save_csv(pd.DataFrame(flat), out / "history_tiebreak_summary.csv"))
+    fig, axes = new_figure(1, 2)
+    ax = axes[0, 0]
+    for i, ((exp, variant), g) in enumerate(table.groupby(["experiment", "variant"])):
+        ax.scatter(np.sign(g.score) * np.log10(1 + np.abs(g.score) * 1e3), g.p_continue, s=14, alpha=0.7,
+                   label=f"{exp}/{variant}", color=f"C{i}")  # fmt: skip
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.axhline(0.5, color="0.6", lw=0.8)
+    ax.set_xlabel("early reinforcement, continue minus back (signed log10(1 + 1000|x|))")
+    ax.set_ylabel("final P(continue) at the tile")
+    ax.legend(fontsize=7)
+    shares = table.groupby(["experiment", "variant", "seed"]).final_continue.mean().reset_index()
+    import seaborn as sns
+
+    shares["run"] = shares.experiment + "/" + shares.variant
+    sns.barplot(data=shares, x="run", y="final_continue", ax=axes[0, 1], errorbar=("ci", 95), n_boot=1000,
+                seed=0, palette="colorblind", hue="run", legend=False)  # fmt: skip
+    axes[0, 1].set_ylabel("share of arrow tiles where the policy continues")
+    axes[0, 1].set_xlabel("")
+    axes[0, 1].tick_params(axis="x", labelrotation=15, labelsize=7)
+    fig.suptitle("Boat-race tie-break: laps and oscillation pay the same")
+    result.figures.append(save_figure(fig, out / "history_tiebreak"))
+
+
+def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) -> ClaimResult:
+    out = Path(out)
+    runs = find_runs(root) if runs is None else runs
+    result = ClaimResult("history", "Behaviour against reinforcement history")
+    frames = []
+    for (exp, variant), group in group_runs([r for r in runs if r.is_gridworld]).items():
+        for r in group:
+            frames.append(run_accuracy(r).assign(experiment=exp, variant=variant, seed=r.seed))
+    if frames:
+        table = pd.concat(frames, ignore_index=True)
+        table = table[["experiment", "variant", "seed", "cut", "predictor", "accuracy", "states"]]
+        result.tables.append(save_csv(table, out / "history_accuracy.csv"))
+        groups = list(table.groupby(["experiment", "variant"]))
+        fig, axes = new_figure(1, len(groups), width=3.6)
+        for ax, ((exp, variant), g) in zip(axes[0], groups, strict=True):
+            plot_accuracy(g, ax)
+            ax.set_title(f"{exp}/{variant} ({g.seed.nunique()} seeds)", fontsize=9)
+        result.figures.append(save_figure(fig, out / "history_accuracy"))
+        for (exp, variant), g in groups:
+            m = g[g.cut == g.cut.max()].groupby("predictor").accuracy.mean()
+            e = g[g.cut == g.cut.min()].groupby("predictor").accuracy.mean()
+            result.findings.append(
+                f"{exp}/{variant}: the most-reinforced action is the final policy's choice in "
+                f"{e['reinforcement']:.0%} of visited states after {g.cut.min():.0%} of training and "
+                f"{m['reinforcement']:.0%} after all of it (most-sampled action: {e['frequency']:.0%} / "
+                f"{m['frequency']:.0%}; chance {m['chance']:.0%})."
+            )
+    else:
+        result.findings.append("No gridworld runs were found.")
+    tiebreak_section(runs, out, result)
+    return result
