@@ -265,3 +265,80 @@ def _print_summary(ledger: Ledger) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@main.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="report folder [default: ROOT/report]"
+)
+@click.option("--overwrite", is_flag=True, help="replace an existing report folder")
+def report(root: Path, out: Path | None, overwrite: bool) -> None:
+    """Analyse the runs and probes under ROOT (the --out folder of `rledger run`/`probe`) into
+    report.md, a self-contained report.html, results.json and the figures with their CSVs."""
+    from rledger.report import ReportError, build_report
+
+    try:
+        with console.status(f"analysing {root}"):
+            result = build_report(root, out, overwrite)
+    except (ReportError, FileNotFoundError) as exc:
+        raise _Bad(str(exc)) from exc
+    _print_verdicts(result)
+    console.print(f"report written to {result.folder / 'report.html'} in {result.seconds:.0f} s")
+
+
+def _print_verdicts(result: object) -> None:
+    from rich.markup import escape
+
+    verdicts = [v for r in result.results for v in r.verdicts]  # type: ignore[attr-defined]
+    if not verdicts:
+        return
+    table = Table(title="does the policy seek reward? (probes on policies never reinforced for the option)")
+    for col in ("probe", "policy", "verdict"):
+        table.add_column(col)
+    for v in verdicts:
+        table.add_row(escape(v["probe"]), escape(v["policy"]), v["verdict"])
+    console.print(table)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True)
+@click.option("--suite", "suite_path", type=click.Path(path_type=Path), default=None,
+              help="suite file [default: experiments/quickstart.yaml shipped with rledger]")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--overwrite", is_flag=True, help="rerun runs whose config differs and replace the report")
+def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool) -> None:
+    """Train the quickstart suite (boat race, held-out lagoon and tamper probes, few seeds), evaluate
+    its probes with their controls, and write the report: OUT/report/report.html."""
+    import time
+
+    from rledger.experiments import SpecError, plan_runs, run_local
+    from rledger.experiments.run import command_line
+    from rledger.probes.run import run_probes
+    from rledger.report import ReportError, build_report
+    from rledger.suite import default_suite_path, load_suite
+
+    start = time.perf_counter()
+    try:
+        suite = load_suite(suite_path or default_suite_path())
+        jobs = [j for spec in suite.specs for j in plan_runs(spec, out, overwrite)]
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    for spec in suite.specs:
+        _save_spec(spec, out)
+    jobs.sort(key=lambda j: -j.config["total_timesteps"])  # longest first packs the workers best
+    console.print(f"{suite.name}: {len(jobs)} runs, {suite.total_timesteps:,} env steps -> {out}")
+    run_local(jobs, workers, command_line(), overwrite)
+    for spec in suite.specs:
+        if spec.probes:
+            with console.status(f"probes of {spec.name}"):
+                run_probes(spec, out)
+    try:
+        with console.status("report"):
+            result = build_report(out, None, overwrite=True)
+    except ReportError as exc:
+        raise _Bad(str(exc)) from exc
+    _print_verdicts(result)
+    console.print(
+        f"quickstart done in {time.perf_counter() - start:.0f} s: open {result.folder / 'report.html'}"
+    )

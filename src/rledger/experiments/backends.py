@@ -71,7 +71,12 @@ def run_local(
                 for job in todo:
                     fut = pool.submit(_worker, job.config, str(job.path), command, overwrite)
                     total = job.config["total_timesteps"]
-                    bars[fut] = (job, progress.add_task(f"  {job.variant} seed={job.seed}", total=total))
+                    bars[fut] = (
+                        job,
+                        progress.add_task(
+                            f"  {job.config['experiment']}/{job.variant} seed={job.seed}", total=total
+                        ),
+                    )
                 pending = set(bars)
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
