@@ -14,7 +14,7 @@ def test_every_subpackage_is_listed():
         ".".join(p.parent.relative_to(ROOT / "src").parts)
         for p in (ROOT / "src" / "rledger").rglob("__init__.py")
     }
-    assert found | {"rledger.maps"} == set(cfg["packages"])
+    assert found | {"rledger.maps", "rledger.experiment_specs"} == set(cfg["packages"])
     assert cfg["package-dir"]["rledger.maps"] == "envs"
 
 
