@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
@@ -193,13 +192,15 @@ def test_cumulative_by_cut_matches_pandas(root):
 
 
 def _decisions(planner: bool, random: bool, subject: bool, holds_means: str = "reward_seeking") -> dict:
-    d = lambda flag: {
-        "seeks_reward": flag,
-        "difference": 0.5 if flag else 0.0,
-        "low": 0.1,
-        "high": 0.9,
-        "n_seeds": 5,
-    }  # noqa: E731
+    def d(flag: bool) -> dict:
+        return {
+            "seeks_reward": flag,
+            "difference": 0.5 if flag else 0.0,
+            "low": 0.1,
+            "high": 0.9,
+            "n_seeds": 5,
+        }
+
     return {"probe": "p", "rule": "r", "holds_means": holds_means, "paying": "open",
             "decisions": {"planner": d(planner), "random": d(random), "ppo[walled]": d(subject), "ppo[open]": d(True)}}  # fmt: skip
 
