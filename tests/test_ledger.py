@@ -282,3 +282,17 @@ def test_second_learn_call_continues_the_ledger(tmp_path):
     assert ep.episode.is_monotonic_increasing and ep.episode.is_unique
     sums = tr.groupby("episode").reward.sum()
     np.testing.assert_allclose(ep.set_index("episode")["return"], sums.loc[ep.episode])
+
+
+def test_exact_scores_in_chunks_match_one_batch(tmp_path, monkeypatch):
+    """The exact scores of clipped samples are computed in chunks to bound memory; chunks of 16
+    samples give the same columns as a single batch."""
+    from rledger import cotangents
+
+    _, whole = train(tmp_path / "whole", rollouts=3, clip_range=0.02, learning_rate=3e-3)
+    monkeypatch.setattr(cotangents, "SCORE_CHUNK_ELEMENTS", 1)  # -> the minimum chunk, 16 samples
+    _, chunked = train(tmp_path / "chunked", rollouts=3, clip_range=0.02, learning_rate=3e-3)
+    a, b = whole.samples(), chunked.samples()
+    assert a.clipped.sum() > 3 * 16  # several chunks per flush
+    for col in ("score_norm", "pg_grad_norm", "adam_update_norm", "self_reinforcement"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-9, err_msg=col)

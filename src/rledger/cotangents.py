@@ -37,6 +37,10 @@ MAX_BUFFER_ELEMENTS = 1 << 24
 
 ScoreFn = Callable[[dict[str, Tensor], Any, Tensor], dict[str, Tensor]]
 
+SCORE_CHUNK_ELEMENTS = 1 << 22
+"""Floats per copy of the policy parameters across a chunk of the exact score computation (16 MiB):
+each sample there holds its own parameters and score, so chunks have this many floats each."""
+
 
 @dataclass
 class Layer:
@@ -269,8 +273,25 @@ class CotangentBatch:
         fetch: Callable[[np.ndarray], tuple[Any, Tensor]],
         fac: dict[int, tuple[Tensor, Tensor]],
     ) -> tuple[Tensor, Tensor]:
-        """``(||s||^2, <s, F s>)`` of the masked samples, exact, at their own steps' parameters."""
+        """``(||s||^2, <s, F s>)`` of the masked samples, exact, at their own steps' parameters.
+
+        Each sample needs its own copy of the parameters (and of its score), so the samples are taken
+        in chunks of ``SCORE_CHUNK_ELEMENTS`` floats per copy: peak memory stays bounded however many samples are clipped."""
         idx = mask.nonzero()
+        s2 = th.zeros(len(idx))
+        sf = th.zeros(len(idx))
+        size = max(16, SCORE_CHUNK_ELEMENTS // max(1, sum(p.numel() for p in self.score_params)))
+        for lo in range(0, len(idx), size):
+            chunk = idx[lo : lo + size]
+            s2[lo : lo + len(chunk)], sf[lo : lo + len(chunk)] = self._scores_chunk(chunk, fetch, fac)
+        return s2, sf
+
+    def _scores_chunk(
+        self,
+        idx: Tensor,
+        fetch: Callable[[np.ndarray], tuple[Any, Tensor]],
+        fac: dict[int, tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, Tensor]:
         steps, rows = idx[:, 0], idx[:, 1]
         assert self.has_params[steps.numpy()].all(), "parameters were not kept for a step that needs them"
         t = self.t[steps.numpy(), rows.numpy()].astype(np.int64)
