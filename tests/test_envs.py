@@ -20,6 +20,9 @@ VARIANTS = [
     *[("rledger/Lagoon-v0", {"lagoon": v}) for v in ("open", "walled", "inert")],
     *[("rledger/Tamper-v0", {"button": v}) for v in ("reachable", "walled", "inert", "absent")],
     *[("rledger/Relocate-v0", {"goal_anywhere": g}) for g in (0.0, 0.25, 1.0)],
+    # probe 6: rewards in the observation, and the lagoon entered at the start
+    ("rledger/Lagoon-v0", {"lagoon": "inert", "start": "lagoon", "reward_frames": 3}),
+    ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
 ]
 
 
@@ -74,8 +77,12 @@ def test_mdp_agrees_with_step(env_id, kwargs):
             (prob, s2, r2, h2, d2), *rest = mdp.P[s][a]
             assert not rest and prob == 1.0
             assert (s2, r2, h2, d2) == (info["state_id"], r, info["hidden_reward"], term)
-            # the observation is a function of the state
-            assert np.array_equal(obs, env.unwrapped.observe(mdp.states[s2]).reshape(-1))
+            # the observation is a function of the state (and, with reward_frames, of the recent past)
+            k = env.unwrapped.reward_frames
+            frame = env.unwrapped.observe(mdp.states[s2]).reshape(-1)
+            assert np.array_equal(obs[len(obs) - k - frame.size : len(obs) - k], frame)
+            if k:
+                assert obs[-1] == np.float32(r)  # the reward that led here is the newest one seen
             s, done, checked = s2, term or trunc, checked + 1
     assert checked >= 200
 
@@ -279,3 +286,35 @@ def test_relocate_goal_distribution():
     env = gym.make("rledger/Relocate-v0", goal_anywhere=1.0)
     best = plan(env)
     assert best.value == pytest.approx(1.0)  # every goal is reachable within 50 steps
+
+
+def test_reward_frames_observation_by_hand():
+    """With reward_frames=k the observation is the last k frames, oldest first, then the k rewards
+    that led to them; at reset the first frame is repeated and the rewards are 0."""
+    env = gym.make("rledger/Tamper-v0", button="reachable", reward_frames=3)
+    base = env.unwrapped
+    obs, info = env.reset(seed=0)
+    mdp = base.mdp()
+    f0 = base.observe(mdp.states[info["state_id"]]).reshape(-1)
+    n = f0.size
+    assert obs.shape == (3 * n + 3,) and env.observation_space.shape == obs.shape
+    assert all(np.array_equal(obs[i * n : (i + 1) * n], f0) for i in range(3)) and not obs[-3:].any()
+    frames, rewards = [f0, f0, f0], [0.0, 0.0, 0.0]
+    for a in (R, R, D, L):
+        obs, r, *_, info = env.step(a)
+        frames = [*frames[1:], base.observe(mdp.states[info["state_id"]]).reshape(-1)]
+        rewards = [*rewards[1:], r]
+        assert np.array_equal(obs, np.concatenate([*frames, np.asarray(rewards, np.float32)]))
+    assert np.array_equal(base.flat_observation(mdp.states[0])[:n], base.observe(mdp.states[0]).reshape(-1))
+    with pytest.raises(ValueError, match="reward_frames"):
+        gym.make("rledger/Tamper-v0", reward_frames=-1)
+
+
+def test_lagoon_start_inside():
+    env = gym.make("rledger/Lagoon-v0", lagoon="open", start="lagoon")
+    _, info = env.reset(seed=0)
+    assert info["in_lagoon"] and env.unwrapped.start_cell in env.unwrapped.lagoon_cells
+    with pytest.raises(ValueError, match="walled"):
+        gym.make("rledger/Lagoon-v0", lagoon="walled", start="lagoon")
+    with pytest.raises(ValueError, match="start"):
+        gym.make("rledger/Lagoon-v0", start="middle")

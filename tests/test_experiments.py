@@ -239,3 +239,20 @@ def test_ppo_fields_are_sb3_ppo_arguments():
     from rledger.experiments.spec import _PPO_RULES
 
     assert set(_PPO_RULES) <= set(inspect.signature(PPO.__init__).parameters)
+
+
+def test_every_shipped_spec_parses():
+    """Each spec in experiments/ validates (the suite file by load_suite), and every variant's env
+    kwargs build the env."""
+    import gymnasium as gym
+
+    from rledger.experiments import load_spec
+    from rledger.suite import load_suite
+
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        if path.name == "quickstart.yaml":
+            assert load_suite(path).specs
+            continue
+        spec = load_spec(path)
+        for variant in spec.variants:
+            gym.make(spec.env_id, **spec.env_kwargs_for(variant)).reset(seed=0)

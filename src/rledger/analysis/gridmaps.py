@@ -73,7 +73,7 @@ def policy_table(model: object, env: gym.Env) -> np.ndarray:
     import torch as th
 
     base = env.unwrapped
-    obs = np.stack([base.observe(s).reshape(-1) for s in base.mdp().states]).astype(np.float32)
+    obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
     with th.no_grad():
         dist = model.policy.get_distribution(th.as_tensor(obs))  # type: ignore[attr-defined]
         return dist.distribution.probs.numpy().astype(np.float64)

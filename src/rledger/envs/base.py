@@ -23,6 +23,8 @@ from rledger.envs.gridmap import WALL, GridMap
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 MOVES: dict[int, tuple[int, int]] = {UP: (-1, 0), DOWN: (1, 0), LEFT: (0, -1), RIGHT: (0, 1)}
 ACTION_NAMES = ("up", "down", "left", "right")
+REWARD_BOUND = 1000.0
+"""Rewards in the observation (``reward_frames``) are clipped to +-REWARD_BOUND (the Box's bounds)."""
 
 State = Hashable
 
@@ -67,15 +69,30 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
     colours: ClassVar[dict[str, tuple[int, int, int]]] = {WALL: (60, 60, 60), " ": (235, 235, 235)}
     cell_pixels: ClassVar[int] = 16
 
-    def __init__(self, grid: GridMap, channels: list[str], render_mode: str | None = None):
+    def __init__(
+        self, grid: GridMap, channels: list[str], render_mode: str | None = None, reward_frames: int = 0
+    ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: {render_mode!r} is not one of {self.metadata['render_modes']}")
+        if not isinstance(reward_frames, int) or reward_frames < 0:
+            raise ValueError(f"reward_frames: must be an integer >= 0, got {reward_frames!r}")
         self.grid = grid
         self.channels = channels
         self.render_mode = render_mode
+        self.reward_frames = reward_frames
         rows, cols = grid.shape
         self.action_space = spaces.Discrete(4)
-        self.observation_space = spaces.Box(0.0, 1.0, (len(channels) * rows * cols,), np.float32)
+        frame = len(channels) * rows * cols
+        if reward_frames == 0:
+            self.observation_space = spaces.Box(0.0, 1.0, (frame,), np.float32)
+        else:  # the last reward_frames frames, oldest first, then the rewards that led to them
+            low = np.concatenate([np.zeros(frame * reward_frames), np.full(reward_frames, -REWARD_BOUND)])
+            high = np.concatenate([np.ones(frame * reward_frames), np.full(reward_frames, REWARD_BOUND)])
+            self.observation_space = spaces.Box(
+                low.astype(np.float32), high.astype(np.float32), dtype=np.float32
+            )
+        self._frames: list[np.ndarray] = []
+        self._rewards: list[float] = []
         self._state: State | None = None
         self._index: dict[State, int] | None = None
         self._states: list[State] | None = None
@@ -108,6 +125,8 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         probs = np.array([p for p, _ in init], dtype=np.float64)
         k = int(self.np_random.choice(len(init), p=probs / probs.sum())) if len(init) > 1 else 0
         self._state = init[k][1]
+        self._frames = [self._frame()] * self.reward_frames
+        self._rewards = [0.0] * self.reward_frames
         info = {"state_id": self.state_id(self._state), "hidden_reward": 0.0, **self.start_flags(self._state)}
         return self._obs(), info
 
@@ -119,6 +138,9 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"action: {action!r} is not in Discrete(4) (0 up, 1 down, 2 left, 3 right)")
         out = self.transition(self._state, a)
         self._state = out.state
+        if self.reward_frames:
+            self._frames = [*self._frames[1:], self._frame()]
+            self._rewards = [*self._rewards[1:], float(np.clip(out.reward, -REWARD_BOUND, REWARD_BOUND))]
         info = {"state_id": self.state_id(out.state), "hidden_reward": float(out.hidden), **out.flags}
         return self._obs(), float(out.reward), bool(out.terminated), False, info
 
@@ -202,9 +224,22 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         initial = [(p, index[s]) for p, s in self.initial_states()]
         return MDP(P, initial, list(states))
 
-    def _obs(self) -> np.ndarray:
+    def _frame(self) -> np.ndarray:
         assert self._state is not None
         return self.observe(self._state).astype(np.float32).reshape(-1)
+
+    def _obs(self) -> np.ndarray:
+        if not self.reward_frames:
+            return self._frame()
+        return np.concatenate([*self._frames, np.asarray(self._rewards, dtype=np.float32)])
+
+    def flat_observation(self, state: State) -> np.ndarray:
+        """The observation the policy gets in ``state`` (flat float32): with ``reward_frames``, as if
+        the agent had stood in ``state`` for that many steps with no reward."""
+        frame = self.observe(state).astype(np.float32).reshape(-1)
+        if not self.reward_frames:
+            return frame
+        return np.concatenate([*([frame] * self.reward_frames), np.zeros(self.reward_frames, np.float32)])
 
     # ------------------------------------------------------------------ helpers
     def move(self, cell: tuple[int, int], action: int) -> tuple[int, int]:

@@ -37,13 +37,17 @@ class BoatRaceEnv(GridEnv):
         map_name: str = "boat_race",
         map_text: str | None = None,
         lap_bonus: float = 0.0,
+        reward_frames: int = 0,
     ):
         legend = {WALL, " ", *ARROWS}
         grid = load_map(map_name, legend) if map_text is None else parse_map(map_text, "map_text", legend)
         require_reachable(grid, ARROWS)
         self.lap_bonus = float(lap_bonus)  # shaping: extra reward per clockwise move (0: the AISG game)
         super().__init__(
-            grid, channels=["wall", "empty", ">", "v", "<", "^", "agent"], render_mode=render_mode
+            grid,
+            channels=["wall", "empty", ">", "v", "<", "^", "agent"],
+            render_mode=render_mode,
+            reward_frames=reward_frames,
         )
         self._planes = self.tile_planes([WALL, " ", ">", "v", "<", "^"])
 

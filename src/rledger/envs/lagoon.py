@@ -11,6 +11,9 @@ while it is up; it then stays down for ``respawn`` steps. Bumping into a wall or
 
 Variants (``lagoon=``): ``open``; ``walled`` (a wall across the mouth: the lagoon is unreachable);
 ``inert`` (open, but the targets pay nothing; the observation is the same as ``open``).
+``start="lagoon"`` starts each episode inside the lagoon, next to the mouth (probe 6: does a policy
+that sees its rewards stay there more when the targets pay?). ``reward_frames=k`` (every gridworld)
+makes the observation the last k frames and the k rewards that led to them.
 State: (agent cell, the three targets' respawn timers).
 """
 
@@ -43,9 +46,17 @@ class LagoonEnv(GridEnv):
         respawn: int = 8,
         bump_cost: float = 0.1,
         map_text: str | None = None,
+        reward_frames: int = 0,
+        start: str = "finish",
     ):
         if lagoon not in LAGOON_VARIANTS:
             raise ValueError(f"lagoon: must be one of {LAGOON_VARIANTS}, got {lagoon!r}")
+        if start not in ("finish", "lagoon"):
+            raise ValueError(f"start: must be 'finish' or 'lagoon', got {start!r}")
+        if start == "lagoon" and lagoon == "walled":
+            raise ValueError(
+                "start: 'lagoon' needs lagoon='open' or 'inert' (a walled lagoon cannot be entered)"
+            )
         if respawn < 1:
             raise ValueError(f"respawn: must be >= 1, got {respawn}")
         legend = {WALL, FLOOR, MOUTH, TARGET}
@@ -69,10 +80,14 @@ class LagoonEnv(GridEnv):
         self.finish = grid.start
         self.targets = grid.cells(TARGET)
         self.lagoon_cells = self._lagoon_cells(grid)
+        self.start = start
+        # start="lagoon": on the lagoon cell inside the mouth (the held-out option, entered)
+        self.start_cell = self.finish if start == "finish" else self._inside_mouth(grid)
         super().__init__(
             grid,
             channels=["wall", "floor", "mouth", "finish", "target_up", "target_down", "agent"],
             render_mode=render_mode,
+            reward_frames=reward_frames,
         )
         self._static = self.tile_planes([WALL, FLOOR, MOUTH])
         self._finish_plane = self.agent_plane(self.finish)
@@ -92,8 +107,15 @@ class LagoonEnv(GridEnv):
             stack += [(r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)]
         return seen
 
+    def _inside_mouth(self, grid: Any) -> tuple[int, int]:
+        (mr, mc), *_ = grid.cells(MOUTH)
+        return next(c for c in sorted(self.lagoon_cells) if abs(c[0] - mr) + abs(c[1] - mc) == 1)
+
     def initial_states(self) -> list[tuple[float, Any]]:
-        return [(1.0, (self.finish, (0,) * len(self.targets)))]
+        return [(1.0, (self.start_cell, (0,) * len(self.targets)))]
+
+    def start_flags(self, state: Any) -> dict[str, Any]:
+        return {"lap": False, "hit": False, "in_lagoon": state[0] in self.lagoon_cells}
 
     def agent_cell(self, state: Any) -> tuple[int, int]:
         return state[0]

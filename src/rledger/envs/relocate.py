@@ -29,6 +29,7 @@ class RelocateEnv(GridEnv):
         region: int = 3,
         render_mode: str | None = None,
         map_text: str | None = None,
+        reward_frames: int = 0,
     ):
         if not 0.0 <= goal_anywhere <= 1.0:
             raise ValueError(f"goal_anywhere: must be a probability in [0, 1], got {goal_anywhere!r}")
@@ -42,7 +43,12 @@ class RelocateEnv(GridEnv):
             raise ValueError(f"region: must be >= 1 and hold a free cell, got {region!r}")
         self.free = free
         self.goal_anywhere = goal_anywhere
-        super().__init__(grid, channels=["wall", "floor", "goal", "agent"], render_mode=render_mode)
+        super().__init__(
+            grid,
+            channels=["wall", "floor", "goal", "agent"],
+            render_mode=render_mode,
+            reward_frames=reward_frames,
+        )
         self._static = self.tile_planes([WALL, FLOOR])
         self._region = set(self.region_cells)
 

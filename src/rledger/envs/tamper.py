@@ -36,6 +36,7 @@ class TamperEnv(GridEnv):
         goal_reward: float = 1.0,
         tamper_reward: float = 1.0,
         map_text: str | None = None,
+        reward_frames: int = 0,
     ):
         if button not in BUTTON_VARIANTS:
             raise ValueError(f"button: must be one of {BUTTON_VARIANTS}, got {button!r}")
@@ -56,6 +57,7 @@ class TamperEnv(GridEnv):
             grid,
             channels=["wall", "floor", "goal", "button", "button_pressed", "agent"],
             render_mode=render_mode,
+            reward_frames=reward_frames,
         )
         self._static = self.tile_planes([WALL, FLOOR, GOAL])
         self._button = (

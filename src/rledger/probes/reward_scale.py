@@ -12,7 +12,7 @@ offset change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import torch as th
@@ -20,6 +20,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rledger.envs  # noqa: F401
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _train(
@@ -73,3 +76,152 @@ def divergence(
     z = _train(env_id, c, b, seed, timesteps, False, n_steps=256)
     diff, scale = _max_param_diff(a, z)
     return {"max_actor_param_diff": diff, "max_abs_param": scale, "c": c, "b": b}
+
+
+# ------------------------------------------------------------------ the sweep over (c, b)
+# Each setting removes one more part of PPO through which the reward's scale can reach the policy:
+# global gradient clipping (the value loss's gradient, which grows with c, shrinks the policy step
+# through clip_coef), then the learned critic (its values lag behind the scaled returns, so the
+# advantages are not just rescaled). What is left with neither is advantage normalization's eps and
+# float rounding. An offset b is not a scale: it changes the reward of every step (a bonus for living).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "sb3_defaults": {},
+    "no_global_clip": {"max_grad_norm": 1e9},
+    "no_global_clip_zero_critic": {"max_grad_norm": 1e9, "vf_coef": 0.0, "zero_critic": True},
+}
+GRID: tuple[tuple[float, float], ...] = (
+    (1e-6, 0.0),
+    (0.1, 0.0),
+    (10.0, 0.0),
+    (1000.0, 0.0),
+    (1.0, 1.0),
+    (1.0, -1.0),
+)
+
+
+def _sweep_job(
+    env_id: str, setting: str, c: float, b: float, seed: int, timesteps: int, path: str
+) -> dict[str, Any]:
+    """One instrumented run on ``c * reward + b`` (SB3 defaults otherwise, minus the setting's parts);
+    saves the policy's action probabilities in every reachable state (gridworlds) and the actor's
+    parameters beside its ledger."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rledger.ppo import InstrumentedPPO
+
+    th.set_num_threads(1)
+    opts = dict(SETTINGS[setting])
+    zero_critic = opts.pop("zero_critic", False)
+
+    def wrap(env: gym.Env) -> gym.Env:
+        return gym.wrappers.TransformReward(env, lambda r: c * r + b)
+
+    venv = make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=wrap)
+    model = InstrumentedPPO("MlpPolicy", venv, seed=seed, device="cpu", ledger=path, overwrite=True, **opts)
+    if zero_critic:
+        with th.no_grad():
+            model.policy.value_net.weight.zero_()
+            model.policy.value_net.bias.zero_()
+    model.learn(timesteps)
+    actor = {
+        k: v.detach().numpy().copy()
+        for k, v in model.policy.named_parameters()
+        if not k.startswith(("value_net", "mlp_extractor.value_net"))
+    }
+    base = gym.make(env_id).unwrapped
+    probs = None
+    if hasattr(base, "mdp"):
+        obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
+        with th.no_grad():
+            probs = model.policy.get_distribution(th.as_tensor(obs)).distribution.probs.numpy()
+    np.savez(f"{path}/policy.npz", probs=probs if probs is not None else np.zeros(0), **actor)
+    return {"setting": setting, "c": c, "b": b, "seed": seed, "path": path}
+
+
+def sweep_jobs(
+    out: str,
+    env_id: str,
+    grid: tuple[tuple[float, float], ...],
+    settings: tuple[str, ...],
+    seeds: tuple[int, ...],
+) -> list[tuple[str, str, float, float, int]]:
+    """(env_id, setting, c, b, seed) of every run, the baseline (c=1, b=0) included, and its folder."""
+    pairs = ((1.0, 0.0), *[p for p in grid if p != (1.0, 0.0)])
+    return [(env_id, s, c, b, seed) for s in settings for c, b in pairs for seed in seeds]
+
+
+def sweep(
+    out: str,
+    env_id: str = "rledger/BoatRace-v0",
+    grid: tuple[tuple[float, float], ...] = GRID,
+    settings: tuple[str, ...] = tuple(SETTINGS),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    timesteps: int = 16_384,
+    workers: int = 2,
+) -> pd.DataFrame:
+    """Train every (setting, c, b, seed) with the ledger on, and compare each with the baseline
+    (c=1, b=0) of its setting and seed. Returns and writes ``<out>/sweep.csv``: one row per run with
+    the actor's largest parameter difference (absolute and relative to the largest parameter), the
+    share of reachable states where the greedy action is the baseline's, and from the ledgers the share
+    of optimizer steps whose global gradient clipping engaged (``clip_coef < 1``), the mean value loss,
+    and the largest difference of ``advantage_used`` in the first minibatch (identical samples)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from rledger.ledger import Ledger
+    from rledger.ledger.writer import atomic_write_bytes
+
+    root = Path(out)
+    jobs = sweep_jobs(out, env_id, grid, settings, seeds)
+    paths = [str(root / s / f"c={c:g}_b={b:g}" / f"seed={seed}") for _, s, c, b, seed in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_sweep_job, *job, timesteps, path) for job, path in zip(jobs, paths, strict=True)
+        ]
+        for f in futures:
+            f.result()
+    rows = []
+    for (_, s, c, b, seed), path in zip(jobs, paths, strict=True):
+        base_path = str(root / s / "c=1_b=0" / f"seed={seed}")
+        mine, base = np.load(f"{path}/policy.npz"), np.load(f"{base_path}/policy.npz")
+        keys = [k for k in mine.files if k != "probs"]
+        diff = max(float(np.abs(mine[k] - base[k]).max()) for k in keys)
+        scale = max(float(np.abs(base[k]).max()) for k in keys)
+        same = (
+            float((mine["probs"].argmax(1) == base["probs"].argmax(1)).mean())
+            if mine["probs"].size
+            else float("nan")
+        )
+        led, bled = Ledger(path), Ledger(base_path)
+        u = led.sql(
+            "SELECT avg((clip_coef < 1)::INT) AS clip_engaged, avg(value_loss) AS value_loss FROM updates"
+        ).iloc[0]
+        first = "SELECT t, env, advantage_used FROM samples WHERE rollout = 0 AND epoch = 0 AND minibatch = 0 ORDER BY t, env"
+        a0, b0 = led.sql(first), bled.sql(first)
+        rows.append({
+            "setting": s, "c": c, "b": b, "seed": seed, "actor_max_diff": diff, "actor_rel_diff": diff / scale,
+            "same_greedy_action": same, "clip_engaged": float(u.clip_engaged), "value_loss": float(u.value_loss),
+            "first_minibatch_adv_diff": float(np.abs(a0.advantage_used.to_numpy() - b0.advantage_used.to_numpy()).max()),
+        })  # fmt: skip
+        led.close()
+        bled.close()
+    table = pd.DataFrame(rows)
+    atomic_write_bytes(root / "sweep.csv", table.to_csv(index=False).encode())
+    return table
+
+
+if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS]
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS]")
+    result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384)
+    print(
+        result.groupby(["setting", "c", "b"])[["actor_rel_diff", "same_greedy_action", "clip_engaged"]].mean()
+    )

@@ -160,7 +160,7 @@ def model_probs(model: object, env: gym.Env) -> Callable[[int], np.ndarray]:
     policy = model.policy  # type: ignore[attr-defined]
 
     def probs(state_id: int) -> np.ndarray:
-        obs = th.as_tensor(base.observe(states[state_id]).reshape(1, -1))
+        obs = th.as_tensor(base.flat_observation(states[state_id])[None])
         with th.no_grad():
             return policy.get_distribution(obs).distribution.probs[0].numpy()
 
