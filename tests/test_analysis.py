@@ -16,11 +16,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rledger.analysis import curves, gridmaps, history, learning_rate, probes
+from rledger.analysis import curves, gridmaps, history, learning_rate, probes, reward_scale
 from rledger.analysis.common import find_runs
 from rledger.cli import main
 from rledger.experiments import plan_runs, validate
 from rledger.experiments.run import command_line, execute
+from rledger.probes.reward_scale import sweep
 from rledger.probes.run import run_probes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,8 @@ def root(tmp_path_factory) -> Path:
         (out / spec.name / "spec.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
         if spec.probes:
             run_probes(spec, out)
+    sweep(str(out / "reward_scale"), grid=((10.0, 0.0),), settings=("sb3_defaults", "no_global_clip_zero_critic"),
+          seeds=(0,), timesteps=2048, workers=1)  # fmt: skip
     return out
 
 
@@ -245,6 +248,7 @@ SCRIPTS = {
     "history": ["history_accuracy.csv", "history_tiebreak.csv", "history_tiebreak.png"],
     "probe_outcomes": ["probe_verdicts.csv", "probe_fx_tamper_button.png"],
     "learning_curves": ["curves.csv", "curves_fx_boat.png", "curves_fx_tamper.pdf"],
+    "reward_scale": ["reward_scale_summary.csv", "reward_scale_sweep.png", "reward_scale_sweep.pdf"],
 }  # fmt: skip
 
 
@@ -292,6 +296,7 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
     assert [r["claim"] for r in results] == [
         "probes",
         "reward_as_learning_rate",
+        "reward_scale",
         "reinforcement_maps",
         "history",
         "learning_curves",
@@ -409,3 +414,22 @@ def test_gridmaps_env_matches_run(root):
     assert env.unwrapped.variant == "reachable"  # the run's own variant, not the env's default kwargs
     absent = [r for r in find_runs(root) if r.variant == "absent"][0]
     assert gridmaps.make_env(absent).unwrapped.variant == "absent"
+
+
+def test_reward_scale_sweep_separates_the_carriers(root, tmp_path):
+    """With global clipping off and a zero critic, per-minibatch normalization cancels a reward scale
+    of 10 up to float rounding; with SB3's defaults the scale reaches the actor. The summary CSV holds
+    the sweep's numbers."""
+    table = pd.read_csv(root / "reward_scale" / "sweep.csv")
+    row = table.set_index(["setting", "c", "b"]).actor_rel_diff
+    assert row[("sb3_defaults", 1.0, 0.0)] == 0 and row[("no_global_clip_zero_critic", 1.0, 0.0)] == 0
+    assert row[("no_global_clip_zero_critic", 10.0, 0.0)] < 1e-4
+    assert row[("sb3_defaults", 10.0, 0.0)] > 100 * row[("no_global_clip_zero_critic", 10.0, 0.0)]
+    zero = table[(table.setting == "no_global_clip_zero_critic")]
+    assert (zero.clip_engaged == 0).all()  # max_grad_norm 1e9: never engages
+    result = reward_scale.run(root, tmp_path)
+    summary = pd.read_csv(tmp_path / "reward_scale_summary.csv")
+    want = table.groupby(["setting", "c", "b"]).actor_rel_diff.mean()
+    got = summary.set_index(["setting", "c", "b"]).actor_rel_diff
+    np.testing.assert_allclose(got.sort_index().to_numpy(), want.sort_index().to_numpy(), rtol=1e-12)
+    assert any("sb3_defaults" in f for f in result.findings)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rledger.analysis import curves, gridmaps, history, learning_rate, probes
+from rledger.analysis import curves, gridmaps, history, learning_rate, probes, reward_scale
 from rledger.analysis.common import ClaimResult, find_runs
 
 INTRO = {
@@ -27,6 +27,12 @@ INTRO = {
         "gradient step. For an unclipped sample, pg_grad_norm = |advantage_used| x ratio x score_norm / B "
         "exactly; the figures show how much of the spread of per-sample update sizes the advantage "
         "actually carries, beside the score norm and the ratio, and how many samples clipping zeroes."
+    ),
+    "reward_scale": (
+        "Train from one seed on the reward r and on c*r+b. With per-minibatch advantage normalization a "
+        "pure scale c would cancel, if nothing else in PPO saw it; each setting below removes one part "
+        "that does (global gradient clipping, which the value loss's gradient engages; the learned critic, "
+        "whose values lag behind scaled returns). An offset b changes what every step pays, not a scale."
     ),
     "reinforcement_maps": (
         "Cumulative self_reinforcement (the first-order change of log pi(a|s) caused by each sample's own "
@@ -51,6 +57,7 @@ INTRO = {
 CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
     ("probes", lambda root, out, runs: probes.run(root, out)),
     ("reward_as_learning_rate", learning_rate.run),
+    ("reward_scale", reward_scale.run),
     ("reinforcement_maps", gridmaps.run),
     ("history", history.run),
     ("learning_curves", curves.run),

@@ -216,12 +216,19 @@ def sweep(
     return table
 
 
-if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS]
+if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS]: sweep + identity
     import sys
 
     if len(sys.argv) < 2:
         sys.exit("usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS]")
+    from pathlib import Path
+
+    from rledger.ledger.writer import atomic_write_json
+
     result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384)
+    identity = {f"c={c:g}": sgd_identity(c=c) for c in (3.0, 10.0)}
+    atomic_write_json(Path(sys.argv[1]) / "identity.json", identity)
+    print(identity)
     print(
         result.groupby(["setting", "c", "b"])[["actor_rel_diff", "same_greedy_action", "clip_engaged"]].mean()
     )
