@@ -433,3 +433,19 @@ def test_reward_scale_sweep_separates_the_carriers(root, tmp_path):
     got = summary.set_index(["setting", "c", "b"]).actor_rel_diff
     np.testing.assert_allclose(got.sort_index().to_numpy(), want.sort_index().to_numpy(), rtol=1e-12)
     assert any("sb3_defaults" in f for f in result.findings)
+
+
+def test_history_intervention_compares_per_seed_shares():
+    from rledger.probes.stats import difference_interval
+
+    rows = []
+    for exp, shares, cls in (("with", [1.0, 0.75, 1.0], "lap"), ("without", [0.25, 0.5, 0.5], "oscillation")):
+        for seed, share in enumerate(shares):
+            for tile in range(4):
+                rows.append({"experiment": exp, "variant": "default", "seed": seed, "final_continue": tile < share * 4,
+                             "sampled_performance": 10.0 * share, "policy_class": cls})  # fmt: skip
+    lines = history.history_intervention(pd.DataFrame(rows), {("with", "default")})
+    assert len(lines) == 1
+    d = difference_interval([1.0, 0.75, 1.0], [0.25, 0.5, 0.5])
+    assert f"difference {d.estimate:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" in lines[0]
+    assert "greedy lap policies 3/3 vs 0/3" in lines[0]
