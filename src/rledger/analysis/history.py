@@ -158,7 +158,7 @@ def tiebreak_section(runs: list[RunInfo], out: Path, result: ClaimResult, n_resa
     shares["run"] = shares.experiment + "/" + shares.variant
     sns.barplot(data=shares, x="run", y="final_continue", ax=axes[0, 1], errorbar=("ci", 95), n_boot=1000,
                 seed=0, palette="colorblind", hue="run", legend=False)  # fmt: skip
-    axes[0, 1].set_ylabel("share of arrow tiles where the policy continues")
+    axes[0, 1].set_ylabel("share of tiles: continue")
     axes[0, 1].set_xlabel("")
     axes[0, 1].tick_params(axis="x", labelrotation=15, labelsize=7)
     fig.suptitle("Boat-race tie-break: laps and oscillation pay the same")
