@@ -27,38 +27,33 @@ def find_sweeps(root: str | Path) -> list[Path]:
 def summarize_sweep(table: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (setting, c, b) of every measured column, and the number of seeds."""
     cols = [
-        "actor_rel_diff",
-        "actor_max_diff",
-        "same_greedy_action",
-        "clip_engaged",
-        "value_loss",
-        "first_minibatch_adv_diff",
-    ]
+        "rollout0_ratio_diff", "rollout0_adv_diff", "first_minibatch_adv_diff", "actor_rel_diff", "actor_max_diff",
+        "same_greedy_action", "clip_engaged", "value_loss",
+    ]  # fmt: skip
     g = table.groupby(["setting", "c", "b"], sort=False)
     out = g[cols].mean().reset_index()
     out["n_seeds"] = g.size().to_numpy()
     return out
 
 
-def plot_sweep(summary: pd.DataFrame, ax: object = None) -> object:
+def plot_sweep(summary: pd.DataFrame, column: str, ax: object = None, label: str = "") -> object:
+    """Bars of ``column`` per (c, b), one colour per setting, log scale; the baseline is left out."""
     if ax is None:
         _, axes = new_figure()
         ax = axes[0, 0]
     data = summary[~((summary.c == 1) & (summary.b == 0))]
-    labels = [
-        f"c={c:g}, b={b:g}" for c, b in data.drop_duplicates(["c", "b"])[["c", "b"]].itertuples(index=False)
-    ]
+    pairs = list(dict.fromkeys(zip(data.c, data.b, strict=True)))
     settings = list(dict.fromkeys(data.setting))
     width = 0.8 / len(settings)
     for j, s in enumerate(settings):
-        d = data[data.setting == s]
-        x = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(d))]
-        ax.bar(x, d.actor_rel_diff.clip(lower=1e-9), width=width, label=s, color=f"C{j}")
+        d = data[data.setting == s].set_index(["c", "b"]).reindex(pairs)
+        x = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(pairs))]
+        ax.bar(x, d[column].clip(lower=1e-9), width=width, label=s, color=f"C{j}")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=20, fontsize=7)
-    ax.set_ylabel("actor parameter difference / largest parameter")
-    ax.legend(fontsize=7)
+    ax.set_xticks(range(len(pairs)))
+    ax.set_xticklabels([f"c={c:g}\nb={b:g}" for c, b in pairs], fontsize=7)
+    ax.set_ylabel(label or column, fontsize=8)
+    ax.legend(fontsize=6)
     return ax
 
 
@@ -75,19 +70,28 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
         table = pd.read_csv(folder / "sweep.csv")
         summary = summarize_sweep(table)
         result.tables.append(save_csv(summary, out / "reward_scale_summary.csv"))
-        fig, axes = new_figure(1, 1, width=7.0)
-        plot_sweep(summary, axes[0, 0])
-        axes[0, 0].set_title(f"reward c*r+b vs r, {summary.n_seeds.max()} seeds, mean over seeds", fontsize=9)
+        fig, axes = new_figure(1, 2, width=5.2)
+        plot_sweep(
+            summary, "rollout0_ratio_diff", axes[0, 0], "first rollout (same data): max |ratio difference|"
+        )
+        plot_sweep(
+            summary, "actor_rel_diff", axes[0, 1], "end of training: actor difference / largest parameter"
+        )
+        fig.suptitle(
+            f"reward c*r+b against r from one seed, mean over {summary.n_seeds.max()} seeds", fontsize=9
+        )
         result.figures.append(save_figure(fig, out / "reward_scale_sweep"))
         for s, g in summary.groupby("setting", sort=False):
             g = g[~((g.c == 1) & (g.b == 0))]
             result.findings.append(
-                f"{s}: actor differs from the baseline by "
-                + ", ".join(
-                    f"{r.actor_rel_diff:.1e} (greedy action same in {r.same_greedy_action:.0%} of states) at c={r.c:g}, b={r.b:g}"
+                f"{s} (global clipping engaged on {g.clip_engaged.min():.0%}-{g.clip_engaged.max():.0%} of steps): "
+                + "; ".join(
+                    f"c={r.c:g}, b={r.b:g}: first-rollout advantages differ by up to {r.rollout0_adv_diff:.1e} and "
+                    f"ratios by {r.rollout0_ratio_diff:.1e}; at the end the actor differs by {r.actor_rel_diff:.1e} of "
+                    f"its largest parameter, greedy action unchanged in {r.same_greedy_action:.0%} of states"
                     for r in g.itertuples()
                 )
-                + f"; global clipping engaged on {g.clip_engaged.min():.0%}-{g.clip_engaged.max():.0%} of steps."
+                + "."
             )
         identity = folder / "identity.json"
         if identity.is_file():

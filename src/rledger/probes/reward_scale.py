@@ -170,12 +170,6 @@ def sweep(
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
-    import numpy as np
-    import pandas as pd
-
-    from rledger.ledger import Ledger
-    from rledger.ledger.writer import atomic_write_bytes
-
     root = Path(out)
     jobs = sweep_jobs(out, env_id, grid, settings, seeds)
     paths = [str(root / s / f"c={c:g}_b={b:g}" / f"seed={seed}") for _, s, c, b, seed in jobs]
@@ -186,10 +180,34 @@ def sweep(
         ]
         for f in futures:
             f.result()
+    return compare_sweep(out)
+
+
+def compare_sweep(out: str) -> pd.DataFrame:
+    """Compare every run under ``out`` (``<setting>/c=<c>_b=<b>/seed=<k>``) with the baseline (c=1,
+    b=0) of its setting and seed; writes and returns ``<out>/sweep.csv``. The ``rollout0_*`` columns
+    compare the first rollout, whose data are identical in both runs (same seed, same policy before
+    the first update): they isolate what c and b do to one update. Later rollouts collect different
+    data once a sampled action differs, so the end-of-run columns also include that amplification."""
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from rledger.ledger import Ledger
+    from rledger.ledger.writer import atomic_write_bytes
+
+    root = Path(out)
     rows = []
-    for (_, s, c, b, seed), path in zip(jobs, paths, strict=True):
-        base_path = str(root / s / "c=1_b=0" / f"seed={seed}")
-        mine, base = np.load(f"{path}/policy.npz"), np.load(f"{base_path}/policy.npz")
+    first = "SELECT t, env, advantage_used FROM samples WHERE rollout = 0 AND epoch = 0 AND minibatch = 0 ORDER BY t, env"
+    roll0 = "SELECT advantage_used, ratio FROM samples WHERE rollout = 0 ORDER BY epoch, minibatch, t, env"
+    for path in sorted(root.glob("*/c=*_b=*/seed=*")):
+        if not (path / "policy.npz").is_file():
+            continue
+        setting, cb, seed_dir = path.parts[-3:]
+        c, b = (float(x.split("=")[1]) for x in cb.split("_"))
+        base_path = root / setting / "c=1_b=0" / seed_dir
+        mine, base = np.load(path / "policy.npz"), np.load(base_path / "policy.npz")
         keys = [k for k in mine.files if k != "probs"]
         diff = max(float(np.abs(mine[k] - base[k]).max()) for k in keys)
         scale = max(float(np.abs(base[k]).max()) for k in keys)
@@ -202,16 +220,23 @@ def sweep(
         u = led.sql(
             "SELECT avg((clip_coef < 1)::INT) AS clip_engaged, avg(value_loss) AS value_loss FROM updates"
         ).iloc[0]
-        first = "SELECT t, env, advantage_used FROM samples WHERE rollout = 0 AND epoch = 0 AND minibatch = 0 ORDER BY t, env"
         a0, b0 = led.sql(first), bled.sql(first)
+        r0, q0 = led.sql(roll0), bled.sql(roll0)
         rows.append({
-            "setting": s, "c": c, "b": b, "seed": seed, "actor_max_diff": diff, "actor_rel_diff": diff / scale,
-            "same_greedy_action": same, "clip_engaged": float(u.clip_engaged), "value_loss": float(u.value_loss),
+            "setting": setting, "c": c, "b": b, "seed": int(seed_dir.split("=")[1]),
+            "actor_max_diff": diff, "actor_rel_diff": diff / scale, "same_greedy_action": same,
+            "clip_engaged": float(u.clip_engaged), "value_loss": float(u.value_loss),
             "first_minibatch_adv_diff": float(np.abs(a0.advantage_used.to_numpy() - b0.advantage_used.to_numpy()).max()),
+            "rollout0_adv_diff": float(np.abs(r0.advantage_used.to_numpy() - q0.advantage_used.to_numpy()).max()),
+            "rollout0_ratio_diff": float(np.abs(r0.ratio.to_numpy() - q0.ratio.to_numpy()).max()),
         })  # fmt: skip
         led.close()
         bled.close()
-    table = pd.DataFrame(rows)
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    table = pd.DataFrame(rows).sort_values(
+        ["setting", "c", "b", "seed"], key=lambda x: x.map(order) if x.name == "setting" else x
+    )
+    table = table.reset_index(drop=True)
     atomic_write_bytes(root / "sweep.csv", table.to_csv(index=False).encode())
     return table
 
