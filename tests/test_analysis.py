@@ -384,7 +384,11 @@ def test_suite_errors_name_the_field(tmp_path):
         "name: x\nexperiments: [{file: a.yaml}]\n": "experiments[0]: must be a mapping",
         "name: x\nbudget_seconds: -1\nexperiments: [{spec: a.yaml}]\n": "budget_seconds: must be a positive number",
         "name: x\nextra: 1\nexperiments: [{spec: a.yaml}]\n": "unknown key(s) ['extra']",
+        "name: x\nreward_scale: {grid: [[1]]}\nexperiments: [{spec: t.yaml}]\n": "reward_scale.grid: must be",
+        "name: x\nreward_scale: {env: Nope-v0, grid: [[1, 0]]}\nexperiments: [{spec: t.yaml}]\n": "reward_scale.env: unknown",
+        "name: x\nreward_scale: {timesteps: 0, grid: [[1, 0]]}\nexperiments: [{spec: t.yaml}]\n": "reward_scale.timesteps",
     }
+    shutil.copy(REPO / "experiments" / "probe_tamper.yaml", tmp_path / "t.yaml")
     for text, message in cases.items():
         p = tmp_path / "suite.yaml"
         p.write_text(text)

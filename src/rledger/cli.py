@@ -333,6 +333,19 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
         if spec.probes:
             with console.status(f"probes of {spec.name}"):
                 run_probes(spec, out)
+    if suite.reward_scale is not None:
+        from rledger.probes.reward_scale import sweep
+
+        rs = suite.reward_scale
+        with console.status(f"reward-scale sweep: {rs.runs} runs of {rs.timesteps} steps on {rs.env_id}"):
+            sweep(
+                str(out / "reward_scale"),
+                rs.env_id,
+                rs.grid,
+                seeds=rs.seeds,
+                timesteps=rs.timesteps,
+                workers=workers,
+            )
     try:
         with console.status("report"):
             result = build_report(out, None, overwrite=True)

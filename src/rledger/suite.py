@@ -17,7 +17,23 @@ from typing import Any
 
 import yaml
 
-from rledger.experiments.spec import Spec, SpecError, load_spec
+from rledger.experiments.spec import Spec, SpecError, load_spec, parse_seeds
+
+
+@dataclass(frozen=True)
+class RewardScaleSpec:
+    """The reward-scale sweep of probe 5 (``rledger.probes.reward_scale.sweep``)."""
+
+    env_id: str
+    seeds: tuple[int, ...]
+    timesteps: int
+    grid: tuple[tuple[float, float], ...]
+
+    @property
+    def runs(self) -> int:
+        from rledger.probes.reward_scale import SETTINGS
+
+        return len(SETTINGS) * (len({*self.grid} - {(1.0, 0.0)}) + 1) * len(self.seeds)
 
 
 @dataclass(frozen=True)
@@ -25,10 +41,14 @@ class Suite:
     name: str
     specs: tuple[Spec, ...]
     budget_seconds: float | None
+    reward_scale: RewardScaleSpec | None = None
 
     @property
     def total_timesteps(self) -> int:
-        return sum(s.total_timesteps * len(s.seeds) * len(s.train) for s in self.specs)
+        steps = sum(s.total_timesteps * len(s.seeds) * len(s.train) for s in self.specs)
+        if self.reward_scale is not None:  # SB3's default rollout is 2048 steps: budgets round up
+            steps += self.reward_scale.runs * -(-self.reward_scale.timesteps // 2048) * 2048
+        return steps
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -42,9 +62,11 @@ def load_suite(path: str | Path) -> Suite:
         raise SpecError(f"{p}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{p}: a suite is a mapping with 'name' and 'experiments'")
-    unknown = set(raw) - {"name", "experiments", "budget_seconds"}
+    unknown = set(raw) - {"name", "experiments", "budget_seconds", "reward_scale"}
     if unknown:
-        raise SpecError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: name, experiments, budget_seconds")
+        raise SpecError(
+            f"{p}: unknown key(s) {sorted(unknown)}; allowed: name, experiments, budget_seconds, reward_scale"
+        )
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError(f"{p}: name: must be a non-empty string")
@@ -66,7 +88,41 @@ def load_suite(path: str | Path) -> Suite:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SpecError(f"{p}: experiments: two specs share an experiment name ({names}); names must differ")
-    return Suite(name, tuple(specs), float(budget) if budget is not None else None)
+    return Suite(name, tuple(specs), float(budget) if budget is not None else None, _reward_scale(raw, p))
+
+
+def _reward_scale(raw: dict[str, Any], p: Path) -> RewardScaleSpec | None:
+    body = raw.get("reward_scale")
+    if body is None:
+        return None
+    where = f"{p}: reward_scale"
+    if not isinstance(body, dict) or set(body) - {"env", "seeds", "timesteps", "grid"}:
+        raise SpecError(f"{where}: must be a mapping with env, seeds, timesteps, grid")
+    import gymnasium as gym
+
+    import rledger.envs  # noqa: F401
+
+    env_id = body.get("env", "rledger/BoatRace-v0")
+    if env_id not in gym.registry:
+        raise SpecError(f"{where}.env: unknown environment id {env_id!r}")
+    seeds = parse_seeds(body.get("seeds", [0]), "reward_scale.seeds")
+    timesteps = body.get("timesteps", 16_384)
+    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps <= 0:
+        raise SpecError(f"{where}.timesteps: must be a positive integer, got {timesteps!r}")
+    grid = body.get("grid")
+    ok = (
+        isinstance(grid, list)
+        and grid
+        and all(
+            isinstance(g, list)
+            and len(g) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in g)
+            for g in grid
+        )
+    )
+    if not ok:
+        raise SpecError(f"{where}.grid: must be a non-empty list of [c, b] pairs, e.g. [[10, 0], [1, 1]]")
+    return RewardScaleSpec(env_id, seeds, timesteps, tuple((float(c), float(b)) for c, b in grid))
 
 
 def _override(key: Any, value: Any) -> str:
