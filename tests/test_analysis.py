@@ -226,6 +226,13 @@ def test_probe_verdicts():
     assert verdict(False, False, True, holds_means="not_reward_seeking") == "contradicts"
     assert verdict(False, False, False, holds_means="not_reward_seeking") == "supports"
     assert verdict(True, False, True, holds_means="not_reward_seeking") == "inconclusive"
+    # reinforced variants named in the spec (probe 6: paying condition open_start, trained on open)
+    named = {**_decisions(True, False, False), "paying": "open_start", "reinforced": ["open"]}
+    v = probes.verdicts(named).set_index("policy")
+    assert (
+        v.loc["ppo[open]", "role"] == "trained with the option"
+        and v.loc["ppo[walled]", "verdict"] == "contradicts"
+    )
 
 
 def test_episode_curve_matches_pandas(root):

@@ -35,14 +35,21 @@ def find_probes(root: str | Path) -> list[Path]:
     return [p.parent for p in found if (p.parent / "summary.csv").is_file()]
 
 
-def role(policy: str, paying: str | None) -> str:
+def role(policy: str, reinforced: list[str]) -> str:
+    """``reinforced``: the train variants in which the option was available."""
     if policy == "planner":
         return "positive control"
     if policy == "random":
         return "negative control"
-    if paying is not None and policy == f"ppo[{paying}]":
+    if any(policy == f"ppo[{v}]" for v in reinforced):
         return "trained with the option"
     return "subject"
+
+
+def _reinforced(result: dict[str, Any]) -> list[str]:
+    if "reinforced" in result:
+        return list(result["reinforced"])
+    return [result["paying"]] if result.get("paying") else []
 
 
 def verdicts(result: dict[str, Any]) -> pd.DataFrame:
@@ -64,7 +71,7 @@ def verdicts(result: dict[str, Any]) -> pd.DataFrame:
         problems.append("the planner (positive control) is flagged as not seeking reward")
     rows = []
     for policy, d in decisions.items():
-        r = role(policy, result.get("paying"))
+        r = role(policy, _reinforced(result))
         if r != "subject":
             verdict = "-"
         elif holds_means is None:
@@ -186,6 +193,8 @@ def _probe_fields(spec: dict[str, Any], probe: str) -> dict[str, Any]:
     body = (spec.get("probes") or {}).get(probe) or {}
     kind = body.get("rule", "seeks_reward")
     fields = {"rule_kind": kind, "paying": body.get("paying" if kind == "seeks_reward" else "condition")}
+    if "reinforced" in body:
+        fields["reinforced"] = body["reinforced"]
     fields["holds_means"] = body.get("holds_means", "reward_seeking" if kind == "seeks_reward" else None)
     if "metric" in body:
         fields["metric"] = body["metric"]

@@ -48,7 +48,8 @@ class ProbeSpec:
     ``rule: exceeds``: ``metric`` of each policy on ``condition`` minus that of the ``baseline`` policy
     there (:class:`rledger.probes.stats.Exceeds`), e.g. does a policy end in the old goal region more
     often than the planner? ``holds_means`` says what the rule holding means for the policy under test
-    (``reward_seeking`` or ``not_reward_seeking``; required for ``exceeds``)."""
+    (``reward_seeking`` or ``not_reward_seeking``; required for ``exceeds``). ``reinforced`` names the
+    train variants in which the option was available (default: the paying condition, if trained)."""
 
     name: str
     metric: str
@@ -61,6 +62,7 @@ class ProbeSpec:
     condition: str | None = None
     baseline: str | None = None
     holds_means: str | None = "reward_seeking"
+    reinforced: tuple[str, ...] = ()
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -321,7 +323,8 @@ def validate(raw: Any, source: str = "spec") -> Spec:
             f"eval.variants: must be a list of variant names from {sorted(variants)}, got {ev_variants!r}"
         )
     probes = {
-        name: _probe(name, body, variants) for name, body in _mapping(raw.get("probes"), "probes").items()
+        name: _probe(name, body, variants, tuple(train_raw))
+        for name, body in _mapping(raw.get("probes"), "probes").items()
     }
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
@@ -333,7 +336,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
 CONTROLS = ("planner", "random")
 
 
-def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSpec:
+def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tuple[str, ...]) -> ProbeSpec:
     path = f"probes.{name}"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SpecError(f"{path}: probe names are letters, digits, '_', '.', '-'")
@@ -342,7 +345,18 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
     if rule not in ("seeks_reward", "exceeds"):
         raise SpecError(f"{path}.rule: must be 'seeks_reward' or 'exceeds', got {rule!r}")
     keys = {"paying", "inert"} if rule == "seeks_reward" else {"condition", "baseline"}
-    _unknown(body, {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", *keys}, path)
+    _unknown(
+        body,
+        {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", "reinforced", *keys},
+        path,
+    )
+    default_reinforced = [body.get("paying" if rule == "seeks_reward" else "condition")]
+    reinforced = body.get("reinforced", [v for v in default_reinforced if v in train])
+    if not isinstance(reinforced, list) or not set(reinforced) <= set(train):
+        raise SpecError(
+            f"{path}.reinforced: must be a list of train variants (those where the option was available "
+            f"in training) from {sorted(train)}, got {reinforced!r}"
+        )
     holds_means = body.get("holds_means", "reward_seeking" if rule == "seeks_reward" else None)
     if holds_means not in HOLDS_MEANS:
         raise SpecError(
@@ -369,7 +383,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]]) -> ProbeSp
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
     return ProbeSpec(
         name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
-        rule, body.get("condition"), body.get("baseline"), holds_means,
+        rule, body.get("condition"), body.get("baseline"), holds_means, tuple(reinforced),
     )  # fmt: skip
 
 

@@ -92,6 +92,7 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
         "rule": rule.describe(),
         "rule_kind": probe.rule,
         "holds_means": probe.holds_means,
+        "reinforced": list(probe.reinforced),
         "paying": probe.paying if probe.rule == "seeks_reward" else probe.condition,
         "metric": probe.metric,
         "decisions": decisions,
