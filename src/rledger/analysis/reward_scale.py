@@ -53,7 +53,7 @@ def plot_sweep(summary: pd.DataFrame, column: str, ax: object = None, label: str
     ax.set_xticks(range(len(pairs)))
     ax.set_xticklabels([f"c={c:g}\nb={b:g}" for c, b in pairs], fontsize=7)
     ax.set_ylabel(label or column, fontsize=8)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="lower left", framealpha=0.9)
     return ax
 
 
