@@ -460,3 +460,19 @@ def test_history_intervention_compares_per_seed_shares():
     d = difference_interval([1.0, 0.75, 1.0], [0.25, 0.5, 0.5])
     assert f"difference {d.estimate:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" in lines[0]
     assert "greedy lap policies 3/3 vs 0/3" in lines[0]
+
+
+def test_sweep_skips_complete_runs_and_refuses_to_clobber(root):
+    out = root / "reward_scale"
+    kw = dict(
+        grid=((10.0, 0.0),), settings=("sb3_defaults", "no_global_clip_zero_critic"), seeds=(0,), workers=1
+    )
+    metas = sorted(out.glob("*/c=*_b=*/seed=*/meta.json"))
+    assert len(metas) == 4
+    before = {m: m.stat().st_mtime_ns for m in metas}
+    again = sweep(str(out), timesteps=2048, **kw)  # the same runs: nothing is retrained
+    assert {m: m.stat().st_mtime_ns for m in metas} == before
+    pd.testing.assert_frame_equal(again, pd.read_csv(out / "sweep.csv"), check_dtype=False)
+    with pytest.raises(ValueError, match="another configuration.*overwrite"):
+        sweep(str(out), timesteps=4096, **kw)
+    assert {m: m.stat().st_mtime_ns for m in metas} == before

@@ -338,14 +338,11 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
 
         rs = suite.reward_scale
         with console.status(f"reward-scale sweep: {rs.runs} runs of {rs.timesteps} steps on {rs.env_id}"):
-            sweep(
-                str(out / "reward_scale"),
-                rs.env_id,
-                rs.grid,
-                seeds=rs.seeds,
-                timesteps=rs.timesteps,
-                workers=workers,
-            )
+            try:
+                sweep(str(out / "reward_scale"), rs.env_id, rs.grid, seeds=rs.seeds, timesteps=rs.timesteps,
+                      workers=workers, overwrite=overwrite)  # fmt: skip
+            except ValueError as exc:
+                raise _Bad(str(exc)) from exc
     try:
         with console.status("report"):
             result = build_report(out, None, overwrite=True)

@@ -135,8 +135,22 @@ def _sweep_job(
         obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
         with th.no_grad():
             probs = model.policy.get_distribution(th.as_tensor(obs)).distribution.probs.numpy()
-    np.savez(f"{path}/policy.npz", probs=probs if probs is not None else np.zeros(0), **actor)
-    return {"setting": setting, "c": c, "b": b, "seed": seed, "path": path}
+    import os
+    from pathlib import Path
+
+    from rledger.ledger.writer import atomic_write_json
+
+    tmp = Path(path) / ".policy.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, probs=probs if probs is not None else np.zeros(0), **actor)
+    os.replace(tmp, Path(path) / "policy.npz")
+    meta = _meta(env_id, setting, c, b, seed, timesteps)
+    atomic_write_json(Path(path) / "meta.json", meta)  # last: marks the run complete
+    return meta
+
+
+def _meta(env_id: str, setting: str, c: float, b: float, seed: int, timesteps: int) -> dict[str, Any]:
+    return {"env_id": env_id, "setting": setting, "c": c, "b": b, "seed": seed, "timesteps": timesteps}
 
 
 def sweep_jobs(
@@ -159,13 +173,17 @@ def sweep(
     seeds: tuple[int, ...] = (0, 1, 2),
     timesteps: int = 16_384,
     workers: int = 2,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Train every (setting, c, b, seed) with the ledger on, and compare each with the baseline
     (c=1, b=0) of its setting and seed. Returns and writes ``<out>/sweep.csv``: one row per run with
     the actor's largest parameter difference (absolute and relative to the largest parameter), the
     share of reachable states where the greedy action is the baseline's, and from the ledgers the share
     of optimizer steps whose global gradient clipping engaged (``clip_coef < 1``), the mean value loss,
-    and the largest difference of ``advantage_used`` in the first minibatch (identical samples)."""
+    and the largest difference of ``advantage_used`` in the first minibatch (identical samples).
+    Complete runs (``meta.json`` written last) are skipped; one with another configuration is
+    refused unless ``overwrite``; incomplete ones are rerun."""
+    import json
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
@@ -173,11 +191,21 @@ def sweep(
     root = Path(out)
     jobs = sweep_jobs(out, env_id, grid, settings, seeds)
     paths = [str(root / s / f"c={c:g}_b={b:g}" / f"seed={seed}") for _, s, c, b, seed in jobs]
+    todo = []
+    for job, path in zip(jobs, paths, strict=True):
+        meta = Path(path) / "meta.json"
+        if meta.is_file():  # complete: skip it if it is this run, refuse to clobber it otherwise
+            if json.loads(meta.read_text()) == _meta(*job, timesteps) and not overwrite:
+                continue
+            if not overwrite:
+                raise ValueError(
+                    f"{path}: a complete sweep run with another configuration ({json.dumps(json.loads(meta.read_text()))}); "
+                    "pass overwrite=True (--overwrite) or another output folder"
+                )
+        todo.append((job, path))  # new, incomplete (no meta.json) or to overwrite
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(_sweep_job, *job, timesteps, path) for job, path in zip(jobs, paths, strict=True)
-        ]
+        futures = [pool.submit(_sweep_job, *job, timesteps, path) for job, path in todo]
         for f in futures:
             f.result()
     return compare_sweep(out)
@@ -202,7 +230,7 @@ def compare_sweep(out: str) -> pd.DataFrame:
     first = "SELECT t, env, advantage_used FROM samples WHERE rollout = 0 AND epoch = 0 AND minibatch = 0 ORDER BY t, env"
     roll0 = "SELECT advantage_used, ratio FROM samples WHERE rollout = 0 ORDER BY epoch, minibatch, t, env"
     for path in sorted(root.glob("*/c=*_b=*/seed=*")):
-        if not (path / "policy.npz").is_file():
+        if not (path / "meta.json").is_file():
             continue
         setting, cb, seed_dir = path.parts[-3:]
         c, b = (float(x.split("=")[1]) for x in cb.split("_"))
