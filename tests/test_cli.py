@@ -40,3 +40,14 @@ def test_existing_run_not_clobbered(tmp_path):
     res = CliRunner().invoke(main, ["train", "--env", "CartPole-v1", "--timesteps", "10", "--out", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_python_dash_m_knows_every_command():
+    """`python -m rledger.cli` (what the benchmarks call) registers the same commands as the script."""
+    import subprocess
+    import sys
+
+    from rledger.cli import main
+
+    out = subprocess.run([sys.executable, "-m", "rledger.cli", "--help"], capture_output=True, text=True).stdout
+    assert main.commands and all(name in out for name in main.commands)

@@ -263,10 +263,6 @@ def _print_summary(ledger: Ledger) -> None:
         )
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 @main.command()
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option(
@@ -352,3 +348,7 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
     console.print(
         f"quickstart done in {time.perf_counter() - start:.0f} s: open {result.folder / 'report.html'}"
     )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
