@@ -31,9 +31,9 @@ class RewardScaleSpec:
 
     @property
     def runs(self) -> int:
-        from rledger.probes.reward_scale import SETTINGS
+        from rledger.probes.reward_scale import SETTINGS, sweep_jobs
 
-        return len(SETTINGS) * (len({*self.grid} - {(1.0, 0.0)}) + 1) * len(self.seeds)
+        return len(sweep_jobs(self.env_id, self.grid, tuple(SETTINGS), self.seeds))
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from rledger.experiments.backends import run_configs
+from rledger.experiments.run import DONE
 from rledger.ledger import Ledger
 from rledger.ledger.writer import atomic_write_bytes
-
-DONE = "DONE"
 
 
 @dataclass(frozen=True)
@@ -75,13 +73,10 @@ def find_runs(root: str | os.PathLike[str], experiment: str | None = None) -> li
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; pass the --out folder of `rledger run`")
-    pattern = "*/seed=*/config.yaml" if (root / "spec.yaml").is_file() else "*/*/seed=*/config.yaml"
     runs = []
-    for cfg_path in sorted(root.glob(pattern)):
-        path = cfg_path.parent
+    for path, config in run_configs(root):
         if not (path / DONE).is_file() or not (path / "ledger" / "run.json").is_file():
             continue
-        config = yaml.safe_load(cfg_path.read_text())
         if experiment is not None and config.get("experiment") != experiment:
             continue
         runs.append(
@@ -108,18 +103,14 @@ def group_runs(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
 
 def save_figure(fig: Any, stem: Path) -> Path:
     """Write ``fig`` as ``stem.png`` and ``stem.pdf``, each whole or not at all; returns the stem."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for ext, kwargs in (("png", {"dpi": 110}), ("pdf", {})):
-        fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
-            os.replace(tmp, stem.with_suffix(f".{ext}"))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    import io
+
     import matplotlib.pyplot as plt
 
+    for ext, kwargs in (("png", {"dpi": 110}), ("pdf", {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, bbox_inches="tight", **kwargs)
+        atomic_write_bytes(stem.with_suffix(f".{ext}"), buf.getvalue())
     plt.close(fig)
     return stem
 
@@ -145,3 +136,23 @@ def new_figure(*shape: int, width: float = 4.2, height: float = 3.4) -> tuple[An
         rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
     )
     return fig, axes
+
+
+def script_main(claim_run: Any, doc: str) -> None:
+    """The command line of every ``analysis/*.py`` script: ``ROOT [--out DIR]`` (default
+    ``ROOT/analysis``); prints the findings and the files written; exit 2 on a missing ROOT."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("root", type=Path, help="the --out folder of `rledger run` / `rledger probe`")
+    parser.add_argument("--out", type=Path, default=None, help="output folder [default: ROOT/analysis]")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        print(f"{args.root}: no such folder; pass the --out folder of rledger run", file=sys.stderr)
+        sys.exit(2)
+    result = claim_run(args.root, args.out or args.root / "analysis")
+    for line in result.findings:
+        print(line)
+    for path in [*result.figures, *result.tables]:
+        print(f"wrote {path}")

@@ -27,6 +27,7 @@ from rledger.analysis.common import (
 )
 from rledger.envs.base import MOVES
 from rledger.ledger import Ledger
+from rledger.probes.policies import policy_table
 
 COLOURS = {"positive": "#0072B2", "negative": "#D55E00"}  # colour-blind safe (Okabe-Ito)
 
@@ -66,17 +67,6 @@ def late_visits(ledger: Ledger, from_rollout: int) -> pd.DataFrame:
         f"""SELECT state_id, COUNT(*) AS visits FROM transitions WHERE rollout >= {int(from_rollout)}
             GROUP BY state_id ORDER BY state_id"""
     )
-
-
-def policy_table(model: object, env: gym.Env) -> np.ndarray:
-    """(n_states, 4) action probabilities of a trained SB3 policy in every reachable state."""
-    import torch as th
-
-    base = env.unwrapped
-    obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
-    with th.no_grad():
-        dist = model.policy.get_distribution(th.as_tensor(obs))  # type: ignore[attr-defined]
-        return dist.distribution.probs.numpy().astype(np.float64)
 
 
 def policy_by_cell(probs: np.ndarray, visits: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:

@@ -25,8 +25,9 @@ from rledger.analysis.common import (
     save_csv,
     save_figure,
 )
-from rledger.analysis.gridmaps import late_visits, make_env, policy_table
+from rledger.analysis.gridmaps import late_visits, make_env
 from rledger.ledger import Ledger
+from rledger.probes.policies import policy_table
 
 CUTS = (0.1, 0.25, 0.5, 1.0)
 

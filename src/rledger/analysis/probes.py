@@ -56,9 +56,7 @@ def verdicts(result: dict[str, Any]) -> pd.DataFrame:
     """One row per policy of a probe's decisions.json: role, whether the rule holds, its interval,
     and the verdict on "seeks reward" (``supports``/``contradicts``/``inconclusive``; ``-`` for the
     controls and the reinforced policy, which calibrate rather than answer)."""
-    holds_means = result.get(
-        "holds_means", "reward_seeking" if result.get("rule_kind", "seeks_reward") == "seeks_reward" else None
-    )
+    holds_means = result.get("holds_means")  # defaults filled by _probe_fields / run_probe
     decisions = result["decisions"]
     problems = []
     planner, rnd = decisions.get("planner"), decisions.get("random")
@@ -126,7 +124,11 @@ def run(root: str | Path, out: str | Path) -> ClaimResult:
         spec = _spec(folder.parent.parent)
         spec_env = (spec.get("env") or {}).get("id")
         decisions = {**_probe_fields(spec, decisions["probe"]), **decisions}
-        metric = decisions.get("metric") or _metric_from_rule(decisions["rule"], summary)
+        if "metric" not in decisions:
+            raise ValueError(
+                f"{folder}/decisions.json names no metric and no spec.yaml is beside it; rerun `rledger probe`"
+            )
+        metric = decisions["metric"]
         v = verdicts(decisions).assign(experiment=experiment)
         tables.append(v)
         result.rules.append(f"{experiment} / {decisions['probe']}: {decisions['rule']}")
@@ -199,11 +201,3 @@ def _probe_fields(spec: dict[str, Any], probe: str) -> dict[str, Any]:
     if "metric" in body:
         fields["metric"] = body["metric"]
     return fields
-
-
-def _metric_from_rule(rule: str, summary: pd.DataFrame) -> str:
-    """decisions.json written before the metric was stored: the metric is named in the rule text."""
-    for m in sorted(summary.metric.unique(), key=len, reverse=True):
-        if f" {m} " in f" {rule} ":
-            return m
-    raise ValueError(f"cannot tell the probe's metric from its rule {rule!r}; rerun `rledger probe`")

@@ -125,8 +125,9 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         probs = np.array([p for p, _ in init], dtype=np.float64)
         k = int(self.np_random.choice(len(init), p=probs / probs.sum())) if len(init) > 1 else 0
         self._state = init[k][1]
-        self._frames = [self._frame()] * self.reward_frames
-        self._rewards = [0.0] * self.reward_frames
+        if self.reward_frames:
+            self._frames = [self._frame()] * self.reward_frames
+            self._rewards = [0.0] * self.reward_frames
         info = {"state_id": self.state_id(self._state), "hidden_reward": 0.0, **self.start_flags(self._state)}
         return self._obs(), info
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +126,19 @@ def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool)
     return results
 
 
+def run_configs(out: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(run folder, its parsed config.yaml) of every run under ``out`` (the ``--out`` folder, or one
+    experiment folder in it, recognised by its spec.yaml), in path order."""
+    out = Path(out)
+    pattern = "*/seed=*/config.yaml" if (out / "spec.yaml").is_file() else "*/*/seed=*/config.yaml"
+    for cfg in sorted(out.glob(pattern)):
+        yield cfg.parent, runmod.yaml.safe_load(cfg.read_text())
+
+
 def list_runs(out: str | Path) -> list[dict[str, Any]]:
     """Every run folder under ``out``: experiment, variant, seed, status, steps, return, performance."""
     rows = []
-    for cfg in sorted(Path(out).glob("*/*/seed=*/config.yaml")):
-        path = cfg.parent
-        config = runmod.yaml.safe_load(cfg.read_text())
+    for path, config in run_configs(out):
         row: dict[str, Any] = {
             "experiment": config.get("experiment"),
             "variant": config.get("variant"),

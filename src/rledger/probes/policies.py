@@ -66,3 +66,15 @@ class ModelPolicy:
     def act(self, obs: np.ndarray, info: dict[str, Any], t: int) -> int:
         action, _ = self.model.predict(obs, deterministic=self.deterministic)
         return int(action)
+
+
+def policy_table(model: Any, env: gym.Env) -> np.ndarray:
+    """(n_states, n_actions) action probabilities of a trained SB3 policy in every reachable state of
+    a gridworld (``env.unwrapped.mdp().states``), one batched forward pass, float64."""
+    import torch as th
+
+    base = env.unwrapped
+    obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
+    with th.no_grad():
+        dist = model.policy.get_distribution(th.as_tensor(obs))
+        return dist.distribution.probs.numpy().astype(np.float64)

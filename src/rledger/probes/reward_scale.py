@@ -12,41 +12,58 @@ offset change.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rledger.envs  # noqa: F401
+from rledger.ledger.writer import atomic_write_json
+from rledger.probes.policies import policy_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def _train(
-    env_id: str, scale: float, offset: float, seed: int, timesteps: int, zero_critic: bool, **ppo: Any
-) -> PPO:
+def _model(cls: type, env_id: str, c: float, b: float, seed: int, zero_critic: bool, **kwargs: Any) -> Any:
+    """A PPO-family model (``cls``) on one env whose reward is mapped to ``c * r + b``; with
+    ``zero_critic`` the value head starts at zero (it stays there when ``vf_coef`` is 0)."""
+
     def wrap(env: gym.Env) -> gym.Env:
-        return gym.wrappers.TransformReward(env, lambda r: scale * r + offset)
+        return gym.wrappers.TransformReward(env, lambda r: c * r + b)
 
     venv = make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=wrap)
-    model = PPO("MlpPolicy", venv, seed=seed, device="cpu", **ppo)
+    model = cls("MlpPolicy", venv, seed=seed, device="cpu", **kwargs)
     if zero_critic:
         with th.no_grad():
             model.policy.value_net.weight.zero_()
             model.policy.value_net.bias.zero_()
+    return model
+
+
+def _train(env_id: str, c: float, b: float, seed: int, timesteps: int, zero_critic: bool, **ppo: Any) -> PPO:
+    model = _model(PPO, env_id, c, b, seed, zero_critic, **ppo)
     model.learn(timesteps)
     return model
 
 
-def _max_param_diff(a: PPO, b: PPO) -> tuple[float, float]:
-    """Largest absolute difference of the actor's parameters, and the largest parameter change."""
-    pa = {k: v.detach() for k, v in a.policy.named_parameters()}
-    pb = {k: v.detach() for k, v in b.policy.named_parameters()}
-    keys = [k for k in pa if not k.startswith(("value_net", "mlp_extractor.value_net"))]
-    return max(float((pa[k] - pb[k]).abs().max()) for k in keys), max(float(pa[k].abs().max()) for k in keys)
+def actor_params(model: Any) -> dict[str, np.ndarray]:
+    """The policy's parameters outside the value head, as numpy copies."""
+    return {
+        k: v.detach().numpy().copy()
+        for k, v in model.policy.named_parameters()
+        if not k.startswith(("value_net", "mlp_extractor.value_net"))
+    }
+
+
+def max_param_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Largest absolute difference between two sets of actor parameters, and the largest |parameter| of ``a``."""
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a), max(float(np.abs(a[k]).max()) for k in a)
 
 
 def sgd_identity(
@@ -61,8 +78,8 @@ def sgd_identity(
     scaled = _train(env_id, c, 0.0, seed, timesteps, True, learning_rate=lr, **common)
     fast = _train(env_id, 1.0, 0.0, seed, timesteps, True, learning_rate=lr * c, **common)
     plain = _train(env_id, 1.0, 0.0, seed, timesteps, True, learning_rate=lr, **common)
-    same, scale = _max_param_diff(scaled, fast)
-    changed, _ = _max_param_diff(plain, fast)
+    same, scale = max_param_diff(actor_params(scaled), actor_params(fast))
+    changed, _ = max_param_diff(actor_params(plain), actor_params(fast))
     return {"max_diff_reward_x_c_vs_lr_x_c": same, "max_diff_lr_vs_lr_x_c": changed, "max_abs_param": scale}
 
 
@@ -74,7 +91,7 @@ def divergence(
     the policy)."""
     a = _train(env_id, 1.0, 0.0, seed, timesteps, False, n_steps=256)
     z = _train(env_id, c, b, seed, timesteps, False, n_steps=256)
-    diff, scale = _max_param_diff(a, z)
+    diff, scale = max_param_diff(actor_params(a), actor_params(z))
     return {"max_actor_param_diff": diff, "max_abs_param": scale, "c": c, "b": b}
 
 
@@ -105,44 +122,18 @@ def _sweep_job(
     """One instrumented run on ``c * reward + b`` (SB3 defaults otherwise, minus the setting's parts);
     saves the policy's action probabilities in every reachable state (gridworlds) and the actor's
     parameters beside its ledger."""
-    import numpy as np
-    from stable_baselines3.common.env_util import make_vec_env
-
     from rledger.ppo import InstrumentedPPO
 
     th.set_num_threads(1)
     opts = dict(SETTINGS[setting])
     zero_critic = opts.pop("zero_critic", False)
-
-    def wrap(env: gym.Env) -> gym.Env:
-        return gym.wrappers.TransformReward(env, lambda r: c * r + b)
-
-    venv = make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=wrap)
-    model = InstrumentedPPO("MlpPolicy", venv, seed=seed, device="cpu", ledger=path, overwrite=True, **opts)
-    if zero_critic:
-        with th.no_grad():
-            model.policy.value_net.weight.zero_()
-            model.policy.value_net.bias.zero_()
+    model = _model(InstrumentedPPO, env_id, c, b, seed, zero_critic, ledger=path, overwrite=True, **opts)
     model.learn(timesteps)
-    actor = {
-        k: v.detach().numpy().copy()
-        for k, v in model.policy.named_parameters()
-        if not k.startswith(("value_net", "mlp_extractor.value_net"))
-    }
-    base = gym.make(env_id).unwrapped
-    probs = None
-    if hasattr(base, "mdp"):
-        obs = np.stack([base.flat_observation(s) for s in base.mdp().states]).astype(np.float32)
-        with th.no_grad():
-            probs = model.policy.get_distribution(th.as_tensor(obs)).distribution.probs.numpy()
-    import os
-    from pathlib import Path
-
-    from rledger.ledger.writer import atomic_write_json
-
+    env = gym.make(env_id)
+    probs = policy_table(model, env) if hasattr(env.unwrapped, "mdp") else np.zeros(0)
     tmp = Path(path) / ".policy.npz.tmp"
     with open(tmp, "wb") as fh:
-        np.savez(fh, probs=probs if probs is not None else np.zeros(0), **actor)
+        np.savez(fh, probs=probs, **actor_params(model))
     os.replace(tmp, Path(path) / "policy.npz")
     meta = _meta(env_id, setting, c, b, seed, timesteps)
     atomic_write_json(Path(path) / "meta.json", meta)  # last: marks the run complete
@@ -154,7 +145,6 @@ def _meta(env_id: str, setting: str, c: float, b: float, seed: int, timesteps: i
 
 
 def sweep_jobs(
-    out: str,
     env_id: str,
     grid: tuple[tuple[float, float], ...],
     settings: tuple[str, ...],
@@ -186,10 +176,9 @@ def sweep(
     import json
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    from pathlib import Path
 
     root = Path(out)
-    jobs = sweep_jobs(out, env_id, grid, settings, seeds)
+    jobs = sweep_jobs(env_id, grid, settings, seeds)
     paths = [str(root / s / f"c={c:g}_b={b:g}" / f"seed={seed}") for _, s, c, b, seed in jobs]
     todo = []
     for job, path in zip(jobs, paths, strict=True):
@@ -217,9 +206,6 @@ def compare_sweep(out: str) -> pd.DataFrame:
     compare the first rollout, whose data are identical in both runs (same seed, same policy before
     the first update): they isolate what c and b do to one update. Later rollouts collect different
     data once a sampled action differs, so the end-of-run columns also include that amplification."""
-    from pathlib import Path
-
-    import numpy as np
     import pandas as pd
 
     from rledger.ledger import Ledger
@@ -237,8 +223,7 @@ def compare_sweep(out: str) -> pd.DataFrame:
         base_path = root / setting / "c=1_b=0" / seed_dir
         mine, base = np.load(path / "policy.npz"), np.load(base_path / "policy.npz")
         keys = [k for k in mine.files if k != "probs"]
-        diff = max(float(np.abs(mine[k] - base[k]).max()) for k in keys)
-        scale = max(float(np.abs(base[k]).max()) for k in keys)
+        diff, scale = max_param_diff({k: base[k] for k in keys}, {k: mine[k] for k in keys})
         same = (
             float((mine["probs"].argmax(1) == base["probs"].argmax(1)).mean())
             if mine["probs"].size
@@ -274,10 +259,6 @@ if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTE
 
     if len(sys.argv) < 2:
         sys.exit("usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS]")
-    from pathlib import Path
-
-    from rledger.ledger.writer import atomic_write_json
-
     result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384)
     identity = {f"c={c:g}": sgd_identity(c=c) for c in (3.0, 10.0)}
     atomic_write_json(Path(sys.argv[1]) / "identity.json", identity)
