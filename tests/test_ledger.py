@@ -284,15 +284,16 @@ def test_second_learn_call_continues_the_ledger(tmp_path):
     np.testing.assert_allclose(ep.set_index("episode")["return"], sums.loc[ep.episode])
 
 
-def test_exact_scores_in_chunks_match_one_batch(tmp_path, monkeypatch):
-    """The exact scores of clipped samples are computed in chunks to bound memory; chunks of 16
-    samples give the same columns as a single batch."""
-    from rledger import cotangents
+def test_replay_in_chunks_matches_one_batch(tmp_path, monkeypatch):
+    """The batched replay of the buffered steps runs in chunks to bound memory; one step per chunk
+    gives the same columns as the whole rollout at once."""
+    from rledger import replay
 
     _, whole = train(tmp_path / "whole", rollouts=3, clip_range=0.02, learning_rate=3e-3)
-    monkeypatch.setattr(cotangents, "SCORE_CHUNK_ELEMENTS", 1)  # -> the minimum chunk, 16 samples
+    monkeypatch.setattr(replay, "REPLAY_CHUNK_ELEMENTS", 1)  # -> one step per chunk
     _, chunked = train(tmp_path / "chunked", rollouts=3, clip_range=0.02, learning_rate=3e-3)
     a, b = whole.samples(), chunked.samples()
-    assert a.clipped.sum() > 3 * 16  # several chunks per flush
-    for col in ("score_norm", "pg_grad_norm", "adam_update_norm", "self_reinforcement"):
+    assert a.clipped.sum() > 3 * 16  # clipped samples, whose scores come from the replay too
+    assert (a.clipped == b.clipped).all()
+    for col in ("score_norm", "pg_grad_norm", "adam_update_norm", "self_reinforcement", "loss_grad_norm"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-9, err_msg=col)

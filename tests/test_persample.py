@@ -28,7 +28,7 @@ CASES = {
     "cartpole-relu-sep-ent-4envs": dict(
         env="CartPole-v1",
         n_envs=4,
-        ent_coef=0.01,  # the entropy flows through the actor's layers: cotangents plus one backward of H
+        ent_coef=0.01,  # the entropy flows through the actor's layers
         policy_kwargs=dict(net_arch=dict(pi=[32, 16], vf=[24]), activation_fn=th.nn.ReLU),
     ),
     "pendulum-tanh": dict(env="Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32])),
@@ -39,10 +39,9 @@ CASES = {
         clip_range_vf=0.1,
         policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16, 16]), activation_fn=th.nn.ReLU),
     ),
-    "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=150_000),
+    "cartpole-no-norm-small-queue": dict(env="CartPole-v1", normalize_advantage=False, queue=60_000),
     "shared-linear-extractor-ent": dict(
         env="CartPole-v1",
-        reuse=False,
         ent_coef=0.05,
         policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
     ),
@@ -52,11 +51,20 @@ CASES = {
         ent_coef=0.01,
         policy_kwargs=dict(features_extractor_class=ConvExtractor, net_arch=[16]),
         path="generic",
-        reuse=False,
     ),
     "dict-obs": dict(env="CartPole-v1", wrapper=DictObs, policy="MultiInputPolicy"),
     # 64 samples in minibatches of 24: a truncated last minibatch of 16 in every epoch
     "uneven-minibatches": dict(env="CartPole-v1", batch_size=24, ent_coef=0.01),
+    # the per-minibatch mode (forward hooks, one more backward): optimizers the batched mode does not take
+    "extra-backward-shared-ent": dict(
+        env="CartPole-v1",
+        mode="extra-backward",
+        ent_coef=0.05,
+        policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
+    ),
+    "extra-backward-pendulum-vfclip": dict(
+        env="Pendulum-v1", mode="extra-backward", ent_coef=0.02, clip_range_vf=0.1
+    ),
 }
 
 
@@ -68,26 +76,29 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     expect_path = case.pop("path", "linear")
     policy = case.pop("policy", "MlpPolicy")
     queue = case.pop("queue", None)
-    reuse = case.pop("reuse", True)
+    mode = case.pop("mode", "batched")
     model = InstrumentedPPO(
         policy, env, n_steps=n_steps, batch_size=case.pop("batch_size", 32), n_epochs=4, learning_rate=1e-2,
         seed=1, ledger=tmp_path / "run", **case,
     )  # fmt: skip
     assert model._geometry.path == expect_path
+    model._geometry.batched_enabled = mode == "batched"
     if queue is not None:  # small slot buffers: the batched computation flushes every few steps
-        import rledger.cotangents
+        import rledger.replay
 
-        old_max = rledger.cotangents.MAX_BUFFER_ELEMENTS
-        rledger.cotangents.MAX_BUFFER_ELEMENTS = queue
+        old_max, old_chunk = rledger.replay.MAX_BUFFER_ELEMENTS, rledger.replay.REPLAY_CHUNK_ELEMENTS
+        rledger.replay.MAX_BUFFER_ELEMENTS = queue
+        rledger.replay.REPLAY_CHUNK_ELEMENTS = 1  # and replays one step at a time
     tape = StepTape(model).install()
     try:
         model.learn(n_steps * env.num_envs)
     finally:
         if queue is not None:
-            rledger.cotangents.MAX_BUFFER_ELEMENTS = old_max
+            rledger.replay.MAX_BUFFER_ELEMENTS = old_max
+            rledger.replay.REPLAY_CHUNK_ELEMENTS = old_chunk
     geometry = model._geometry
     if expect_path == "linear":
-        assert geometry.mode == ("cotangents" if reuse else "extra-backward")
+        assert geometry.mode == mode
         if queue is not None:
             assert geometry._batch.capacity < 5
     return model, tape, Ledger(tmp_path / "run")
@@ -117,7 +128,7 @@ def test_columns_match_naive_loop(tmp_path, name):
         print(f"{name} {col}: max relative error {rel.max():.2e}")
         assert rel.max() <= 1e-5, f"{col}: max relative error {rel.max():.3g}"
     assert (samples.clipped.to_numpy() == ref.clipped.to_numpy()).all()
-    if name == "cartpole-default-tanh-clip":  # the reuse path's exact score for clipped samples is used
+    if name == "cartpole-default-tanh-clip":  # clipped samples' scores come from the replay too
         assert samples.clipped.sum() > 10
     ups = updates[~updates.stopped_early]
     per_step = ref.groupby(["epoch", "minibatch"], sort=False)[["grad_norm", "clip_coef"]].first()

@@ -1,7 +1,7 @@
 """Per-sample columns of the `samples` table for an SB3 actor-critic policy.
 
 Glue between SB3's policy/optimizer and the tensor math of :mod:`rledger.persample` and
-:mod:`rledger.cotangents`. For each minibatch, :meth:`SampleGeometry.before_step` runs while the loss
+:mod:`rledger.replay`. For each minibatch, :meth:`SampleGeometry.before_step` runs while the loss
 graph is alive (per-sample coefficients of each loss part; what the layers' gradients need), and
 :meth:`SampleGeometry.record` runs after the optimizer step and reads the state the step produced.
 """
@@ -22,7 +22,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
 from rledger import persample
-from rledger.cotangents import CotangentBatch, Layer
+from rledger.replay import Parts, Replayer, StepBuffers
 
 _REFUSED_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RNNBase, nn.GroupNorm)
 
@@ -61,8 +61,9 @@ def loss_coefficients(
     coefficient or None, the ``clipped`` flags ``(B,)``).
     """
     a, r = terms.advantages.detach(), terms.ratio.detach()
-    batch = a.shape[0]
-    clamped = th.clamp(r, 1 - terms.clip_range, 1 + terms.clip_range)
+    batch = a.shape[-1]
+    lo, hi = _bounds(terms.clip_range, 1.0)
+    clamped = th.clamp(r, lo, hi)
     clipped = ((a > 0) & (r > clamped)) | ((a < 0) & (r < clamped))
     alpha = th.where(clipped, th.zeros_like(r), -(a * r) / batch)
     v = terms.values.detach()
@@ -70,9 +71,10 @@ def loss_coefficients(
         v_pred = v
         vmask = None
     else:
+        vlo, vhi = _bounds(terms.clip_range_vf, 0.0)
         diff = v - terms.old_values
-        v_pred = terms.old_values + th.clamp(diff, -terms.clip_range_vf, terms.clip_range_vf)
-        vmask = (diff >= -terms.clip_range_vf) & (diff <= terms.clip_range_vf)
+        v_pred = terms.old_values + th.clamp(diff, vlo, vhi)
+        vmask = (diff >= vlo) & (diff <= vhi)
     beta = (2.0 * terms.vf_coef / batch) * (v_pred - terms.returns)
     if vmask is not None:
         beta = th.where(vmask, beta, th.zeros_like(beta))
@@ -86,19 +88,30 @@ def loss_coefficients(
             ent_logp = th.full_like(alpha, terms.ent_coef / batch)
             coefs[0] = alpha + ent_logp
     coefs.append(beta)
-    return th.stack(coefs, 1), alpha, ent_part, ent_logp, clipped
+    return th.stack(coefs, -1), alpha, ent_part, ent_logp, clipped
+
+
+def _bounds(clip: float | Tensor, center: float) -> tuple[Any, Any]:
+    """``(center - clip, center + clip)``: Python floats as SB3 passes them to ``th.clamp`` (which
+    rounds them to float32), or per-step ``(S, 2)`` float64 bounds rounded the same way."""
+    if isinstance(clip, Tensor):
+        b = clip.float()
+        return b[:, :1], b[:, 1:]
+    return center - clip, center + clip
 
 
 @dataclass
 class _Pending:
     """What :meth:`SampleGeometry.before_step` hands to :meth:`SampleGeometry.record`."""
 
-    coef: Tensor  # (B, K): per-sample coefficient of each part in the loss
-    alpha: Tensor  # (B,): coefficient of log pi in the policy loss alone
-    ent_coef_logp: Tensor | None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
-    ent_part: int | None
-    clipped: Tensor | None = None  # (B,): clipping zeroes the sample's policy gradient
-    batched: bool = False  # the step lives in the cotangent buffers
+    coef: Tensor | None = None  # (B, K): per-sample coefficient of each part in the loss
+    alpha: Tensor | None = None  # (B,): coefficient of log pi in the policy loss alone
+    ent_coef_logp: Tensor | None = (
+        None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
+    )
+    ent_part: int | None = None
+    clipped: Tensor | None = None  # (B,): clipping zeroes the sample's policy gradient (None: batched)
+    batched: bool = False  # the step lives in the slot buffers; its columns come at the flush
     calls: list[persample.LinearCall] | None = None
     d: list[dict[int, Tensor]] | None = None
     direct: dict[int, Tensor] | None = None  # per-sample log_std gradients (Gaussian)
@@ -111,10 +124,11 @@ class SampleGeometry:
 
     ``path`` is ``"linear"`` (every trainable parameter lives in an ``nn.Linear`` called once per
     forward, plus a Gaussian ``log_std``) or ``"generic"`` (``torch.func`` per-sample Jacobians).
-    On the linear path, each ``train()`` call picks a mode from the autograd graph of its first
-    minibatch: ``"cotangents"`` when no layer carries two loss parts (the training backward's own
-    cotangents suffice, computed in batches by :class:`rledger.cotangents.CotangentBatch`), else
-    ``"extra-backward"`` (one more backward pass per minibatch to the layer outputs).
+    On the linear path the mode is ``"batched"`` when the optimizer is Adam/AdamW with one parameter
+    group: each step only copies its parameters and loss inputs, and :mod:`rledger.replay` computes the
+    columns of many steps at once by replaying their forward passes; else ``"extra-backward"`` (forward
+    hooks on the Linear layers during the minibatch's forward pass, one more backward pass per
+    minibatch to the layer outputs).
     """
 
     def __init__(self, policy: ActorCriticPolicy, optimizer: th.optim.Optimizer, action_space: spaces.Space):
@@ -127,15 +141,16 @@ class SampleGeometry:
         self.gaussian = type(policy.action_dist) is DiagGaussianDistribution
         self.path = self._choose_path()
         self.mode: str | None = None
-        self.cotangents_enabled = True
+        self.batched_enabled = True
         self._support: list[set[int]] | None = None
         self._adam = isinstance(optimizer, th.optim.Adam | th.optim.AdamW)
         self._opt_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         names = {id(p): n for n, p in policy.named_parameters()}
         self._opt_names = [names[id(p)] for p in self._opt_params]
-        self._batch: CotangentBatch | None = None
-        self._batch_key: tuple[Any, ...] | None = None
-        self._batches: dict[tuple[Any, ...], CotangentBatch] = {}
+        self._batch: StepBuffers | None = None
+        self._batches: dict[int, StepBuffers] = {}
+        self._replayer: Replayer | None = None
+        self._parts: Parts | None = None
         self._epochs_hint = 1
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
         self._steps_hint = 1
@@ -190,7 +205,8 @@ class SampleGeometry:
         """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
         actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected."""
         self._support = None
-        self.mode = None
+        self._parts = None
+        self.mode = self._choose_mode() if self.path == "linear" else None
         self._fetch = fetch
         self._steps_hint = max(1, steps_hint)
         self._epochs_hint = max(1, epochs)
@@ -199,7 +215,7 @@ class SampleGeometry:
     @contextlib.contextmanager
     def capture(self) -> Iterator[persample.LinearCapture | None]:
         """Wrap the minibatch's forward pass (hooks only on the fast path, removed on exit)."""
-        if self.path == "linear":
+        if self.path == "linear" and self.mode != "batched":
             with persample.LinearCapture(self.linears) as cap:
                 yield cap
         else:
@@ -219,6 +235,17 @@ class SampleGeometry:
 
         Must run before ``loss.backward()``. Touches no ``.grad``, optimizer state or RNG.
         """
+        if self.mode == "batched":
+            if self._parts is None:
+                self._parts = _parts(terms, entropy is not None)
+            with th.no_grad():
+                loss_inputs = th.stack(
+                    [terms.advantages, terms.ratio, terms.values, terms.old_values, terms.returns]
+                )
+            self._batch_for(loss_inputs.shape[1]).put_before(
+                loss_inputs, terms.clip_range, terms.clip_range_vf
+            )
+            return _Pending(batched=True)
         coef, alpha, ent_part, ent_coef_logp, clipped = loss_coefficients(terms, entropy is not None)
         pending = _Pending(coef, alpha, ent_coef_logp, ent_part, clipped)
         if self.path == "generic":
@@ -230,28 +257,16 @@ class SampleGeometry:
         assert cap is not None
         calls = cap.calls
         parts: list[Tensor] = [log_prob] + ([entropy] if ent_part is not None else []) + [values]  # type: ignore[list-item]
-        if self.mode is None:
+        if self._support is None:
             self._support = persample.supports(parts, calls)
-            self.mode = self._choose_mode(calls, ent_coef_logp is None, coef.shape[1], ent_part)
-        u_logp = None
+        pending.calls = calls
+        pending.d = persample.output_grads(parts, calls, self._support)
         if self.gaussian:
             dist = self.policy.action_dist.distribution
             u_logp = (((actions - dist.loc) / dist.scale).square() - 1.0).detach()  # d log pi / d log_std
-        if self.mode == "cotangents":
-            batch = self._batch_for(coef.shape[0], coef.shape[1], ent_part)
-            d_entropy = None
-            if batch.ent_on_layers:  # one backward of sum_i H_i to the actor's layer outputs
-                d_entropy = persample.output_grads([entropy], calls, [self._support[ent_part]])  # type: ignore[index, list-item]
-            batch.hook_outputs(calls, d_entropy)
-            batch.put_before(coef, u_logp, need_params=bool(batch.exact_score_mask(coef).any()))
-            pending.batched = True
-        else:
-            pending.calls = calls
-            pending.d = persample.output_grads(parts, calls, self._support)  # type: ignore[arg-type]
-            if u_logp is not None:
-                pending.direct = {0: u_logp}
-                if ent_part is not None:
-                    pending.direct[ent_part] = th.ones_like(u_logp)
+            pending.direct = {0: u_logp}
+            if ent_part is not None:
+                pending.direct[ent_part] = th.ones_like(u_logp)
         for call in calls:  # the step keeps no reference to the autograd graph
             call.output = None
         return pending
@@ -288,76 +303,43 @@ class SampleGeometry:
         return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
 
     # ------------------------------------------------------------------ modes
-    def _choose_mode(
-        self, calls: list[persample.LinearCall], no_ent_on_logp: bool, k: int, ent_part: int | None
-    ) -> str:
-        """``"cotangents"`` when no layer carries the value together with an actor part."""
-        assert self._support is not None
-        value = k - 1
-        per_layer = [{f for f, sup in enumerate(self._support) if j in sup} for j in range(len(calls))]
-        ok = (
-            self.cotangents_enabled
-            and self._adam
-            and len(self.optimizer.param_groups) == 1
-            and no_ent_on_logp
-            and all(not (x and value in x and len(x) > 1) for x in per_layer)
-        )
-        if not ok:
-            return "extra-backward"
-        self._layers = [Layer(j, calls[j].module, value not in x) for j, x in enumerate(per_layer) if x]
-        self._ent_on_layers = ent_part is not None and any(ent_part in x for x in per_layer)
-        owners = {id(p) for ly in self._layers if ly.actor for p in ly.module.parameters()}
-        if self.gaussian:
-            owners.add(id(self.policy.log_std))  # type: ignore[attr-defined]
-        self._score_idx = [n for n, p in enumerate(self._opt_params) if id(p) in owners]
-        return "cotangents"
+    def _choose_mode(self) -> str:
+        """``"batched"`` for Adam/AdamW with one parameter group, else ``"extra-backward"``."""
+        if self.batched_enabled and self._adam and len(self.optimizer.param_groups) == 1:
+            if self._replayer is None:
+                self._replayer = self._make_replayer()
+            return "batched"
+        return "extra-backward"
 
-    def _batch_for(self, batch: int, k: int, ent_part: int | None) -> CotangentBatch:
-        """The slot buffers for this minibatch's shape. Buffers are kept per shape (a truncated last
-        minibatch gets its own); switching shape flushes the active ones first, so rows stay in order."""
-        key = (batch, k, ent_part, self._ent_on_layers, tuple((ly.index, ly.actor) for ly in self._layers))
-        if self._batch is not None and self._batch_key == key:
+    def _make_replayer(self) -> Replayer:
+        return Replayer(
+            self.policy,
+            list(self.linears),
+            ["log_std"] if self.gaussian else [],
+            self._dummy_batch(2),
+            _functional_calls,
+        )
+
+    def _batch_for(self, batch: int) -> StepBuffers:
+        """The slot buffers for this minibatch size. Buffers are kept per size (a truncated last
+        minibatch gets its own); switching size flushes the active ones first, so rows stay in order."""
+        if self._batch is not None and self._batch.batch == batch:
             return self._batch
         self._flush()
-        if key not in self._batches:
+        if batch not in self._batches:
             # the truncated minibatch occurs once per epoch: size its buffers to n_epochs steps
             hint = self._steps_hint if not self._batches else max(1, self._epochs_hint)
-            self._batches[key] = CotangentBatch(
-                self._layers,
-                self._opt_params,
-                [self._opt_params[n] for n in self._score_idx],
-                [self._opt_names[n] for n in self._score_idx],
-                k,
-                ent_part,
-                self._ent_on_layers,
-                batch,
-                hint,
-                self.policy.log_std if self.gaussian else None,  # type: ignore[attr-defined]
-                self._score_grads,
-            )
-        self._batch, self._batch_key = self._batches[key], key
+            self._batches[batch] = StepBuffers(self._opt_params, self._opt_names, batch, hint)
+        self._batch = self._batches[batch]
         return self._batch
 
     def _flush(self) -> None:
         if self._batch is not None and self._batch.m > 0:
             group = self.optimizer.param_groups[0]
-            assert self._fetch is not None
-            self._done.append(self._batch.flush(group["eps"], group["betas"], self._fetch))
-
-    def _score_grads(self, params: dict[str, Tensor], obs: Any, act: Tensor) -> dict[str, Tensor]:
-        """Exact per-sample ``grad log pi`` w.r.t. ``params`` (name -> (C, ...)), each sample at its
-        own parameter values; the other parameters enter at their current values."""
-        policy = self.policy
-        fixed = {n: p.detach() for n, p in persample.trainable(policy).items() if n not in params}
-
-        def logp(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
-            o1, a1 = th.utils._pytree.tree_map(lambda x: x.unsqueeze(0), (o, a))
-            with _reparametrize(policy, {**p, **fixed}):
-                # the actor alone: get_distribution skips the critic that evaluate_actions also runs
-                return policy.get_distribution(o1).log_prob(a1).reshape(())
-
-        with _functional_calls(policy):
-            return th.func.vmap(th.func.grad(logp), in_dims=(0, 0, 0))(params, obs, act)
+            assert self._fetch is not None and self._replayer is not None and self._parts is not None
+            self._done.append(
+                self._batch.flush(self._replayer, self._parts, group["eps"], group["betas"], self._fetch)
+            )
 
     def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
         k, batch = pending.coef.shape[1], pending.coef.shape[0]
@@ -429,6 +411,18 @@ def _call(
 
     with _reparametrize_module(policy, p):
         return policy.evaluate_actions(obs, act)
+
+
+def _parts(terms: LossTerms, has_entropy: bool) -> Parts:
+    ent = terms.ent_coef != 0
+    return Parts(
+        k=3 if ent and has_entropy else 2,
+        ent_part=1 if ent and has_entropy else None,
+        ent_logp=ent and not has_entropy,
+        clip_vf=terms.clip_range_vf is not None,
+        ent_coef=float(terms.ent_coef),
+        vf_coef=float(terms.vf_coef),
+    )
 
 
 def _fresh_step_factor(optimizer: th.optim.Optimizer) -> Any:

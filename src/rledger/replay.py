@@ -1,0 +1,404 @@
+"""The fast path's batch engine: per-sample columns from a batched replay of the minibatch forward passes.
+
+During ``train()`` nothing touches the policy's forward or backward pass: before each optimizer step
+the parameters and the per-sample loss inputs (advantage, ratio, value, old value, return) are copied
+into slot buffers, after it Adam's second moments. After many steps one batched computation
+(:meth:`StepBuffers.flush`) replays every buffered minibatch's forward pass at the parameters of its own
+step on a private copy of the policy, with ``torch.func.vmap`` over steps, and takes each part's
+per-sample output gradient at every Linear layer (``d^f = d f_i / d z_i`` for f in log pi, [H], V;
+zero "probe" tensors added to the layer outputs are the differentiation variables). A Gaussian
+``log_std`` is expanded to one row per sample, so its per-sample gradient comes out the same way.
+With the layer inputs ``a`` of the replay and ``F = scale * P`` the Adam factor of each step, the
+per-sample Gram matrices of the parts are, per Linear layer,
+
+    G^Q[f, h] = sum_o d^f_o d^h_o (a^2 @ Q_W^T + Q_b)_o        (Q = 1: |a|^2 + 1)
+
+and every column follows from them and the loss coefficients (:func:`rledger.geometry.loss_coefficients`,
+computed here for all buffered steps at once). Clipped samples need no special case: the replay gives
+every sample's score whatever its coefficient.
+
+Holding a few large tensors instead of many small ones keeps Python's garbage collector out of the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch import Tensor, nn
+
+MAX_BUFFER_ELEMENTS = 1 << 24
+"""Upper bound on the floats held by one set of slot buffers (64 MiB); more steps than fit are flushed."""
+
+REPLAY_CHUNK_ELEMENTS = 1 << 23
+"""Floats of layer activations and their gradients per chunk of the replay (32 MiB): the buffered steps
+are replayed in chunks of about this size, so peak memory does not grow with the network or batch."""
+
+N_TERMS = 5  # advantage_used, ratio, value, old value, return
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which parts the loss has: ``k`` of them, log pi first, the value last, the entropy at
+    ``ent_part`` (None without an entropy term); ``ent_logp``: the entropy loss acts on log pi (no
+    analytic entropy), so log pi's coefficient includes it."""
+
+    k: int
+    ent_part: int | None
+    ent_logp: bool
+    clip_vf: bool
+    ent_coef: float
+    vf_coef: float
+
+
+class Replayer:
+    """Replays minibatches at given parameters on a private copy of the policy.
+
+    ``direct`` names the trainable parameters outside Linear layers (a Gaussian's ``log_std``);
+    ``dummy`` is an (obs, actions) batch for one forward pass that finds which of the loss parts
+    (log pi, entropy, value) pass through each Linear layer (the graph's structure does not depend on
+    the data).
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        linear_names: list[str],
+        direct: list[str],
+        dummy: tuple[Any, Tensor],
+        functional: Callable[[nn.Module], contextlib.AbstractContextManager[None]],
+    ):
+        from rledger import persample
+
+        self.model = copy.deepcopy(policy)
+        if hasattr(self.model, "optimizer"):
+            self.model.optimizer = None  # type: ignore[assignment]
+        modules = dict(self.model.named_modules())
+        self.linear_names = linear_names
+        self.linears: list[nn.Linear] = [modules[n] for n in linear_names]  # type: ignore[misc]
+        with persample.LinearCapture(dict(zip(linear_names, self.linears, strict=True))) as cap:
+            values, log_prob, entropy = self.model.evaluate_actions(*dummy)  # type: ignore[operator]
+        sup = persample.supports([log_prob, entropy if entropy is not None else log_prob, values], cap.calls)
+        by_name = {c.name: j for j, c in enumerate(cap.calls)}
+        self._part_supports = [
+            [by_name[n] in s if n in by_name else False for s in sup] for n in linear_names
+        ]  # per layer: (log pi, entropy, value) pass through it
+        self.model.requires_grad_(False)
+        self.direct = direct
+        self.functional = functional
+        self.supports: list[set[int]] = []
+        self._probes: list[Tensor] = []
+        self._inputs: list[Tensor | None] = []
+        self._slot = {id(m): j for j, m in enumerate(self.linears)}
+        for m in self.linears:
+            m.register_forward_hook(self._hook)
+
+    def set_parts(self, parts: Parts) -> None:
+        """Index the layers' supports by the loss's parts, and group the parts whose supports do not
+        overlap (one backward pass of their sum gives each its own gradients)."""
+        from rledger import persample
+
+        self.supports = []
+        for logp, ent, value in self._part_supports:
+            s = set()
+            if logp:
+                s.add(0)
+            if ent and parts.ent_part is not None:
+                s.add(parts.ent_part)
+            if value:
+                s.add(parts.k - 1)
+            self.supports.append(s)
+        # the direct parameters (log_std) count as one more layer, used by the actor's parts
+        self.direct_support = {0} | ({parts.ent_part} if parts.ent_part is not None else set())
+        layers = [*self.supports, self.direct_support if self.direct else set()]
+        per_part = [{j for j, s in enumerate(layers) if f in s} for f in range(parts.k)]
+        self.groups = persample.disjoint_groups(per_part)
+        self.group_of = {f: g for g, members in enumerate(self.groups) for f in members}
+
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        if not self._probes:
+            return None
+        j = self._slot[id(module)]
+        self._inputs[j] = args[0]
+        return output + self._probes[j]
+
+    def output_grads(
+        self, params: dict[str, Tensor], obs: Any, act: Tensor, k: int, ent_part: int | None
+    ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:
+        """For ``S`` steps of ``B`` samples (params ``(S, ...)``, obs/act ``(S, B, ...)``): each Linear
+        call's inputs ``(S, B, in)``; per layer, each supporting part's output gradients
+        ``(S, B, out)``; per direct parameter, each supporting part's per-sample gradients
+        ``(S, B, n)``. Call :meth:`set_parts` first."""
+        from torch.func import jacrev, vmap
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        model = self.model
+        steps, batch = act.shape[0], act.shape[1]
+        fixed = {n: p for n, p in params.items() if n not in self.direct}
+        direct = {n: params[n][:, None].expand(steps, batch, *params[n].shape[1:]) for n in self.direct}
+        probes = [th.zeros(steps, batch, m.out_features) for m in self.linears]
+
+        def parts(
+            probe: list[Tensor], per_sample: dict[str, Tensor], p: dict[str, Tensor], o: Any, a: Tensor
+        ):  # noqa: ANN202
+            self._probes = probe
+            self._inputs = [None] * len(self.linears)
+            with _reparametrize_module(model, {**p, **per_sample}):
+                values, log_prob, entropy = model.evaluate_actions(o, a)  # type: ignore[operator]
+            out = [log_prob.sum()]
+            if ent_part is not None:
+                out.append(entropy.sum() if entropy is not None else -log_prob.sum())
+            out.append(values.sum())
+            sums = th.stack([sum(out[f] for f in group) for group in self.groups])  # type: ignore[misc]
+            return sums, [x if x is not None else th.zeros(()) for x in self._inputs]
+
+        with self.functional(model), th.enable_grad():
+            (g_out, g_direct), inputs = vmap(jacrev(parts, argnums=(0, 1), has_aux=True))(
+                probes, direct, fixed, obs, act
+            )
+        self._probes, self._inputs = [], []
+        d = [{f: g_out[j][:, self.group_of[f]] for f in sup} for j, sup in enumerate(self.supports)]
+        u = {
+            n: {f: g_direct[n][:, self.group_of[f]].reshape(steps, batch, -1) for f in self.direct_support}
+            for n in self.direct
+        }
+        return inputs, d, u
+
+
+class StepBuffers:
+    """Slot buffers for up to ``capacity`` optimizer steps of minibatches of ``batch`` samples."""
+
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        names: list[str],
+        batch: int,
+        steps_hint: int,
+    ):
+        self.params, self.names, self.batch = params, names, batch
+        n_params = sum(p.numel() for p in params)
+        per_step = 2 * n_params + batch * (N_TERMS + 2)
+        self.capacity = int(max(1, min(steps_hint, MAX_BUFFER_ELEMENTS // max(per_step, 1))))
+        cap, b = self.capacity, batch
+        self.p = [th.zeros(cap, *p.shape) for p in params]
+        self.v = [th.zeros(cap, *p.shape) for p in params]
+        self.terms = th.zeros(cap, N_TERMS, b)
+        # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf) of each step, in float64 as SB3 has them
+        self.bounds = np.zeros((cap, 4), dtype=np.float64)
+        self.t = np.zeros((cap, b), dtype=np.int32)
+        self.env = np.zeros((cap, b), dtype=np.int16)
+        self.keys = np.zeros((cap, 3), dtype=np.int64)  # rollout, epoch, minibatch
+        self.clip = np.zeros(cap, dtype=np.float32)
+        self.step = np.zeros(cap, dtype=np.float64)
+        self.lr = np.zeros(cap, dtype=np.float64)
+        self.m = 0
+
+    @property
+    def full(self) -> bool:
+        return self.m == self.capacity
+
+    def put_before(self, terms: Tensor, clip_range: float, clip_range_vf: float | None) -> None:
+        """Before the step: the parameters it starts from and its ``(N_TERMS, B)`` loss inputs."""
+        m = self.m
+        th._foreach_copy_([p[m] for p in self.p], [p.detach() for p in self.params])
+        self.terms[m].copy_(terms)
+        vf = clip_range_vf if clip_range_vf is not None else 0.0
+        self.bounds[m] = (1 - clip_range, 1 + clip_range, -vf, vf)
+
+    def put_after(self, v: list[Tensor], step: float, lr: float, clip: float, base: dict[str, Any]) -> None:
+        m = self.m
+        th._foreach_copy_([x[m] for x in self.v], v)
+        self.step[m], self.lr[m], self.clip[m] = step, lr, clip
+        self.t[m] = base["t"]
+        self.env[m] = base["env"]
+        self.keys[m] = (base["rollout"], base["epoch"], base["minibatch"])
+        self.m += 1
+
+    def flush(
+        self,
+        replayer: Replayer,
+        parts: Parts,
+        eps: float,
+        betas: tuple[float, float],
+        fetch: Callable[[np.ndarray], tuple[Any, Tensor]],
+    ) -> dict[str, np.ndarray]:
+        """Columns of the buffered steps (``m * batch`` rows, in recording order); empties the buffers."""
+        m, b = self.m, self.batch
+        t = self.t[:m].reshape(-1).astype(np.int64)
+        env = self.env[:m].reshape(-1).astype(np.int64)
+        obs, act = fetch(np.stack([t, env], 1))
+        obs, act = th.utils._pytree.tree_map(lambda x: x.reshape(m, b, *x.shape[1:]), (obs, act))
+        width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
+        chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
+        pieces = []
+        for lo in range(0, m, chunk):
+            hi = min(m, lo + chunk)
+            sub_obs, sub_act = th.utils._pytree.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], (obs, act))
+            pieces.append(self._chunk_columns(replayer, parts, eps, betas, lo, hi, sub_obs, sub_act))
+        cols = {name: th.cat([p[name] for p in pieces]) for name in pieces[0]}
+        out = {name: col.reshape(-1).numpy().copy() for name, col in cols.items()}
+        out["t"] = self.t[:m].reshape(-1).copy()
+        out["env"] = self.env[:m].reshape(-1).copy()
+        for j, key in enumerate(("rollout", "epoch", "minibatch")):
+            out[key] = np.repeat(self.keys[:m, j], b)
+        self.m = 0
+        return out
+
+    # ------------------------------------------------------------------ batch
+    def _chunk_columns(
+        self,
+        replayer: Replayer,
+        parts: Parts,
+        eps: float,
+        betas: tuple[float, float],
+        lo: int,
+        hi: int,
+        obs: Any,
+        act: Tensor,
+    ) -> dict[str, Tensor]:
+        from rledger.geometry import loss_coefficients
+
+        k = parts.k
+        replayer.set_parts(parts)
+        terms = self.terms[lo:hi]
+        bounds = th.from_numpy(self.bounds[lo:hi])
+        cr, crv = bounds[:, :2], (bounds[:, 2:] if parts.clip_vf else None)
+        coef, alpha, ent_part, ent_logp, clipped = loss_coefficients(
+            _Terms(terms[:, 0], terms[:, 1], cr, terms[:, 2], terms[:, 3], terms[:, 4], crv,
+                   parts.ent_coef, parts.vf_coef),
+            not parts.ent_logp,
+        )  # fmt: skip
+        params = {n: p[lo:hi] for n, p in zip(self.names, self.p, strict=True)}
+        inputs, d_out, d_direct = replayer.output_grads(params, obs, act, k, ent_part)
+        fac = self._factors(lo, hi, eps, betas)
+        s, b = hi - lo, self.batch
+        g1 = th.zeros(s, b, k, k)
+        gp2 = th.zeros(s, b, k, k)
+        gp00 = th.zeros(s, b)
+        for j, ly in enumerate(replayer.linears):
+            sup = sorted(replayer.supports[j])
+            if not sup:
+                continue
+            w1, q2, q1 = _layer_weights(
+                replayer.linear_names[j], ly, inputs[j].square(), fac, with_f=0 in sup
+            )
+            d = d_out[j]  # part -> (S, B, out)
+            for x, f in enumerate(sup):
+                for h in sup[x:]:
+                    dd = d[f] * d[h]
+                    g1[..., f, h] += dd.sum(-1) * w1
+                    gp2[..., f, h] += (dd * q2).sum(-1)
+            if q1 is not None:
+                gp00 += (d[0].square() * q1).sum(-1)
+        for name in replayer.direct:
+            u = d_direct[name]  # part -> (S, B, n)
+            sup = sorted(u)
+            f1, f2 = fac.get(name, (None, None))
+            for x, f in enumerate(sup):
+                for h in sup[x:]:
+                    uu = u[f] * u[h]
+                    g1[..., f, h] += uu.sum(-1)
+                    if f2 is not None:
+                        gp2[..., f, h] += (uu * f2.reshape(s, 1, -1)).sum(-1)
+            if f1 is not None:
+                gp00 += (u[0].square() * f1.reshape(s, 1, -1)).sum(-1)
+        g1 = g1 + th.triu(g1, 1).transpose(-1, -2)
+        gp2 = gp2 + th.triu(gp2, 1).transpose(-1, -2)
+        clip = th.from_numpy(self.clip[lo:hi])[:, None]
+        return {
+            "advantage_used": terms[:, 0],
+            "ratio": terms[:, 1],
+            "clipped": clipped,
+            **_columns(g1, gp2, gp00, coef, alpha, ent_part, ent_logp, clip),
+        }
+
+    def _factors(
+        self, lo: int, hi: int, eps: float, betas: tuple[float, float]
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``F = scale * P`` and ``F**2`` per parameter (by name) and step, ``(S, *shape)``."""
+        beta1, beta2 = betas
+        step, lr = th.from_numpy(self.step[lo:hi]), th.from_numpy(self.lr[lo:hi])
+        scale = (lr * (1 - beta1) / (1 - beta1**step)).float()
+        bc2_sqrt = th.sqrt(1 - beta2**step).float()
+        fac = {}
+        for name, p, v in zip(self.names, self.params, self.v, strict=True):
+            shape = (-1,) + (1,) * p.dim()
+            # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps): the denominator torch's Adam divides by
+            f = scale.view(shape) / (v[lo:hi].sqrt() / bc2_sqrt.view(shape) + eps)
+            fac[name] = (f, f.square())
+        return fac
+
+
+@dataclass
+class _Terms:
+    """LossTerms for many steps at once: ``(S, B)`` tensors, per-step clip ranges ``(S, 1)``."""
+
+    advantages: Tensor
+    ratio: Tensor
+    clip_range: Any
+    values: Tensor
+    old_values: Tensor
+    returns: Tensor
+    clip_range_vf: Any
+    ent_coef: float
+    vf_coef: float
+
+
+def _layer_weights(
+    name: str, ly: nn.Linear, a2: Tensor, fac: dict[str, tuple[Tensor, Tensor]], with_f: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per sample and output unit, ``w1 = |a|^2 + 1``, ``q2 = a^2 @ (F^2)^T + F_b^2`` and, when asked,
+    ``q1 = a^2 @ F^T + F_b``; a parameter the optimizer does not train adds nothing."""
+    s, b = a2.shape[0], a2.shape[1]
+    out = ly.out_features
+    n_q = 2 if with_f else 1
+    w1 = th.zeros(s, b)
+    q = th.zeros(s, b, n_q * out)
+    fw = fac.get(f"{name}.weight")
+    if fw is not None:
+        q = th.bmm(a2, (th.cat([fw[1], fw[0]], 1) if with_f else fw[1]).transpose(1, 2))
+        w1 = a2.sum(-1)
+    fb = fac.get(f"{name}.bias") if ly.bias is not None else None
+    if fb is not None:
+        q = q + (th.cat([fb[1], fb[0]], 1) if with_f else fb[1])[:, None, :]
+        w1 = w1 + 1.0
+    return w1, q[..., :out], (q[..., out:] if with_f else None)
+
+
+def _columns(
+    g1: Tensor,
+    gp2: Tensor,
+    gp00: Tensor,
+    c: Tensor,
+    alpha: Tensor,
+    ent_part: int | None,
+    ent_logp: Tensor | None,
+    clip: Tensor,
+) -> dict[str, Tensor]:
+    """The per-sample columns from the Gram matrices and the loss coefficients (see the schema)."""
+    score = g1[..., 0, 0].clamp_min(0).sqrt()
+    pg = alpha.abs() * score
+    if ent_part is not None:
+        ent = c[..., ent_part].abs() * g1[..., ent_part, ent_part].clamp_min(0).sqrt()
+    elif ent_logp is not None:
+        ent = ent_logp.abs() * score
+    else:
+        ent = th.zeros_like(score)
+    vf = c[..., -1].abs() * g1[..., -1, -1].clamp_min(0).sqrt()
+    total = th.einsum("...k,...kl,...l->...", c, g1, c).clamp_min(0).sqrt()
+    adam = clip * th.einsum("...k,...kl,...l->...", c, gp2, c).clamp_min(0).sqrt()
+    self_reinf = -clip * alpha * gp00
+    return {
+        "score_norm": score,
+        "pg_grad_norm": pg,
+        "entropy_grad_norm": ent,
+        "value_grad_norm": vf,
+        "loss_grad_norm": total,
+        "adam_update_norm": adam,
+        "self_reinforcement": self_reinf,
+    }
