@@ -49,5 +49,7 @@ def test_python_dash_m_knows_every_command():
 
     from rledger.cli import main
 
-    out = subprocess.run([sys.executable, "-m", "rledger.cli", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rledger.cli", "--help"], capture_output=True, text=True
+    ).stdout
     assert main.commands and all(name in out for name in main.commands)

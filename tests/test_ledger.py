@@ -156,6 +156,37 @@ def test_same_seed_same_ledger(tmp_path):
         pd.testing.assert_frame_equal(a.table(table), b.table(table))
 
 
+def test_background_thread_gives_the_same_ledger(tmp_path):
+    """The background thread (default) and train() itself write identical tables; the thread is gone
+    once learn() returns."""
+    import threading
+
+    _, a = train(tmp_path / "a", rollouts=3, ent_coef=0.01)
+    assert not [t for t in threading.enumerate() if t.name.startswith("rledger-ledger")]
+    _, b = train(tmp_path / "b", rollouts=3, ent_coef=0.01, background=False)
+    for table in schema.TABLES:
+        pd.testing.assert_frame_equal(a.table(table), b.table(table))
+
+
+def test_background_error_reaches_learn(tmp_path, monkeypatch):
+    """An error in the background thread is raised by learn(), and no file of that rollout appears."""
+    from rledger.ledger.writer import LedgerWriter
+
+    real = LedgerWriter.write
+
+    def failing(self, table, rollout, cols):  # noqa: ANN001, ANN202
+        if table == "samples" and rollout == 1:
+            raise OSError("disk full (test)")
+        return real(self, table, rollout, cols)
+
+    monkeypatch.setattr(LedgerWriter, "write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        train(tmp_path / "r", rollouts=3)
+    assert not (tmp_path / "r" / "samples" / "part-000001.parquet").exists()
+    assert (tmp_path / "r" / "samples" / "part-000000.parquet").exists()
+    assert not (tmp_path / "r" / "transitions" / "part-000002.parquet").exists()  # nothing after it
+
+
 def test_reader_pushdown_and_sql(run):
     ledger = run[1]
     sub = ledger.samples(columns=["rollout", "t"], filters=[("rollout", ">=", 2)])

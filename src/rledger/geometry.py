@@ -9,8 +9,10 @@ graph is alive (per-sample coefficients of each loss part; what the layers' grad
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,13 +150,16 @@ class SampleGeometry:
         names = {id(p): n for n, p in policy.named_parameters()}
         self._opt_names = [names[id(p)] for p in self._opt_params]
         self._batch: StepBuffers | None = None
-        self._batches: dict[int, StepBuffers] = {}
+        self._batches: dict[int, list[StepBuffers]] = {}  # per minibatch size: at most two sets
+        self._submit: (
+            Callable[[Callable[[], dict[str, np.ndarray]]], Future[dict[str, np.ndarray]]] | None
+        ) = None
         self._replayer: Replayer | None = None
         self._parts: Parts | None = None
         self._epochs_hint = 1
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
         self._steps_hint = 1
-        self._done: list[dict[str, np.ndarray]] = []
+        self._done: list[dict[str, np.ndarray] | Future[dict[str, np.ndarray]]] = []
 
     # ------------------------------------------------------------------ setup
     def _choose_path(self) -> str:
@@ -200,11 +205,18 @@ class SampleGeometry:
             ) from exc
 
     def reset(
-        self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], steps_hint: int, epochs: int = 1
+        self,
+        fetch: Callable[[np.ndarray], tuple[Any, Tensor]],
+        steps_hint: int,
+        epochs: int = 1,
+        submit: Callable[[Callable[[], dict[str, np.ndarray]]], Future[dict[str, np.ndarray]]] | None = None,
     ) -> None:
         """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
-        actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected."""
+        actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected.
+        ``submit(job)`` runs a batched computation elsewhere (a background thread) and returns its
+        future; ``None``: compute in the calling thread."""
         self._support = None
+        self._submit = submit
         self._parts = None
         self.mode = self._choose_mode() if self.path == "linear" else None
         self._fetch = fetch
@@ -294,13 +306,12 @@ class SampleGeometry:
         row.update({k: v.numpy() for k, v in cols.items()})
         self._done.append(row)
 
-    def finish(self) -> dict[str, np.ndarray] | None:
-        """All recorded samples of this train() call as columns, in recording order (None if none)."""
+    def finish(self) -> list[dict[str, np.ndarray] | Future[dict[str, np.ndarray]]]:
+        """The recorded samples of this train() call, in recording order: column dicts, or futures of
+        them for batched computations still running (:func:`combine` joins them)."""
         self._flush()
         done, self._done = self._done, []
-        if not done:
-            return None
-        return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+        return done
 
     # ------------------------------------------------------------------ modes
     def _choose_mode(self) -> str:
@@ -322,24 +333,41 @@ class SampleGeometry:
 
     def _batch_for(self, batch: int) -> StepBuffers:
         """The slot buffers for this minibatch size. Buffers are kept per size (a truncated last
-        minibatch gets its own); switching size flushes the active ones first, so rows stay in order."""
-        if self._batch is not None and self._batch.batch == batch:
+        minibatch gets its own); switching size flushes the active ones first, so rows stay in order.
+        While one set is being flushed in the background, a second one takes the next steps."""
+        if self._batch is not None and self._batch.batch == batch and not self._batch.full:
             return self._batch
         self._flush()
-        if batch not in self._batches:
+        pool = self._batches.setdefault(batch, [])
+        free = [b for b in pool if not b.busy]
+        if not free and len(pool) >= 2:  # both sets are being flushed: the background thread is behind
+            for b in pool:
+                if b.future is not None:
+                    b.future.result()
+            free = [b for b in pool if not b.busy]
+        if not free:
             # the truncated minibatch occurs once per epoch: size its buffers to n_epochs steps
-            hint = self._steps_hint if not self._batches else max(1, self._epochs_hint)
-            self._batches[batch] = StepBuffers(self._opt_params, self._opt_names, batch, hint)
-        self._batch = self._batches[batch]
+            hint = self._steps_hint if len(self._batches) == 1 else max(1, self._epochs_hint)
+            pool.append(StepBuffers(self._opt_params, self._opt_names, batch, hint))
+            free = pool[-1:]
+        self._batch = free[0]
         return self._batch
 
     def _flush(self) -> None:
-        if self._batch is not None and self._batch.m > 0:
-            group = self.optimizer.param_groups[0]
-            assert self._fetch is not None and self._replayer is not None and self._parts is not None
-            self._done.append(
-                self._batch.flush(self._replayer, self._parts, group["eps"], group["betas"], self._fetch)
-            )
+        buf = self._batch
+        if buf is None or buf.m == 0:
+            return
+        group = self.optimizer.param_groups[0]
+        assert self._fetch is not None and self._replayer is not None and self._parts is not None
+        obs, act = buf.gather(self._fetch)  # now: the rollout buffer is refilled while the flush runs
+        args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act)
+        if self._submit is None:
+            self._done.append(buf.flush(*args))
+            return
+        buf.busy = True
+        self._batch = None
+        buf.future = self._submit(functools.partial(buf.flush, *args))
+        self._done.append(buf.future)
 
     def _columns_now(self, pending: _Pending, precond: Any, clip_coef: Tensor) -> dict[str, Tensor]:
         k, batch = pending.coef.shape[1], pending.coef.shape[0]
@@ -411,6 +439,17 @@ def _call(
 
     with _reparametrize_module(policy, p):
         return policy.evaluate_actions(obs, act)
+
+
+def combine(
+    pieces: list[dict[str, np.ndarray] | Future[dict[str, np.ndarray]]],
+) -> dict[str, np.ndarray] | None:
+    """Join :meth:`SampleGeometry.finish`'s pieces into one set of columns (waiting for futures;
+    their errors are raised here). ``None`` when nothing was recorded."""
+    done = [p.result() if isinstance(p, Future) else p for p in pieces]
+    if not done:
+        return None
+    return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
 
 
 def _parts(terms: LossTerms, has_entropy: bool) -> Parts:

@@ -12,8 +12,9 @@ import contextlib
 import os
 import platform
 import subprocess
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import gymnasium
 import numpy as np
@@ -28,12 +29,13 @@ from torch.nn import functional as F
 
 from rledger import __version__
 from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
-from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError
+from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError, combine
 from rledger.ledger import schema
 from rledger.ledger.writer import LedgerWriter
 from rledger.recorder import EpisodeTracker, RolloutArrays, StepRecorder, initial_state_ids, obs_hash_rows
 
 ALL_TABLES = schema.TABLES
+T = TypeVar("T")
 
 
 class InstrumentedPPO(PPO):
@@ -49,6 +51,10 @@ class InstrumentedPPO(PPO):
     :param info_keys: scalar ``info`` keys copied into ``transitions`` (per step) and ``episodes``
         (summed over the episode), e.g. ``("hidden_reward",)``.
     :param overwrite: replace an existing non-empty ledger directory.
+    :param background: compute the batched per-sample columns and write each rollout's ledger files in
+        a background thread (one per model), while the next rollout is collected; ``learn()`` waits
+        for it before it returns, and :meth:`sync_ledger` does so on demand. ``False``: all of it
+        inside ``train()``. The ledger is the same either way.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class InstrumentedPPO(PPO):
         record_every: int = 1,
         info_keys: Iterable[str] = (),
         overwrite: bool = False,
+        background: bool = True,
         **kwargs: Any,
     ):
         record = tuple(record)
@@ -86,6 +93,10 @@ class InstrumentedPPO(PPO):
         self._episodes: EpisodeTracker | None = None
         self._arrays: RolloutArrays | None = None
         self._geometry: SampleGeometry | None = None
+        self.background = bool(background)
+        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: list[Future[None]] = []
+        self._write_failed = False
         super().__init__(policy, env, *args, **kwargs)
 
     # ------------------------------------------------------------------ setup
@@ -110,7 +121,7 @@ class InstrumentedPPO(PPO):
         return [
             *super()._excluded_save_params(),
             "_writer", "_geometry", "_arrays", "_episodes", "_state_ids", "_pending_episodes",
-            "_run_info_cache", "_info_state_ids", "_started",
+            "_run_info_cache", "_info_state_ids", "_started", "_executor", "_jobs", "_write_failed",
         ]  # fmt: skip
 
     @property
@@ -137,6 +148,28 @@ class InstrumentedPPO(PPO):
         if self._writer is not None:
             self._writer.open(self._run_info(total_timesteps))
         return out
+
+    def learn(self, *args: Any, **kwargs: Any) -> InstrumentedPPO:
+        """SB3's ``learn()``; returns once every trained rollout is in the ledger."""
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            self.sync_ledger()
+
+    def sync_ledger(self) -> None:
+        """Wait until the background thread has written every rollout trained so far, and stop it.
+        Raises the first error it met (after waiting for the rest)."""
+        jobs, self._jobs = self._jobs, []
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        for job in jobs:
+            job.result()
+
+    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rledger-ledger")
+        return self._executor.submit(fn)
 
     def _recording(self) -> bool:
         return self._writer is not None and self._rollout % self.record_every == 0
@@ -168,10 +201,14 @@ class InstrumentedPPO(PPO):
         update_rows: list[dict[str, Any]] = []
         grad_norms: list[float] = []
         clip_coefs: list[float] = []
+        self._raise_background_error()
         if geometry is not None:
             n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
             geometry.reset(
-                self._fetch_samples, self.n_epochs * -(-n_samples // self.batch_size), self.n_epochs
+                self._fetch_samples,
+                self.n_epochs * -(-n_samples // self.batch_size),
+                self.n_epochs,
+                self._submit if self.background else None,
             )
 
         # Switch to train mode (this affects batch norm / dropout)
@@ -352,7 +389,7 @@ class InstrumentedPPO(PPO):
             self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
             self.logger.record("train/clip_coef", float(np.mean(clip_coefs)))
 
-        samples = geometry.finish() if geometry is not None else None
+        samples = geometry.finish() if geometry is not None else []
         self._write_rollout(recording, transitions, samples, update_rows)
 
     def _fetch_samples(self, t_env: np.ndarray) -> tuple[Any, th.Tensor]:
@@ -406,7 +443,7 @@ class InstrumentedPPO(PPO):
         self,
         recording: bool,
         transitions: dict[str, Any] | None,
-        samples: dict[str, np.ndarray] | None,
+        samples: list[Any],
         update_rows: list[dict[str, Any]],
     ) -> None:
         rollout = self._rollout
@@ -415,16 +452,39 @@ class InstrumentedPPO(PPO):
         episodes, self._pending_episodes = self._pending_episodes, []
         if writer is None:
             return
-        if transitions is not None:
-            writer.write("transitions", rollout, transitions)
-        if recording and "samples" in self.record:
-            writer.write("samples", rollout, _sample_columns(samples))
-        if recording and "updates" in self.record:
-            writer.write("updates", rollout, _rows_to_columns(update_rows, "updates", ()))
-        if "episodes" in self.record and episodes:
-            writer.write("episodes", rollout, _rows_to_columns(episodes, "episodes", self.info_keys))
         info = self._run_info(None)
-        writer.update_run_info(info)
+        tables: list[tuple[str, Any]] = []
+        if transitions is not None:
+            # copies: some columns are views of the rollout buffer, which the next rollout refills
+            tables.append(("transitions", {k: np.array(v, copy=True) for k, v in transitions.items()}))
+        if recording and "samples" in self.record:
+            tables.append(("samples", lambda: _sample_columns(combine(samples))))
+        if recording and "updates" in self.record:
+            tables.append(("updates", _rows_to_columns(update_rows, "updates", ())))
+        if "episodes" in self.record and episodes:
+            tables.append(("episodes", _rows_to_columns(episodes, "episodes", self.info_keys)))
+
+        def write() -> None:
+            if self._write_failed:  # a rollout before this one failed: write nothing after it
+                return
+            try:
+                for table, cols in tables:
+                    writer.write(table, rollout, cols() if callable(cols) else cols)
+                writer.update_run_info(info)
+            except BaseException:
+                self._write_failed = True
+                raise
+
+        if self.background:
+            self._jobs.append(self._submit(write))
+        else:
+            write()
+
+    def _raise_background_error(self) -> None:
+        """Surface an error of the background thread at the next train() (it stops the run)."""
+        if any(job.done() and job.exception() is not None for job in self._jobs):
+            self.sync_ledger()
+        self._jobs = [job for job in self._jobs if not job.done()]
 
     def _run_info(self, total_timesteps: int | None) -> dict[str, Any]:
         prev: dict[str, Any] = getattr(self, "_run_info_cache", {})

@@ -197,6 +197,8 @@ class StepBuffers:
         self.step = np.zeros(cap, dtype=np.float64)
         self.lr = np.zeros(cap, dtype=np.float64)
         self.m = 0
+        self.busy = False  # handed to a background flush; not to be written until it is done
+        self.future: Any = None  # that flush's future
 
     @property
     def full(self) -> bool:
@@ -219,20 +221,36 @@ class StepBuffers:
         self.keys[m] = (base["rollout"], base["epoch"], base["minibatch"])
         self.m += 1
 
+    def gather(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
+        """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
+        (``fetch`` maps (t, env) pairs to them); must run before the rollout buffer is refilled."""
+        m, b = self.m, self.batch
+        t = self.t[:m].reshape(-1).astype(np.int64)
+        env = self.env[:m].reshape(-1).astype(np.int64)
+        obs, act = fetch(np.stack([t, env], 1))
+        return th.utils._pytree.tree_map(lambda x: x.reshape(m, b, *x.shape[1:]), (obs, act))
+
     def flush(
         self,
         replayer: Replayer,
         parts: Parts,
         eps: float,
         betas: tuple[float, float],
-        fetch: Callable[[np.ndarray], tuple[Any, Tensor]],
+        obs: Any,
+        act: Tensor,
     ) -> dict[str, np.ndarray]:
-        """Columns of the buffered steps (``m * batch`` rows, in recording order); empties the buffers."""
+        """Columns of the buffered steps (``m * batch`` rows, in recording order), given their
+        observations and actions from :meth:`gather`; empties the buffers (also on error)."""
+        try:
+            return self._flush(replayer, parts, eps, betas, obs, act)
+        finally:
+            self.m = 0
+            self.busy = False
+
+    def _flush(
+        self, replayer: Replayer, parts: Parts, eps: float, betas: tuple[float, float], obs: Any, act: Tensor
+    ) -> dict[str, np.ndarray]:
         m, b = self.m, self.batch
-        t = self.t[:m].reshape(-1).astype(np.int64)
-        env = self.env[:m].reshape(-1).astype(np.int64)
-        obs, act = fetch(np.stack([t, env], 1))
-        obs, act = th.utils._pytree.tree_map(lambda x: x.reshape(m, b, *x.shape[1:]), (obs, act))
         width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
         chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
         pieces = []
@@ -246,7 +264,6 @@ class StepBuffers:
         out["env"] = self.env[:m].reshape(-1).copy()
         for j, key in enumerate(("rollout", "epoch", "minibatch")):
             out[key] = np.repeat(self.keys[:m, j], b)
-        self.m = 0
         return out
 
     # ------------------------------------------------------------------ batch
