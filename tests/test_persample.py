@@ -62,6 +62,16 @@ CASES = {
         ent_coef=0.05,
         policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
     ),
+    # the torch.func replay, which policies other than SB3's MLPs take, on the MLP cases too
+    "func-replay-pendulum-ent-vfclip": dict(
+        env="Pendulum-v1",
+        n_envs=4,
+        replay="func",
+        ent_coef=0.02,
+        clip_range_vf=0.1,
+        policy_kwargs=dict(net_arch=dict(pi=[16], vf=[16, 16]), activation_fn=th.nn.ReLU),
+    ),
+    "func-replay-cartpole-ent-clip": dict(env="CartPole-v1", replay="func", ent_coef=0.01, clip_range=0.03),
     "extra-backward-pendulum-vfclip": dict(
         env="Pendulum-v1", mode="extra-backward", ent_coef=0.02, clip_range_vf=0.1
     ),
@@ -77,12 +87,14 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     policy = case.pop("policy", "MlpPolicy")
     queue = case.pop("queue", None)
     mode = case.pop("mode", "batched")
+    replay = case.pop("replay", None)
     model = InstrumentedPPO(
         policy, env, n_steps=n_steps, batch_size=case.pop("batch_size", 32), n_epochs=4, learning_rate=1e-2,
         seed=1, ledger=tmp_path / "run", **case,
     )  # fmt: skip
     assert model._geometry.path == expect_path
     model._geometry.batched_enabled = mode == "batched"
+    model._geometry.mlp_replay_enabled = replay != "func"
     if queue is not None:  # small slot buffers: the batched computation flushes every few steps
         import rledger.replay
 
@@ -99,6 +111,9 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     geometry = model._geometry
     if expect_path == "linear":
         assert geometry.mode == mode
+        if mode == "batched":  # which replay ran: SB3's MLPs by hand unless told otherwise
+            mlp = "features_extractor_class" not in case.get("policy_kwargs", {})  # param-free extractors
+            assert (geometry._replayer.plan is not None) == (mlp and replay != "func")
         if queue is not None:
             assert max(b.capacity for pool in geometry._batches.values() for b in pool) < 5
     return model, tape, Ledger(tmp_path / "run")

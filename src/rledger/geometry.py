@@ -144,6 +144,7 @@ class SampleGeometry:
         self.path = self._choose_path()
         self.mode: str | None = None
         self.batched_enabled = True
+        self.mlp_replay_enabled = True  # False: replay SB3's MLP policies with torch.func too (tests)
         self._support: list[set[int]] | None = None
         self._adam = isinstance(optimizer, th.optim.Adam | th.optim.AdamW)
         self._opt_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
@@ -155,6 +156,8 @@ class SampleGeometry:
             Callable[[Callable[[], dict[str, np.ndarray]]], Future[dict[str, np.ndarray]]] | None
         ) = None
         self._replayer: Replayer | None = None
+        self._v_views: list[Tensor] | None = None
+        self._step_tensor: Any = None
         self._parts: Parts | None = None
         self._epochs_hint = 1
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
@@ -217,6 +220,8 @@ class SampleGeometry:
         future; ``None``: compute in the calling thread."""
         self._support = None
         self._submit = submit
+        self._v_views: list[Tensor] | None = None
+        self._step_tensor: Any = None
         self._parts = None
         self.mode = self._choose_mode() if self.path == "linear" else None
         self._fetch = fetch
@@ -290,10 +295,11 @@ class SampleGeometry:
         if pending.batched:
             assert self._batch is not None
             group = optimizer.param_groups[0]
-            states = [optimizer.state[p] for p in self._opt_params]
-            step = float(states[0]["step"])
+            if self._v_views is None:  # Adam's state tensors are updated in place: views stay current
+                self._v_views = [optimizer.state[p]["exp_avg_sq"].view(-1) for p in self._opt_params]
+                self._step_tensor = optimizer.state[self._opt_params[0]]["step"]
             self._batch.put_after(
-                [st["exp_avg_sq"] for st in states], step, float(group["lr"]), float(clip_coef), base
+                self._v_views, float(self._step_tensor), float(group["lr"]), float(clip_coef), base
             )
             if self._batch.full:
                 self._flush()
@@ -323,13 +329,16 @@ class SampleGeometry:
         return "extra-backward"
 
     def _make_replayer(self) -> Replayer:
-        return Replayer(
+        replayer = Replayer(
             self.policy,
             list(self.linears),
             ["log_std"] if self.gaussian else [],
             self._dummy_batch(2),
             _functional_calls,
         )
+        if not self.mlp_replay_enabled:
+            replayer.plan = None
+        return replayer
 
     def _batch_for(self, batch: int) -> StepBuffers:
         """The slot buffers for this minibatch size. Buffers are kept per size (a truncated last

@@ -97,6 +97,7 @@ class Replayer:
         self._slot = {id(m): j for j, m in enumerate(self.linears)}
         for m in self.linears:
             m.register_forward_hook(self._hook)
+        self.plan = _mlp_plan(self.model, self.linears, direct)
 
     def set_parts(self, parts: Parts) -> None:
         """Index the layers' supports by the loss's parts, and group the parts whose supports do not
@@ -133,7 +134,19 @@ class Replayer:
         """For ``S`` steps of ``B`` samples (params ``(S, ...)``, obs/act ``(S, B, ...)``): each Linear
         call's inputs ``(S, B, in)``; per layer, each supporting part's output gradients
         ``(S, B, out)``; per direct parameter, each supporting part's per-sample gradients
-        ``(S, B, n)``. Call :meth:`set_parts` first."""
+        ``(S, B, n)``. Call :meth:`set_parts` first.
+
+        SB3's MLP policies (``MlpExtractor`` with Tanh or ReLU, a categorical or diagonal Gaussian
+        action distribution, parameter-free features extractors) take a hand-written batched forward
+        and backward pass (:meth:`_mlp_grads`); any other policy of the linear path the
+        ``torch.func`` replay."""
+        if self.plan is not None:
+            return self._mlp_grads(params, obs, act, k, ent_part)
+        return self._func_grads(params, obs, act, k, ent_part)
+
+    def _func_grads(
+        self, params: dict[str, Tensor], obs: Any, act: Tensor, k: int, ent_part: int | None
+    ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:
         from torch.func import jacrev, vmap
         from torch.nn.utils.stateless import _reparametrize_module
 
@@ -169,6 +182,154 @@ class Replayer:
         }
         return inputs, d, u
 
+    def _weights(self, params: dict[str, Tensor], j: int, steps: int) -> tuple[Tensor, Tensor | None]:
+        """Layer ``j``'s weight ``(S, out, in)`` and bias ``(S, out)`` at each step (a parameter the
+        optimizer does not train keeps its value)."""
+        name, module = self.linear_names[j], self.linears[j]
+        w = params.get(f"{name}.weight")
+        if w is None:
+            w = module.weight.detach().expand(steps, *module.weight.shape)
+        b = params.get(f"{name}.bias")
+        if b is None and module.bias is not None:
+            b = module.bias.detach().expand(steps, *module.bias.shape)
+        return w, b
+
+    def _mlp_grads(
+        self, params: dict[str, Tensor], obs: Any, act: Tensor, k: int, ent_part: int | None
+    ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:
+        """The replay of an SB3 MLP policy by hand: batched matmuls at each step's weights forward,
+        and the closed-form output gradients of log pi, the entropy and the value backward."""
+        plan = self.plan
+        assert plan is not None
+        steps, batch = act.shape[0], act.shape[1]
+        inputs: list[Tensor] = [th.zeros(()) for _ in self.linears]
+        d: list[dict[int, Tensor]] = [{} for _ in self.linears]
+        with th.no_grad():
+            flat = th.utils._pytree.tree_map(lambda x: x.reshape(steps * batch, *x.shape[2:]), obs)
+            feats = self.model.extract_features(flat)  # type: ignore[operator]
+            pi_f, vf_f = feats if isinstance(feats, tuple) else (feats, feats)
+
+            def forward(layers: list[tuple[int, str]], head: int, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+                h, outs = x.reshape(steps, batch, -1), []
+                for j, kind in layers:
+                    inputs[j] = h
+                    w, b = self._weights(params, j, steps)
+                    z = (
+                        th.bmm(h, w.transpose(1, 2))
+                        if b is None
+                        else th.baddbmm(b[:, None], h, w.transpose(1, 2))
+                    )
+                    h = th.tanh(z) if kind == "tanh" else th.relu(z)
+                    outs.append(h)
+                inputs[head] = h
+                w, b = self._weights(params, head, steps)
+                z = (
+                    th.bmm(h, w.transpose(1, 2))
+                    if b is None
+                    else th.baddbmm(b[:, None], h, w.transpose(1, 2))
+                )
+                return z, outs
+
+            def backward(
+                layers: list[tuple[int, str]], head: int, outs: list[Tensor], g: dict[int, Tensor]
+            ) -> None:
+                """``g``: part -> its gradient at the head's output ``(S, B, n)``; records every
+                layer's output gradient of the parts in that layer's support."""
+                parts = sorted(g)
+                n_p = len(parts)
+                cur = th.cat([g[f] for f in parts], 1)  # (S, P * B, n)
+                pos = [(j, None) for j, _ in layers] + [(head, None)]
+                for idx in range(len(pos) - 1, -1, -1):
+                    j = pos[idx][0]
+                    if idx < len(layers):  # through the activation that produced the next layer's input
+                        y = outs[idx].repeat(1, n_p, 1)
+                        cur = cur * (1 - y * y) if layers[idx][1] == "tanh" else cur * (y > 0)
+                    for x, f in enumerate(parts):
+                        if f in self.supports[j]:
+                            d[j][f] = cur[:, x * batch : (x + 1) * batch]
+                    if idx > 0:
+                        w, _ = self._weights(params, j, steps)
+                        cur = th.bmm(cur, w)
+
+            out, pi_outs = forward(plan.actor, plan.action, pi_f)
+            direct: dict[str, dict[int, Tensor]] = {}
+            if plan.gaussian:
+                std = params["log_std"].exp()[:, None] if "log_std" in params else self.model.log_std.exp()  # type: ignore[operator]
+                z = (act.reshape(steps, batch, -1) - out) / std
+                g_out = {0: z / std}
+                u = {0: z * z - 1.0}
+                if ent_part is not None:
+                    g_out[ent_part] = th.zeros_like(out)  # the entropy does not depend on the mean
+                    u[ent_part] = th.ones_like(z)
+                if "log_std" in self.direct:
+                    direct["log_std"] = {f: v for f, v in u.items() if f in self.direct_support}
+            else:
+                logp = th.log_softmax(out, -1)
+                prob = logp.exp()
+                g_out = {0: th.nn.functional.one_hot(act.long(), out.shape[-1]).to(out.dtype) - prob}
+                if ent_part is not None:
+                    ent = -(prob * logp).sum(-1, keepdim=True)
+                    g_out[ent_part] = -prob * (logp + ent)
+            backward(plan.actor, plan.action, pi_outs, g_out)
+            value, vf_outs = forward(plan.critic, plan.value, vf_f)
+            backward(plan.critic, plan.value, vf_outs, {k - 1: th.ones_like(value)})
+        return inputs, d, direct
+
+
+@dataclass(frozen=True)
+class _MlpPlan:
+    """An SB3 MLP policy's layers in order: (Linear index, activation) pairs, then the head."""
+
+    actor: list[tuple[int, str]]
+    action: int
+    critic: list[tuple[int, str]]
+    value: int
+    gaussian: bool
+
+
+def _mlp_plan(model: nn.Module, linears: list[nn.Linear], direct: list[str]) -> _MlpPlan | None:
+    """The plan of :meth:`Replayer._mlp_grads` for SB3's MLP policies, or None for any other."""
+    from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+    from stable_baselines3.common.torch_layers import MlpExtractor
+
+    dist = getattr(model, "action_dist", None)
+    if type(dist) not in (CategoricalDistribution, DiagGaussianDistribution):
+        return None
+    if type(getattr(model, "mlp_extractor", None)) is not MlpExtractor:
+        return None
+    extractors = [
+        getattr(model, n, None)
+        for n in ("features_extractor", "pi_features_extractor", "vf_features_extractor")
+    ]
+    if any(e is not None and any(True for _ in e.parameters()) for e in extractors):
+        return None
+    if set(direct) - {"log_std"}:
+        return None
+    index = {id(m): j for j, m in enumerate(linears)}
+
+    def chain(seq: nn.Module) -> list[tuple[int, str]] | None:
+        mods = list(seq.children())
+        if len(mods) % 2:
+            return None
+        out = []
+        for lin, act in zip(mods[::2], mods[1::2], strict=True):
+            kind = {nn.Tanh: "tanh", nn.ReLU: "relu"}.get(type(act))
+            if type(lin) is not nn.Linear or id(lin) not in index or kind is None:
+                return None
+            out.append((index[id(lin)], kind))
+        return out
+
+    actor = chain(model.mlp_extractor.policy_net)  # type: ignore[union-attr]
+    critic = chain(model.mlp_extractor.value_net)  # type: ignore[union-attr]
+    heads = [getattr(model, n, None) for n in ("action_net", "value_net")]
+    if actor is None or critic is None or any(type(h) is not nn.Linear or id(h) not in index for h in heads):
+        return None
+    if heads[1].out_features != 1:  # type: ignore[union-attr]
+        return None
+    return _MlpPlan(
+        actor, index[id(heads[0])], critic, index[id(heads[1])], type(dist) is DiagGaussianDistribution
+    )
+
 
 class StepBuffers:
     """Slot buffers for up to ``capacity`` optimizer steps of minibatches of ``batch`` samples."""
@@ -185,8 +346,14 @@ class StepBuffers:
         per_step = 2 * n_params + batch * (N_TERMS + 2)
         self.capacity = int(max(1, min(steps_hint, MAX_BUFFER_ELEMENTS // max(per_step, 1))))
         cap, b = self.capacity, batch
-        self.p = [th.zeros(cap, *p.shape) for p in params]
-        self.v = [th.zeros(cap, *p.shape) for p in params]
+        # parameters and second moments of each step, all parameters flat in one row per step
+        self.p = th.zeros(cap, n_params)
+        self.v = th.zeros(cap, n_params)
+        self._sources = [p.detach().view(-1) for p in params]  # views of the live parameters
+        ends = np.cumsum([p.numel() for p in params])
+        self._slices = [
+            (int(e - p.numel()), int(e), tuple(p.shape)) for e, p in zip(ends, params, strict=True)
+        ]
         self.terms = th.zeros(cap, N_TERMS, b)
         # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf) of each step, in float64 as SB3 has them
         self.bounds = np.zeros((cap, 4), dtype=np.float64)
@@ -207,14 +374,15 @@ class StepBuffers:
     def put_before(self, terms: Tensor, clip_range: float, clip_range_vf: float | None) -> None:
         """Before the step: the parameters it starts from and its ``(N_TERMS, B)`` loss inputs."""
         m = self.m
-        th._foreach_copy_([p[m] for p in self.p], [p.detach() for p in self.params])
+        th.cat(self._sources, out=self.p[m])
         self.terms[m].copy_(terms)
         vf = clip_range_vf if clip_range_vf is not None else 0.0
         self.bounds[m] = (1 - clip_range, 1 + clip_range, -vf, vf)
 
     def put_after(self, v: list[Tensor], step: float, lr: float, clip: float, base: dict[str, Any]) -> None:
+        """After the step: Adam's second moments (flat views, in the parameters' order) and the rest."""
         m = self.m
-        th._foreach_copy_([x[m] for x in self.v], v)
+        th.cat(v, out=self.v[m])
         self.step[m], self.lr[m], self.clip[m] = step, lr, clip
         self.t[m] = base["t"]
         self.env[m] = base["env"]
@@ -290,7 +458,7 @@ class StepBuffers:
                    parts.ent_coef, parts.vf_coef),
             not parts.ent_logp,
         )  # fmt: skip
-        params = {n: p[lo:hi] for n, p in zip(self.names, self.p, strict=True)}
+        params = self._per_param(self.p[lo:hi])
         inputs, d_out, d_direct = replayer.output_grads(params, obs, act, k, ent_part)
         fac = self._factors(lo, hi, eps, betas)
         s, b = hi - lo, self.batch
@@ -342,13 +510,17 @@ class StepBuffers:
         step, lr = th.from_numpy(self.step[lo:hi]), th.from_numpy(self.lr[lo:hi])
         scale = (lr * (1 - beta1) / (1 - beta1**step)).float()
         bc2_sqrt = th.sqrt(1 - beta2**step).float()
-        fac = {}
-        for name, p, v in zip(self.names, self.params, self.v, strict=True):
-            shape = (-1,) + (1,) * p.dim()
-            # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps): the denominator torch's Adam divides by
-            f = scale.view(shape) / (v[lo:hi].sqrt() / bc2_sqrt.view(shape) + eps)
-            fac[name] = (f, f.square())
-        return fac
+        # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps): the denominator torch's Adam divides by
+        f = scale[:, None] / (self.v[lo:hi].sqrt() / bc2_sqrt[:, None] + eps)
+        f1, f2 = self._per_param(f), self._per_param(f.square())
+        return {name: (f1[name], f2[name]) for name in self.names}
+
+    def _per_param(self, flat: Tensor) -> dict[str, Tensor]:
+        """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
+        return {
+            name: flat[:, a:b].reshape(flat.shape[0], *shape)
+            for name, (a, b, shape) in zip(self.names, self._slices, strict=True)
+        }
 
 
 @dataclass
