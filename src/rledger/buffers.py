@@ -57,13 +57,18 @@ class _IndexedGet:
             self.generator_ready = True
         if batch_size is None:
             batch_size = self.buffer_size * self.n_envs
+        # each sample's (t, env): the flattened buffer is env-major
+        t_all = (indices % self.buffer_size).astype(np.int32)
+        env_all = (indices // self.buffer_size).astype(np.int16)
         start_idx = 0
         while start_idx < self.buffer_size * self.n_envs:
-            batch_inds = indices[start_idx : start_idx + batch_size]
-            yield self._indexed(batch_inds)
+            end = start_idx + batch_size
+            yield self._indexed(indices[start_idx:end], t_all[start_idx:end], env_all[start_idx:end])
             start_idx += batch_size
 
-    def _indexed(self, batch_inds: np.ndarray) -> NamedTuple:  # pragma: no cover
+    def _indexed(
+        self, batch_inds: np.ndarray, t: np.ndarray, env: np.ndarray
+    ) -> NamedTuple:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -74,13 +79,8 @@ class IndexedRolloutBuffer(_IndexedGet, RolloutBuffer):
         for name in ("observations", "actions", "values", "log_probs", "advantages", "returns"):
             self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
-    def _indexed(self, batch_inds: np.ndarray) -> IndexedRolloutBufferSamples:
-        s = self._get_samples(batch_inds)
-        return IndexedRolloutBufferSamples(
-            *s,
-            t=(batch_inds % self.buffer_size).astype(np.int32),
-            env=(batch_inds // self.buffer_size).astype(np.int16),
-        )
+    def _indexed(self, batch_inds: np.ndarray, t: np.ndarray, env: np.ndarray) -> IndexedRolloutBufferSamples:
+        return IndexedRolloutBufferSamples(*self._get_samples(batch_inds), t=t, env=env)
 
 
 class IndexedDictRolloutBuffer(_IndexedGet, DictRolloutBuffer):
@@ -92,10 +92,7 @@ class IndexedDictRolloutBuffer(_IndexedGet, DictRolloutBuffer):
         for name in ("actions", "values", "log_probs", "advantages", "returns"):
             self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
-    def _indexed(self, batch_inds: np.ndarray) -> IndexedDictRolloutBufferSamples:
-        s = self._get_samples(batch_inds)
-        return IndexedDictRolloutBufferSamples(
-            *s,
-            t=(batch_inds % self.buffer_size).astype(np.int32),
-            env=(batch_inds // self.buffer_size).astype(np.int16),
-        )
+    def _indexed(
+        self, batch_inds: np.ndarray, t: np.ndarray, env: np.ndarray
+    ) -> IndexedDictRolloutBufferSamples:
+        return IndexedDictRolloutBufferSamples(*self._get_samples(batch_inds), t=t, env=env)

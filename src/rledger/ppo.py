@@ -211,6 +211,13 @@ class InstrumentedPPO(PPO):
                 self._submit if self.background else None,
             )
 
+        # forward hooks on the policy's layers, for the per-minibatch modes only
+        hooks = (
+            geometry.capture
+            if geometry is not None and geometry.mode != "batched"
+            else contextlib.nullcontext
+        )
+
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update optimizer learning rate
@@ -236,7 +243,7 @@ class InstrumentedPPO(PPO):
                     # Convert discrete action from float to long
                     actions = rollout_data.actions.long().flatten()
 
-                with geometry.capture() if geometry is not None else contextlib.nullcontext() as cap:
+                with hooks() as cap:
                     values, log_prob, entropy = self.policy.evaluate_actions(
                         rollout_data.observations, actions
                     )
@@ -356,10 +363,11 @@ class InstrumentedPPO(PPO):
                         "minibatch": minibatch,
                         "t": rollout_data.t,
                         "env": rollout_data.env,
-                        "advantage_used": advantages.detach(),
-                        "ratio": ratio.detach(),
-                        "clipped": pending.clipped,
                     }
+                    if not pending.batched:  # the batched mode has these in its buffers already
+                        base.update(
+                            advantage_used=advantages.detach(), ratio=ratio.detach(), clipped=pending.clipped
+                        )
                     geometry.record(pending, self.policy.optimizer, clip_coef, base)
 
             self._n_updates += 1

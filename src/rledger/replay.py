@@ -355,8 +355,9 @@ class StepBuffers:
             (int(e - p.numel()), int(e), tuple(p.shape)) for e, p in zip(ends, params, strict=True)
         ]
         self.terms = th.zeros(cap, N_TERMS, b)
-        # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf) of each step, in float64 as SB3 has them
-        self.bounds = np.zeros((cap, 4), dtype=np.float64)
+        # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf), in float64 as SB3 has them; constant
+        # within a train() call, whose steps are the only ones a fill of the buffers holds
+        self.bounds = (0.0, 0.0, 0.0, 0.0)
         self.t = np.zeros((cap, b), dtype=np.int32)
         self.env = np.zeros((cap, b), dtype=np.int16)
         self.keys = np.zeros((cap, 3), dtype=np.int64)  # rollout, epoch, minibatch
@@ -377,7 +378,8 @@ class StepBuffers:
         th.cat(self._sources, out=self.p[m])
         self.terms[m].copy_(terms)
         vf = clip_range_vf if clip_range_vf is not None else 0.0
-        self.bounds[m] = (1 - clip_range, 1 + clip_range, -vf, vf)
+        if m == 0:
+            self.bounds = (1 - clip_range, 1 + clip_range, -vf, vf)
 
     def put_after(self, v: list[Tensor], step: float, lr: float, clip: float, base: dict[str, Any]) -> None:
         """After the step: Adam's second moments (flat views, in the parameters' order) and the rest."""
@@ -451,7 +453,7 @@ class StepBuffers:
         k = parts.k
         replayer.set_parts(parts)
         terms = self.terms[lo:hi]
-        bounds = th.from_numpy(self.bounds[lo:hi])
+        bounds = th.tensor([self.bounds], dtype=th.float64)
         cr, crv = bounds[:, :2], (bounds[:, 2:] if parts.clip_vf else None)
         coef, alpha, ent_part, ent_logp, clipped = loss_coefficients(
             _Terms(terms[:, 0], terms[:, 1], cr, terms[:, 2], terms[:, 3], terms[:, 4], crv,
