@@ -2,7 +2,10 @@
 
 Prints ratios, not absolute targets (machines are noisy):
   1. learn() wall time, InstrumentedPPO (every table and column) / PPO, CartPole-v1, SB3 defaults,
-     1 torch thread; runs interleaved, median of --repeats. Target <= 1.08.
+     1 torch thread; runs interleaved (A B B A ...), median of --repeats. Target <= 1.08. Printed for
+     the default (per-sample columns and ledger writes in a background thread) and for
+     background=False (all of it inside train()), with the CPU time ratio (all threads), which says
+     how much work recording adds whatever the thread it runs on.
   2. Per-sample math per minibatch: rledger's batched path vs torch.func vmap(grad) vs a naive
      per-sample autograd loop, at B=64 and B=512.
   3. Peak RSS of a long instrumented run against a 10x shorter one (separate processes).
@@ -26,30 +29,41 @@ import numpy as np
 import torch as th
 
 
-def time_learn(cls_name: str, steps: int, seed: int) -> float:
+def time_learn(cls_name: str, steps: int, seed: int, background: bool = True) -> tuple[float, float]:
+    """(wall, CPU) seconds of one learn() call."""
     from stable_baselines3 import PPO
 
     from rledger import InstrumentedPPO
 
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     if cls_name == "rledger":
         cls = InstrumentedPPO
         kwargs["ledger"] = tempfile.mkdtemp() + "/run"
+        kwargs["background"] = background
     else:
         cls = PPO
     model = cls("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", **kwargs)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.learn(steps)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_learn(steps: int, repeats: int) -> dict[str, float]:
+def bench_learn(steps: int, repeats: int, background: bool) -> dict[str, float]:
     plain, inst = [], []
     for r in range(repeats):
-        plain.append(time_learn("sb3", steps, r))
-        inst.append(time_learn("rledger", steps, r))
-    p, i = statistics.median(plain), statistics.median(inst)
-    return {"ppo_s": p, "instrumented_s": i, "ratio": i / p}
+        order = ("sb3", "rledger") if r % 2 == 0 else ("rledger", "sb3")
+        for name in order:
+            (plain if name == "sb3" else inst).append(time_learn(name, steps, r, background))
+    p, i = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in inst)
+    pairs = [b[0] / a[0] for a, b in zip(plain, inst, strict=True)]
+    return {
+        "ppo_s": p,
+        "instrumented_s": i,
+        "ratio": i / p,
+        "pair_ratio_min": min(pairs),
+        "pair_ratio_max": max(pairs),
+        "cpu_ratio": statistics.median(c for _, c in inst) / statistics.median(c for _, c in plain),
+    }
 
 
 def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
@@ -189,14 +203,16 @@ def bytes_per_sample_row(steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20480)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--long", type=int, default=204800)
     ap.add_argument("--skip-rss", action="store_true")
     args = ap.parse_args()
     th.set_num_threads(1)
     results: dict[str, object] = {}
-    results["learn"] = bench_learn(args.steps, args.repeats)
-    print("learn():", json.dumps(results["learn"]), flush=True)
+    results["learn"] = bench_learn(args.steps, args.repeats, background=True)
+    print("learn(), background thread (default):", json.dumps(results["learn"]), flush=True)
+    results["learn_in_train"] = bench_learn(args.steps, args.repeats, background=False)
+    print("learn(), background=False:", json.dumps(results["learn_in_train"]), flush=True)
     for b in (64, 512):
         results[f"persample_B{b}"] = bench_persample(b)
         print(f"per-sample math B={b}:", json.dumps(results[f"persample_B{b}"]), flush=True)

@@ -255,11 +255,8 @@ class SampleGeometry:
         if self.mode == "batched":
             if self._parts is None:
                 self._parts = _parts(terms, entropy is not None)
-            with th.no_grad():
-                loss_inputs = th.stack(
-                    [terms.advantages, terms.ratio, terms.values, terms.old_values, terms.returns]
-                )
-            self._batch_for(loss_inputs.shape[1]).put_before(
+            loss_inputs = [terms.advantages, terms.ratio, terms.values, terms.old_values, terms.returns]
+            self._batch_for(terms.advantages.shape[0]).put_before(
                 loss_inputs, terms.clip_range, terms.clip_range_vf
             )
             return _Pending(batched=True)

@@ -242,8 +242,11 @@ class Replayer:
                 for idx in range(len(pos) - 1, -1, -1):
                     j = pos[idx][0]
                     if idx < len(layers):  # through the activation that produced the next layer's input
-                        y = outs[idx].repeat(1, n_p, 1)
-                        cur = cur * (1 - y * y) if layers[idx][1] == "tanh" else cur * (y > 0)
+                        y = outs[idx] if n_p == 1 else outs[idx].repeat(1, n_p, 1)
+                        if layers[idx][1] == "tanh":
+                            cur = cur * th.addcmul(th.ones_like(y), y, y, value=-1.0)  # 1 - y^2
+                        else:
+                            cur = cur * (y > 0)
                     for x, f in enumerate(parts):
                         if f in self.supports[j]:
                             d[j][f] = cur[:, x * batch : (x + 1) * batch]
@@ -372,11 +375,12 @@ class StepBuffers:
     def full(self) -> bool:
         return self.m == self.capacity
 
-    def put_before(self, terms: Tensor, clip_range: float, clip_range_vf: float | None) -> None:
-        """Before the step: the parameters it starts from and its ``(N_TERMS, B)`` loss inputs."""
+    def put_before(self, terms: list[Tensor], clip_range: float, clip_range_vf: float | None) -> None:
+        """Before the step: the parameters it starts from and its ``N_TERMS`` loss inputs ``(B,)``."""
         m = self.m
         th.cat(self._sources, out=self.p[m])
-        self.terms[m].copy_(terms)
+        with th.no_grad():
+            th.stack(terms, out=self.terms[m])
         vf = clip_range_vf if clip_range_vf is not None else 0.0
         if m == 0:
             self.bounds = (1 - clip_range, 1 + clip_range, -vf, vf)
@@ -480,8 +484,8 @@ class StepBuffers:
                     dd = d[f] * d[h]
                     g1[..., f, h] += dd.sum(-1) * w1
                     gp2[..., f, h] += (dd * q2).sum(-1)
-            if q1 is not None:
-                gp00 += (d[0].square() * q1).sum(-1)
+                    if f == h == 0 and q1 is not None:
+                        gp00 += (dd * q1).sum(-1)
         for name in replayer.direct:
             u = d_direct[name]  # part -> (S, B, n)
             sup = sorted(u)
@@ -513,7 +517,9 @@ class StepBuffers:
         scale = (lr * (1 - beta1) / (1 - beta1**step)).float()
         bc2_sqrt = th.sqrt(1 - beta2**step).float()
         # P = 1 / (sqrt(v) / sqrt(1 - beta2^k) + eps): the denominator torch's Adam divides by
-        f = scale[:, None] / (self.v[lo:hi].sqrt() / bc2_sqrt[:, None] + eps)
+        den = self.v[lo:hi].sqrt()
+        den.div_(bc2_sqrt[:, None]).add_(eps)
+        f = th.div(scale[:, None], den, out=den)
         f1, f2 = self._per_param(f), self._per_param(f.square())
         return {name: (f1[name], f2[name]) for name in self.names}
 
@@ -546,19 +552,21 @@ def _layer_weights(
     """Per sample and output unit, ``w1 = |a|^2 + 1``, ``q2 = a^2 @ (F^2)^T + F_b^2`` and, when asked,
     ``q1 = a^2 @ F^T + F_b``; a parameter the optimizer does not train adds nothing."""
     s, b = a2.shape[0], a2.shape[1]
-    out = ly.out_features
-    n_q = 2 if with_f else 1
-    w1 = th.zeros(s, b)
-    q = th.zeros(s, b, n_q * out)
     fw = fac.get(f"{name}.weight")
-    if fw is not None:
-        q = th.bmm(a2, (th.cat([fw[1], fw[0]], 1) if with_f else fw[1]).transpose(1, 2))
-        w1 = a2.sum(-1)
     fb = fac.get(f"{name}.bias") if ly.bias is not None else None
+    w1 = a2.sum(-1) if fw is not None else th.zeros(s, b)
     if fb is not None:
-        q = q + (th.cat([fb[1], fb[0]], 1) if with_f else fb[1])[:, None, :]
-        w1 = w1 + 1.0
-    return w1, q[..., :out], (q[..., out:] if with_f else None)
+        w1 += 1.0
+
+    def q(i: int) -> Tensor:  # a^2 @ Q_W^T + Q_b with Q = F (i = 0) or F^2 (i = 1)
+        if fw is None:
+            zeros = th.zeros(s, b, ly.out_features)
+            return zeros if fb is None else zeros + fb[i][:, None, :]
+        if fb is None:
+            return th.bmm(a2, fw[i].transpose(1, 2))
+        return th.baddbmm(fb[i][:, None, :], a2, fw[i].transpose(1, 2))
+
+    return w1, q(1), (q(0) if with_f else None)
 
 
 def _columns(
