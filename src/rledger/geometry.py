@@ -419,7 +419,11 @@ class SampleGeometry:
 def _functional_calls(policy: ActorCriticPolicy) -> Iterator[None]:
     """Around torch.func transforms of the policy: no data-dependent argument validation in
     torch.distributions, and SB3's action distribution object (which every forward overwrites) is
-    restored afterwards, so no transformed tensor outlives the transform."""
+    restored afterwards, so no transformed tensor outlives the transform.
+
+    The validation default is a class attribute, shared by all threads: while the background thread
+    replays a policy with ``torch.func``, distributions built elsewhere skip their argument checks too
+    (values and training are unaffected; only the checks' errors would be)."""
     old_validate = th.distributions.Distribution._validate_args
     dist_obj = policy.action_dist
     saved = dict(vars(dist_obj))
