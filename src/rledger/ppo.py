@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -168,7 +169,9 @@ class InstrumentedPPO(PPO):
 
     def _submit(self, fn: Callable[[], T]) -> Future[T]:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rledger-ledger")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="rledger-ledger", initializer=_lower_priority
+            )
         return self._executor.submit(fn)
 
     def _recording(self) -> bool:
@@ -521,6 +524,14 @@ class InstrumentedPPO(PPO):
         }
         self._run_info_cache = info
         return info
+
+
+def _lower_priority() -> None:
+    """Run the background thread at a lower scheduling priority than training (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: keep the default
+        pass
 
 
 def _opt_step(optimizer: th.optim.Optimizer) -> int:
