@@ -56,10 +56,18 @@ def bench_learn(steps: int, repeats: int, background: bool) -> dict[str, float]:
             (plain if name == "sb3" else inst).append(time_learn(name, steps, r, background))
     p, i = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in inst)
     pairs = [b[0] / a[0] for a, b in zip(plain, inst, strict=True)]
+    # 95% percentile-bootstrap interval of the ratio of medians, resampling the interleaved pairs
+    rng = np.random.default_rng(0)
+    walls = np.array([[a[0], b[0]] for a, b in zip(plain, inst, strict=True)])
+    boot = [
+        np.median(walls[idx, 1]) / np.median(walls[idx, 0])
+        for idx in rng.integers(0, len(walls), size=(2000, len(walls)))
+    ]
     return {
         "ppo_s": p,
         "instrumented_s": i,
         "ratio": i / p,
+        "ratio_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
         "pair_ratio_min": min(pairs),
         "pair_ratio_max": max(pairs),
         "cpu_ratio": statistics.median(c for _, c in inst) / statistics.median(c for _, c in plain),
