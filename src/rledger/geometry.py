@@ -24,7 +24,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
 from rledger import persample
-from rledger.replay import Parts, Replayer, StepBuffers
+from rledger.replay import Parts, Replayer, StepBuffers, columns
 
 _REFUSED_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RNNBase, nn.GroupNorm)
 
@@ -35,15 +35,15 @@ class UnsupportedPolicyError(ValueError):
 
 @dataclass
 class LossTerms:
-    """The per-sample inputs of SB3's PPO loss for one minibatch (all ``(B,)`` tensors)."""
+    """The per-sample inputs of SB3's PPO loss: ``(B,)`` tensors of one minibatch, or ``(S, B)`` of many steps."""
 
     advantages: Tensor  # as used (normalized or not)
     ratio: Tensor
-    clip_range: float
+    clip_range: float | Tensor  # or (S, 2) float64 bounds (1 - eps, 1 + eps) of many steps
     values: Tensor  # current V(s), flattened
     old_values: Tensor
     returns: Tensor
-    clip_range_vf: float | None
+    clip_range_vf: float | Tensor | None  # or (S, 2) bounds (-eps_vf, eps_vf)
     ent_coef: float
     vf_coef: float
 
@@ -108,9 +108,8 @@ class _Pending:
 
     coef: Tensor | None = None  # (B, K): per-sample coefficient of each part in the loss
     alpha: Tensor | None = None  # (B,): coefficient of log pi in the policy loss alone
-    ent_coef_logp: Tensor | None = (
-        None  # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
-    )
+    # (B,): coefficient of log pi in the entropy loss (no analytic entropy)
+    ent_coef_logp: Tensor | None = None
     ent_part: int | None = None
     clipped: Tensor | None = None  # (B,): clipping zeroes the sample's policy gradient (None: batched)
     batched: bool = False  # the step lives in the slot buffers; its columns come at the flush
@@ -220,8 +219,8 @@ class SampleGeometry:
         future; ``None``: compute in the calling thread."""
         self._support = None
         self._submit = submit
-        self._v_views: list[Tensor] | None = None
-        self._step_tensor: Any = None
+        self._v_views = None
+        self._step_tensor = None
         self._parts = None
         self.mode = self._choose_mode() if self.path == "linear" else None
         self._fetch = fetch
@@ -518,30 +517,9 @@ def _columns(
     ent_coef_logp: Tensor | None,
     clip_coef: Tensor | float,
 ) -> dict[str, Tensor]:
-    """The per-sample columns from the Gram matrices and the loss coefficients (see the schema)."""
-    g1 = gram.g1
-    score = g1[:, 0, 0].clamp_min(0).sqrt()
-    pg = alpha.abs() * score
-    if ent_part is not None:
-        ent = c[:, ent_part].abs() * g1[:, ent_part, ent_part].clamp_min(0).sqrt()
-    elif ent_coef_logp is not None:
-        ent = ent_coef_logp.abs() * score
-    else:
-        ent = th.zeros_like(score)
-    vf = c[:, -1].abs() * g1[:, -1, -1].clamp_min(0).sqrt()
-    total = persample.quad(g1, c).clamp_min(0).sqrt()
+    """The per-sample columns from one minibatch's Gram matrices (:func:`rledger.replay.columns`)."""
     assert gram.gp is not None and gram.gp2 is not None
-    adam = clip_coef * persample.quad(gram.gp2, c).clamp_min(0).sqrt()
-    self_reinf = -clip_coef * alpha * gram.gp[:, 0, 0]
-    return {
-        "score_norm": score,
-        "pg_grad_norm": pg,
-        "entropy_grad_norm": ent,
-        "value_grad_norm": vf,
-        "loss_grad_norm": total,
-        "adam_update_norm": adam,
-        "self_reinforcement": self_reinf,
-    }
+    return columns(gram.g1, gram.gp2, gram.gp[:, 0, 0], c, alpha, ent_part, ent_coef_logp, clip_coef)
 
 
 def check_policy(policy: nn.Module) -> None:

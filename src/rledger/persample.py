@@ -274,11 +274,6 @@ def jacobian_gram(
     )
 
 
-def quad(m: Tensor, c: Tensor) -> Tensor:
-    """``c_i^T m_i c_i`` for ``m`` of shape (B, K, K) and ``c`` of shape (B, K)."""
-    return torch.einsum("bk,bkl,bl->b", c, m, c)
-
-
 def linear_modules(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 

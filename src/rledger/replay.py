@@ -4,10 +4,11 @@ During ``train()`` nothing touches the policy's forward or backward pass: before
 the parameters and the per-sample loss inputs (advantage, ratio, value, old value, return) are copied
 into slot buffers, after it Adam's second moments. After many steps one batched computation
 (:meth:`StepBuffers.flush`) replays every buffered minibatch's forward pass at the parameters of its own
-step on a private copy of the policy, with ``torch.func.vmap`` over steps, and takes each part's
-per-sample output gradient at every Linear layer (``d^f = d f_i / d z_i`` for f in log pi, [H], V;
-zero "probe" tensors added to the layer outputs are the differentiation variables). A Gaussian
-``log_std`` is expanded to one row per sample, so its per-sample gradient comes out the same way.
+step on a private copy of the policy and takes each part's per-sample output gradient at every Linear
+layer (``d^f = d f_i / d z_i`` for f in log pi, [H], V): by hand for SB3's MLP policies (batched
+matmuls forward, closed-form output gradients backward), else with ``torch.func.vmap`` over steps
+(zero "probe" tensors added to the layer outputs are the differentiation variables; a Gaussian
+``log_std`` expanded to one row per sample gives its per-sample gradient the same way).
 With the layer inputs ``a`` of the replay and ``F = scale * P`` the Adam factor of each step, the
 per-sample Gram matrices of the parts are, per Linear layer,
 
@@ -91,6 +92,7 @@ class Replayer:
         self.model.requires_grad_(False)
         self.direct = direct
         self.functional = functional
+        self.parts: Parts | None = None
         self.supports: list[set[int]] = []
         self._probes: list[Tensor] = []
         self._inputs: list[Tensor | None] = []
@@ -104,6 +106,7 @@ class Replayer:
         overlap (one backward pass of their sum gives each its own gradients)."""
         from rledger import persample
 
+        self.parts = parts
         self.supports = []
         for logp, ent, value in self._part_supports:
             s = set()
@@ -129,7 +132,7 @@ class Replayer:
         return output + self._probes[j]
 
     def output_grads(
-        self, params: dict[str, Tensor], obs: Any, act: Tensor, k: int, ent_part: int | None
+        self, params: dict[str, Tensor], obs: Any, act: Tensor
     ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:
         """For ``S`` steps of ``B`` samples (params ``(S, ...)``, obs/act ``(S, B, ...)``): each Linear
         call's inputs ``(S, B, in)``; per layer, each supporting part's output gradients
@@ -140,12 +143,13 @@ class Replayer:
         action distribution, parameter-free features extractors) take a hand-written batched forward
         and backward pass (:meth:`_mlp_grads`); any other policy of the linear path the
         ``torch.func`` replay."""
+        assert self.parts is not None, "call set_parts first"
         if self.plan is not None:
-            return self._mlp_grads(params, obs, act, k, ent_part)
-        return self._func_grads(params, obs, act, k, ent_part)
+            return self._mlp_grads(params, obs, act, self.parts.k, self.parts.ent_part)
+        return self._func_grads(params, obs, act, self.parts.ent_part)
 
     def _func_grads(
-        self, params: dict[str, Tensor], obs: Any, act: Tensor, k: int, ent_part: int | None
+        self, params: dict[str, Tensor], obs: Any, act: Tensor, ent_part: int | None
     ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:
         from torch.func import jacrev, vmap
         from torch.nn.utils.stateless import _reparametrize_module
@@ -209,26 +213,22 @@ class Replayer:
             feats = self.model.extract_features(flat)  # type: ignore[operator]
             pi_f, vf_f = feats if isinstance(feats, tuple) else (feats, feats)
 
-            def forward(layers: list[tuple[int, str]], head: int, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-                h, outs = x.reshape(steps, batch, -1), []
-                for j, kind in layers:
-                    inputs[j] = h
-                    w, b = self._weights(params, j, steps)
-                    z = (
-                        th.bmm(h, w.transpose(1, 2))
-                        if b is None
-                        else th.baddbmm(b[:, None], h, w.transpose(1, 2))
-                    )
-                    h = th.tanh(z) if kind == "tanh" else th.relu(z)
-                    outs.append(h)
-                inputs[head] = h
-                w, b = self._weights(params, head, steps)
-                z = (
+            def linear(j: int, h: Tensor) -> Tensor:  # layer j at each step's weights; keeps its input
+                inputs[j] = h
+                w, b = self._weights(params, j, steps)
+                return (
                     th.bmm(h, w.transpose(1, 2))
                     if b is None
                     else th.baddbmm(b[:, None], h, w.transpose(1, 2))
                 )
-                return z, outs
+
+            def forward(layers: list[tuple[int, str]], head: int, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+                h, outs = x.reshape(steps, batch, -1), []
+                for j, kind in layers:
+                    z = linear(j, h)
+                    h = th.tanh(z) if kind == "tanh" else th.relu(z)
+                    outs.append(h)
+                return linear(head, h), outs
 
             def backward(
                 layers: list[tuple[int, str]], head: int, outs: list[Tensor], g: dict[int, Tensor]
@@ -238,9 +238,9 @@ class Replayer:
                 parts = sorted(g)
                 n_p = len(parts)
                 cur = th.cat([g[f] for f in parts], 1)  # (S, P * B, n)
-                pos = [(j, None) for j, _ in layers] + [(head, None)]
-                for idx in range(len(pos) - 1, -1, -1):
-                    j = pos[idx][0]
+                order = [j for j, _ in layers] + [head]  # the Linear calls, input to output
+                for idx in range(len(order) - 1, -1, -1):
+                    j = order[idx]
                     if idx < len(layers):  # through the activation that produced the next layer's input
                         y = outs[idx] if n_p == 1 else outs[idx].repeat(1, n_p, 1)
                         if layers[idx][1] == "tanh":
@@ -425,6 +425,7 @@ class StepBuffers:
         self, replayer: Replayer, parts: Parts, eps: float, betas: tuple[float, float], obs: Any, act: Tensor
     ) -> dict[str, np.ndarray]:
         m, b = self.m, self.batch
+        replayer.set_parts(parts)
         width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
         chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
         pieces = []
@@ -452,20 +453,19 @@ class StepBuffers:
         obs: Any,
         act: Tensor,
     ) -> dict[str, Tensor]:
-        from rledger.geometry import loss_coefficients
+        from rledger.geometry import LossTerms, loss_coefficients
 
         k = parts.k
-        replayer.set_parts(parts)
         terms = self.terms[lo:hi]
         bounds = th.tensor([self.bounds], dtype=th.float64)
         cr, crv = bounds[:, :2], (bounds[:, 2:] if parts.clip_vf else None)
         coef, alpha, ent_part, ent_logp, clipped = loss_coefficients(
-            _Terms(terms[:, 0], terms[:, 1], cr, terms[:, 2], terms[:, 3], terms[:, 4], crv,
-                   parts.ent_coef, parts.vf_coef),
+            LossTerms(terms[:, 0], terms[:, 1], cr, terms[:, 2], terms[:, 3], terms[:, 4], crv,
+                      parts.ent_coef, parts.vf_coef),
             not parts.ent_logp,
         )  # fmt: skip
         params = self._per_param(self.p[lo:hi])
-        inputs, d_out, d_direct = replayer.output_grads(params, obs, act, k, ent_part)
+        inputs, d_out, d_direct = replayer.output_grads(params, obs, act)
         fac = self._factors(lo, hi, eps, betas)
         s, b = hi - lo, self.batch
         g1 = th.zeros(s, b, k, k)
@@ -505,7 +505,7 @@ class StepBuffers:
             "advantage_used": terms[:, 0],
             "ratio": terms[:, 1],
             "clipped": clipped,
-            **_columns(g1, gp2, gp00, coef, alpha, ent_part, ent_logp, clip),
+            **columns(g1, gp2, gp00, coef, alpha, ent_part, ent_logp, clip),
         }
 
     def _factors(
@@ -531,21 +531,6 @@ class StepBuffers:
         }
 
 
-@dataclass
-class _Terms:
-    """LossTerms for many steps at once: ``(S, B)`` tensors, per-step clip ranges ``(S, 1)``."""
-
-    advantages: Tensor
-    ratio: Tensor
-    clip_range: Any
-    values: Tensor
-    old_values: Tensor
-    returns: Tensor
-    clip_range_vf: Any
-    ent_coef: float
-    vf_coef: float
-
-
 def _layer_weights(
     name: str, ly: nn.Linear, a2: Tensor, fac: dict[str, tuple[Tensor, Tensor]], with_f: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -569,7 +554,7 @@ def _layer_weights(
     return w1, q(1), (q(0) if with_f else None)
 
 
-def _columns(
+def columns(
     g1: Tensor,
     gp2: Tensor,
     gp00: Tensor,
@@ -577,9 +562,11 @@ def _columns(
     alpha: Tensor,
     ent_part: int | None,
     ent_logp: Tensor | None,
-    clip: Tensor,
+    clip: Tensor | float,
 ) -> dict[str, Tensor]:
-    """The per-sample columns from the Gram matrices and the loss coefficients (see the schema)."""
+    """The per-sample columns (see the schema) from the per-sample Gram matrices ``(..., K, K)`` of
+    the parts (``g1``: Q = 1, ``gp2``: Q = F^2; ``gp00``: ``<s, F s>``), the loss coefficients
+    ``(..., K)``, log pi's coefficient in the policy loss ``alpha`` and the global clipping factor."""
     score = g1[..., 0, 0].clamp_min(0).sqrt()
     pg = alpha.abs() * score
     if ent_part is not None:
