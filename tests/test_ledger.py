@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from rledger import InstrumentedPPO, Ledger
@@ -141,6 +142,79 @@ def test_episodes_and_info_keys(run):
     assert joined["hidden"].abs().sum() > 0
     # state_id comes from info when the env provides it (rounded cart position * 1000)
     assert tr.state_id.abs().max() < 10_000
+
+
+class LoggedReward(gym.Wrapper):
+    """Varying rewards (from the pole's angle), each step's (reward, terminated, truncated) logged."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.log = []
+
+    def step(self, action):
+        obs, _, term, trunc, info = self.env.step(action)
+        r = float(np.round(1.0 + 10.0 * obs[2], 3))
+        self.log.append((r, term, trunc))
+        return obs, r, term, trunc, info
+
+
+class StopAt(BaseCallback):
+    """Stops the collection once ``n`` env steps have been taken."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def _on_step(self):
+        return self.num_timesteps < self.n
+
+
+def test_rewards_are_the_envs_own_across_truncations_and_a_stopped_collection(tmp_path):
+    # short time limits: many truncated episodes, whose rewards SB3 bootstraps in place; a callback
+    # stops the third rollout part-way, then learn() goes on from there
+    env = make_vec_env(lambda: LoggedReward(gym.make("CartPole-v1", max_episode_steps=9)), n_envs=2, seed=0)
+    model = InstrumentedPPO(
+        "MlpPolicy", env, n_steps=N_STEPS, batch_size=BATCH, n_epochs=1, seed=0, ledger=tmp_path / "r"
+    )
+    stop_after = (2 * N_STEPS + 47) * 2
+    model.learn(10 * N_STEPS * 2, callback=StopAt(stop_after))
+    model.learn(N_STEPS * 2, reset_num_timesteps=False)
+    ledger = Ledger(tmp_path / "r")
+    tr = ledger.transitions().sort_values(["rollout", "t", "env"])
+    assert sorted(tr.rollout.unique()) == [0, 1, 2]
+    logs = env.get_attr("log")
+    # no env is done at the stopped step: its rewards come from the recorder's copy of the env's own
+    stopped = [log[2 * N_STEPS + 46] for log in logs]  # (reward, terminated, truncated) per env
+    assert not any(term or trunc for _, term, trunc in stopped)
+    for e in range(2):
+        mine = tr[tr.env == e]
+        log = np.array([r for r, _, _ in logs[e]], dtype=np.float32)
+        # the stopped collection never reaches the ledger's transitions, but the env took its steps:
+        # 46 in the buffer, then the 47th, after which the callback stopped it
+        taken = np.r_[log[: 2 * N_STEPS], log[2 * N_STEPS + 47 :]]
+        np.testing.assert_array_equal(mine.reward.to_numpy(), taken)
+        trunc = np.array([tc and not term for _, term, tc in logs[e]])  # SB3's TimeLimit.truncated
+        np.testing.assert_array_equal(
+            mine.truncated.to_numpy(), np.r_[trunc[: 2 * N_STEPS], trunc[2 * N_STEPS + 47 :]]
+        )
+    assert tr.truncated.sum() > 20
+    # SB3's own reward (the GAE input) carries the timeout bootstrap exactly where episodes were truncated
+    boot = tr.gae_reward.to_numpy() != tr.reward.to_numpy()
+    np.testing.assert_array_equal(boot, tr.truncated.to_numpy())
+    # episodes: every finished episode's return and length from the env's own log, the stopped
+    # collection's steps included
+    ep = ledger.episodes().sort_values(["env", "episode"])
+    for e in range(2):
+        rets, lens, ret, n = [], [], 0.0, 0
+        for r, term, trunc in logs[e]:
+            ret, n = ret + np.float32(r), n + 1
+            if term or trunc:
+                rets.append(ret)
+                lens.append(n)
+                ret, n = 0.0, 0
+        mine = ep[ep.env == e]
+        np.testing.assert_allclose(mine["return"].to_numpy(), rets, rtol=1e-6)
+        np.testing.assert_array_equal(mine["length"].to_numpy(), lens)
 
 
 def test_state_id_hash_when_env_has_none(tmp_path):

@@ -184,6 +184,7 @@ class InstrumentedPPO(PPO):
         self._arrays = RolloutArrays(n_rollout_steps, env.num_envs, len(self.info_keys))
         recorder = StepRecorder(callback, self, self._arrays)
         complete = super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)
+        self._arrays.fill_rewards(rollout_buffer.rewards, rollout_buffer.pos)
         if not complete and self._episodes is not None:
             # learn() stops without train(): keep episode counts right and its finished episodes
             _, rows = self._episodes.consume(self._rollout, self._arrays)

@@ -1,10 +1,12 @@
 """Step-level recording during rollout collection: transitions' env-side columns and episodes.
 
 :class:`StepRecorder` wraps the callback that SB3's ``collect_rollouts`` drives. SB3 hands the
-callback the loop's locals right after ``env.step``; the recorder copies the env's raw rewards and
-dones (before SB3 adds the timeout bootstrap to the rewards) into preallocated arrays, then delegates
-to the user's callback. Per step it does only array copies; episodes and observation hashes are
-computed for the whole rollout at once in :func:`finish_rollout`.
+callback the loop's locals right after ``env.step``; the recorder copies the env's dones and, on a step
+where some env is done, its raw rewards (before SB3 adds the timeout bootstrap to them) into
+preallocated arrays, then delegates to the user's callback. The rewards of every other step are taken
+from the rollout buffer when the collection ends (:meth:`RolloutArrays.fill_rewards`): SB3 stores them
+unchanged there, cast to float32 as here. Episodes and observation hashes are computed for the whole
+rollout at once.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ class RolloutArrays:
         self.info = np.zeros((n_steps, n_envs, n_info), dtype=np.float64)
         self.state_id: np.ndarray | None = None  # filled only when the env provides info["state_id"]
         self.filled = 0
+        self.last_rewards: Any = None  # the newest step's rewards as the env gave them
+
+    def fill_rewards(self, buffer_rewards: np.ndarray, stored: int) -> None:
+        """Rewards of the steps where no env was done, from the rollout buffer (``stored`` steps are
+        in it; a step past them, where a callback stopped the collection, from the env's own)."""
+        n = self.filled
+        keep = self.done[:n].any(axis=1)  # rows the recorder copied itself
+        rows = ~keep[:stored]
+        self.reward[:stored][rows] = buffer_rewards[:stored][rows]
+        if n > stored and not keep[n - 1]:
+            self.reward[n - 1] = self.last_rewards
 
 
 class EpisodeTracker:
@@ -149,13 +162,17 @@ class StepRecorder(BaseCallback):
         a = self.arrays
         dones = loc["dones"]
         infos: list[dict[str, Any]] = loc["infos"]
-        a.reward[t] = loc["rewards"]  # copied now: SB3 adds the timeout bootstrap in place afterwards
-        a.done[t] = dones
         a.filled = t + 1
+        a.last_rewards = loc["rewards"]
         if dones.any():
+            # copied now: SB3 adds the timeout bootstrap to these rewards in place afterwards
+            a.reward[t] = loc["rewards"]
+            a.done[t] = dones
             for i in np.flatnonzero(dones):
                 a.truncated[t, i] = bool(infos[i].get("TimeLimit.truncated", False))
         m = self.model_ref
+        if not m.info_keys and not m._info_state_ids:
+            return
         for j, key in enumerate(m.info_keys):
             try:
                 a.info[t, :, j] = [info[key] for info in infos]
