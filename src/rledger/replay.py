@@ -350,25 +350,29 @@ class StepBuffers:
         n_params = sum(p.numel() for p in params)
         per_step = 2 * n_params + batch * (N_TERMS + 2)
         self.capacity = int(max(1, min(steps_hint, MAX_BUFFER_ELEMENTS // max(per_step, 1))))
-        cap, b = self.capacity, batch
         # parameters and second moments of each step, all parameters flat in one row per step
-        self.p = th.zeros(cap, n_params)
-        self.v = th.zeros(cap, n_params)
+        self.p = th.zeros(self.capacity, n_params)
+        self.v = th.zeros(self.capacity, n_params)
+        self._p_rows, self._v_rows = self.p.unbind(0), self.v.unbind(0)
         self._sources = [p.detach().view(-1) for p in params]  # views of the live parameters
         ends = np.cumsum([p.numel() for p in params])
         self._slices = [
             (int(e - p.numel()), int(e), tuple(p.shape)) for e, p in zip(ends, params, strict=True)
         ]
-        self.terms = th.zeros(cap, N_TERMS, b)
         # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf), in float64 as SB3 has them; constant
         # within a train() call, whose steps are the only ones a fill of the buffers holds
         self.bounds = (0.0, 0.0, 0.0, 0.0)
-        self.t = np.zeros((cap, b), dtype=np.int32)
-        self.env = np.zeros((cap, b), dtype=np.int16)
-        self.keys = np.zeros((cap, 3), dtype=np.int64)  # rollout, epoch, minibatch
-        self.clip = np.zeros(cap, dtype=np.float32)
-        self.step = np.zeros(cap, dtype=np.float64)
-        self.lr = np.zeros(cap, dtype=np.float64)
+        # per step, kept by reference (train() creates them afresh for each minibatch and never changes
+        # them afterwards) and stacked once per flush: the loss inputs, (t, env) and the scalars
+        self._terms: list[list[Tensor]] = []
+        self._t: list[np.ndarray] = []
+        self._env: list[np.ndarray] = []
+        self._scalars: list[tuple[float, ...]] = []  # rollout, epoch, minibatch, Adam step, lr, clip
+        self.t = np.zeros((0, batch), dtype=np.int32)  # (m, B), stacked by gather()
+        self.env = np.zeros((0, batch), dtype=np.int16)
+        self.terms = th.zeros(0, N_TERMS, batch)  # these four stacked by the flush
+        self.step = self.lr = np.zeros(0, dtype=np.float64)
+        self.clip = np.zeros(0, dtype=np.float32)
         self.m = 0
         self.busy = False  # handed to a background flush; not to be written until it is done
         self.future: Any = None  # that flush's future
@@ -380,29 +384,27 @@ class StepBuffers:
     def put_before(self, terms: list[Tensor], clip_range: float, clip_range_vf: float | None) -> None:
         """Before the step: the parameters it starts from and its ``N_TERMS`` loss inputs ``(B,)``."""
         m = self.m
-        th.cat(self._sources, out=self.p[m])
-        with th.no_grad():
-            th.stack(terms, out=self.terms[m])
-        vf = clip_range_vf if clip_range_vf is not None else 0.0
+        th.cat(self._sources, out=self._p_rows[m])
+        self._terms.append(terms)
         if m == 0:
+            vf = clip_range_vf if clip_range_vf is not None else 0.0
             self.bounds = (1 - clip_range, 1 + clip_range, -vf, vf)
 
     def put_after(self, v: list[Tensor], step: float, lr: float, clip: float, base: dict[str, Any]) -> None:
         """After the step: Adam's second moments (flat views, in the parameters' order) and the rest."""
-        m = self.m
-        th.cat(v, out=self.v[m])
-        self.step[m], self.lr[m], self.clip[m] = step, lr, clip
-        self.t[m] = base["t"]
-        self.env[m] = base["env"]
-        self.keys[m] = (base["rollout"], base["epoch"], base["minibatch"])
+        th.cat(v, out=self._v_rows[self.m])
+        self._t.append(base["t"])
+        self._env.append(base["env"])
+        self._scalars.append((base["rollout"], base["epoch"], base["minibatch"], step, lr, clip))
         self.m += 1
 
     def gather(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
         """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
         (``fetch`` maps (t, env) pairs to them); must run before the rollout buffer is refilled."""
         m, b = self.m, self.batch
-        t = self.t[:m].reshape(-1).astype(np.int64)
-        env = self.env[:m].reshape(-1).astype(np.int64)
+        self.t, self.env = np.stack(self._t), np.stack(self._env)
+        t = self.t.reshape(-1).astype(np.int64)
+        env = self.env.reshape(-1).astype(np.int64)
         obs, act = fetch(np.stack([t, env], 1))
         return th.utils._pytree.tree_map(lambda x: x.reshape(m, b, *x.shape[1:]), (obs, act))
 
@@ -421,12 +423,18 @@ class StepBuffers:
             return self._flush(replayer, parts, eps, betas, obs, act)
         finally:
             self.m = 0
+            self._terms, self._t, self._env, self._scalars = [], [], [], []
             self.busy = False
 
     def _flush(
         self, replayer: Replayer, parts: Parts, eps: float, betas: tuple[float, float], obs: Any, act: Tensor
     ) -> dict[str, np.ndarray]:
         m, b = self.m, self.batch
+        with th.no_grad():  # (m, N_TERMS, B)
+            self.terms = th.stack([th.stack([x[i] for x in self._terms]) for i in range(N_TERMS)], 1)
+        scalars = np.array(self._scalars, dtype=np.float64)
+        keys = scalars[:, :3].astype(np.int64)
+        self.step, self.lr, self.clip = scalars[:, 3], scalars[:, 4], scalars[:, 5].astype(np.float32)
         replayer.set_parts(parts)
         width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
         chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
@@ -437,10 +445,10 @@ class StepBuffers:
             pieces.append(self._chunk_columns(replayer, parts, eps, betas, lo, hi, sub_obs, sub_act))
         cols = {name: th.cat([p[name] for p in pieces]) for name in pieces[0]}
         out = {name: col.reshape(-1).numpy().copy() for name, col in cols.items()}
-        out["t"] = self.t[:m].reshape(-1).copy()
-        out["env"] = self.env[:m].reshape(-1).copy()
+        out["t"] = self.t.reshape(-1)
+        out["env"] = self.env.reshape(-1)
         for j, key in enumerate(("rollout", "epoch", "minibatch")):
-            out[key] = np.repeat(self.keys[:m, j], b)
+            out[key] = np.repeat(keys[:, j], b)
         return out
 
     # ------------------------------------------------------------------ batch
