@@ -246,14 +246,14 @@ def test_background_error_reaches_learn(tmp_path, monkeypatch):
     """An error in the background thread is raised by learn(), and no file of that rollout appears."""
     from rledger.ledger.writer import LedgerWriter
 
-    real = LedgerWriter.write
+    real = LedgerWriter.write_arrow
 
-    def failing(self, table, rollout, cols):  # noqa: ANN001, ANN202
+    def failing(self, table, rollout, tbl):  # noqa: ANN001, ANN202
         if table == "samples" and rollout == 1:
             raise OSError("disk full (test)")
-        return real(self, table, rollout, cols)
+        return real(self, table, rollout, tbl)
 
-    monkeypatch.setattr(LedgerWriter, "write", failing)
+    monkeypatch.setattr(LedgerWriter, "write_arrow", failing)
     with pytest.raises(OSError, match="disk full"):
         train(tmp_path / "r", rollouts=3)
     assert not (tmp_path / "r" / "samples" / "part-000001.parquet").exists()

@@ -465,23 +465,32 @@ class InstrumentedPPO(PPO):
         if writer is None:
             return
         info = self._run_info(None)
+        # Arrow tables are built here, the samples' (whose columns the background thread computes)
+        # and the Parquet encoding and files there: a background thread slows training by each of its
+        # many small Python-level calls (each hands the GIL over and back), far less by a few long ones
         tables: list[tuple[str, Any]] = []
         if transitions is not None:
             # copies: some columns are views of the rollout buffer, which the next rollout refills
-            tables.append(("transitions", {k: np.array(v, copy=True) for k, v in transitions.items()}))
+            cols = {k: np.array(v, copy=True) for k, v in transitions.items()}
+            tables.append(("transitions", writer.arrow_table("transitions", cols)))
         if recording and "samples" in self.record:
-            tables.append(("samples", lambda: _sample_columns(combine(samples))))
+            tables.append(
+                ("samples", lambda: writer.arrow_table("samples", _sample_columns(combine(samples))))
+            )
         if recording and "updates" in self.record:
-            tables.append(("updates", _rows_to_columns(update_rows, "updates", ())))
+            tables.append(
+                ("updates", writer.arrow_table("updates", _rows_to_columns(update_rows, "updates", ())))
+            )
         if "episodes" in self.record and episodes:
-            tables.append(("episodes", _rows_to_columns(episodes, "episodes", self.info_keys)))
+            cols = _rows_to_columns(episodes, "episodes", self.info_keys)
+            tables.append(("episodes", writer.arrow_table("episodes", cols)))
 
         def write() -> None:
             if self._write_failed:  # a rollout before this one failed: write nothing after it
                 return
             try:
-                for table, cols in tables:
-                    writer.write(table, rollout, cols() if callable(cols) else cols)
+                for table, tbl in tables:
+                    writer.write_arrow(table, rollout, tbl() if callable(tbl) else tbl)
                 writer.update_run_info(info)
             except BaseException:
                 self._write_failed = True

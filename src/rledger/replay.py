@@ -370,7 +370,8 @@ class StepBuffers:
         self._scalars: list[tuple[float, ...]] = []  # rollout, epoch, minibatch, Adam step, lr, clip
         self.t = np.zeros((0, batch), dtype=np.int32)  # (m, B), stacked by gather()
         self.env = np.zeros((0, batch), dtype=np.int16)
-        self.terms = th.zeros(0, N_TERMS, batch)  # these four stacked by the flush
+        self.terms = th.zeros(0, N_TERMS, batch)  # these stacked by gather() too
+        self.keys = np.zeros((0, 3), dtype=np.int64)
         self.step = self.lr = np.zeros(0, dtype=np.float64)
         self.clip = np.zeros(0, dtype=np.float32)
         self.m = 0
@@ -400,9 +401,18 @@ class StepBuffers:
 
     def gather(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
         """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
-        (``fetch`` maps (t, env) pairs to them); must run before the rollout buffer is refilled."""
+        (``fetch`` maps (t, env) pairs to them), and their loss inputs, indices and scalars stacked
+        for :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled; the
+        per-step tensors are released here too, by the thread that allocated them (freed from another
+        thread they contend for its allocator's lock and slow training)."""
         m, b = self.m, self.batch
+        with th.no_grad():  # (m, N_TERMS, B)
+            self.terms = th.stack([th.stack([x[i] for x in self._terms]) for i in range(N_TERMS)], 1)
+        scalars = np.array(self._scalars, dtype=np.float64)
+        self.keys = scalars[:, :3].astype(np.int64)
+        self.step, self.lr, self.clip = scalars[:, 3], scalars[:, 4], scalars[:, 5].astype(np.float32)
         self.t, self.env = np.stack(self._t), np.stack(self._env)
+        self._terms, self._t, self._env, self._scalars = [], [], [], []
         t = self.t.reshape(-1).astype(np.int64)
         env = self.env.reshape(-1).astype(np.int64)
         obs, act = fetch(np.stack([t, env], 1))
@@ -423,18 +433,12 @@ class StepBuffers:
             return self._flush(replayer, parts, eps, betas, obs, act)
         finally:
             self.m = 0
-            self._terms, self._t, self._env, self._scalars = [], [], [], []
             self.busy = False
 
     def _flush(
         self, replayer: Replayer, parts: Parts, eps: float, betas: tuple[float, float], obs: Any, act: Tensor
     ) -> dict[str, np.ndarray]:
         m, b = self.m, self.batch
-        with th.no_grad():  # (m, N_TERMS, B)
-            self.terms = th.stack([th.stack([x[i] for x in self._terms]) for i in range(N_TERMS)], 1)
-        scalars = np.array(self._scalars, dtype=np.float64)
-        keys = scalars[:, :3].astype(np.int64)
-        self.step, self.lr, self.clip = scalars[:, 3], scalars[:, 4], scalars[:, 5].astype(np.float32)
         replayer.set_parts(parts)
         width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
         chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
@@ -448,7 +452,7 @@ class StepBuffers:
         out["t"] = self.t.reshape(-1)
         out["env"] = self.env.reshape(-1)
         for j, key in enumerate(("rollout", "epoch", "minibatch")):
-            out[key] = np.repeat(keys[:, j], b)
+            out[key] = np.repeat(self.keys[:, j], b)
         return out
 
     # ------------------------------------------------------------------ batch
