@@ -353,7 +353,8 @@ class StepBuffers:
         # parameters and second moments of each step, all parameters flat in one row per step
         self.p = th.zeros(self.capacity, n_params)
         self.v = th.zeros(self.capacity, n_params)
-        self._p_rows, self._v_rows = self.p.unbind(0), self.v.unbind(0)
+        self.terms = th.zeros(self.capacity, N_TERMS, batch)  # each step's loss inputs
+        self._p_rows, self._v_rows, self._term_rows = self.p.unbind(0), self.v.unbind(0), self.terms.unbind(0)
         self._sources = [p.detach().view(-1) for p in params]  # views of the live parameters
         ends = np.cumsum([p.numel() for p in params])
         self._slices = [
@@ -363,14 +364,12 @@ class StepBuffers:
         # within a train() call, whose steps are the only ones a fill of the buffers holds
         self.bounds = (0.0, 0.0, 0.0, 0.0)
         # per step, kept by reference (train() creates them afresh for each minibatch and never changes
-        # them afterwards) and stacked once per flush: the loss inputs, (t, env) and the scalars
-        self._terms: list[list[Tensor]] = []
+        # them afterwards) and stacked by gather(): (t, env) and the scalars
         self._t: list[np.ndarray] = []
         self._env: list[np.ndarray] = []
         self._scalars: list[tuple[float, ...]] = []  # rollout, epoch, minibatch, Adam step, lr, clip
         self.t = np.zeros((0, batch), dtype=np.int32)  # (m, B), stacked by gather()
         self.env = np.zeros((0, batch), dtype=np.int16)
-        self.terms = th.zeros(0, N_TERMS, batch)  # these stacked by gather() too
         self.keys = np.zeros((0, 3), dtype=np.int64)
         self.step = self.lr = np.zeros(0, dtype=np.float64)
         self.clip = np.zeros(0, dtype=np.float32)
@@ -386,7 +385,8 @@ class StepBuffers:
         """Before the step: the parameters it starts from and its ``N_TERMS`` loss inputs ``(B,)``."""
         m = self.m
         th.cat(self._sources, out=self._p_rows[m])
-        self._terms.append(terms)
+        with th.no_grad():
+            th.stack(terms, out=self._term_rows[m])
         if m == 0:
             vf = clip_range_vf if clip_range_vf is not None else 0.0
             self.bounds = (1 - clip_range, 1 + clip_range, -vf, vf)
@@ -401,18 +401,14 @@ class StepBuffers:
 
     def gather(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
         """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
-        (``fetch`` maps (t, env) pairs to them), and their loss inputs, indices and scalars stacked
-        for :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled; the
-        per-step tensors are released here too, by the thread that allocated them (freed from another
-        thread they contend for its allocator's lock and slow training)."""
+        (``fetch`` maps (t, env) pairs to them), and their indices and scalars stacked for
+        :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled."""
         m, b = self.m, self.batch
-        with th.no_grad():  # (m, N_TERMS, B)
-            self.terms = th.stack([th.stack([x[i] for x in self._terms]) for i in range(N_TERMS)], 1)
         scalars = np.array(self._scalars, dtype=np.float64)
         self.keys = scalars[:, :3].astype(np.int64)
         self.step, self.lr, self.clip = scalars[:, 3], scalars[:, 4], scalars[:, 5].astype(np.float32)
         self.t, self.env = np.stack(self._t), np.stack(self._env)
-        self._terms, self._t, self._env, self._scalars = [], [], [], []
+        self._t, self._env, self._scalars = [], [], []
         t = self.t.reshape(-1).astype(np.int64)
         env = self.env.reshape(-1).astype(np.int64)
         obs, act = fetch(np.stack([t, env], 1))
