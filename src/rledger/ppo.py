@@ -24,7 +24,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
@@ -33,7 +33,7 @@ from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
 from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError, combine
 from rledger.ledger import schema
 from rledger.ledger.writer import LedgerWriter
-from rledger.recorder import EpisodeTracker, RolloutArrays, StepRecorder, initial_state_ids, obs_hash_rows
+from rledger.recorder import EpisodeTracker, RolloutArrays, initial_state_ids, next_state_ids, obs_hash_rows
 
 ALL_TABLES = schema.TABLES
 T = TypeVar("T")
@@ -181,15 +181,133 @@ class InstrumentedPPO(PPO):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: Any, n_rollout_steps: int
     ) -> bool:
-        self._arrays = RolloutArrays(n_rollout_steps, env.num_envs, len(self.info_keys))
-        recorder = StepRecorder(callback, self, self._arrays)
-        complete = super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)
-        self._arrays.fill_rewards(rollout_buffer.rewards, rollout_buffer.pos)
+        """Collect experiences using the current policy and fill a ``RolloutBuffer`` (SB3's
+        ``OnPolicyAlgorithm.collect_rollouts``, line for line, recording the env's dones, truncations
+        and, where some env is done, its rewards before SB3 adds the timeout bootstrap to them)."""
+        arrays = self._arrays = RolloutArrays(n_rollout_steps, env.num_envs, len(self.info_keys))
+        complete = self._collect(env, callback, rollout_buffer, n_rollout_steps, arrays)
+        # the rewards of every other step, as SB3 stored them
+        arrays.fill_rewards(rollout_buffer.rewards, rollout_buffer.pos)
         if not complete and self._episodes is not None:
             # learn() stops without train(): keep episode counts right and its finished episodes
-            _, rows = self._episodes.consume(self._rollout, self._arrays)
+            _, rows = self._episodes.consume(self._rollout, arrays)
             self._pending_episodes.extend(rows)
         return complete
+
+    def _collect(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: Any,
+        n_rollout_steps: int,
+        arrays: RolloutArrays,
+    ) -> bool:
+        assert self._last_obs is not None, "No previous observation was provided"
+        # Switch to eval mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(False)
+
+        n_steps = 0
+        rollout_buffer.reset()
+        # Sample new weights for the state dependent exploration
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+
+        callback.on_rollout_start()
+        per_step_info = bool(self.info_keys) or self._info_state_ids
+
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                # Sample a new noise matrix
+                self.policy.reset_noise(env.num_envs)
+
+            with th.no_grad():
+                # Convert to pytorch tensor or to TensorDict
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs = self.policy(obs_tensor)
+            actions = actions.cpu().numpy()
+
+            # Rescale and perform action
+            clipped_actions = actions
+
+            if isinstance(self.action_space, spaces.Box):
+                if self.policy.squash_output:
+                    # Unscale the actions to match env bounds
+                    # if they were previously squashed (scaled in [-1, 1])
+                    clipped_actions = self.policy.unscale_action(clipped_actions)
+                else:
+                    # Otherwise, clip the actions to avoid out of bound error
+                    # as we are sampling from an unbounded Gaussian distribution
+                    clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+
+            self.num_timesteps += env.num_envs
+
+            # the env's step as it gave it (before the bootstrap below changes rewards in place)
+            arrays.filled, arrays.last_rewards = n_steps + 1, rewards
+            if dones.any():
+                arrays.record_done(n_steps, rewards, dones, infos)
+            if per_step_info:
+                self._record_info(n_steps, arrays, env, infos, dones)
+
+            # Give access to local variables
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            if isinstance(self.action_space, spaces.Discrete):
+                # Reshape in case of discrete action
+                actions = actions.reshape(-1, 1)
+
+            # Handle timeout by bootstrapping with value function
+            # see GitHub issue #633
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
+                    rewards[idx] += self.gamma * terminal_value
+
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        with th.no_grad():
+            # Compute value for the last timestep
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+
+        callback.update_locals(locals())
+
+        callback.on_rollout_end()
+
+        return True
+
+    def _record_info(
+        self, t: int, arrays: RolloutArrays, env: VecEnv, infos: list[dict[str, Any]], dones: np.ndarray
+    ) -> None:
+        """The named info keys of step ``t`` and the state ids of the observations it started from."""
+        arrays.record_info(t, infos, self.info_keys)
+        if self._info_state_ids:
+            if arrays.state_id is None:
+                arrays.state_id = np.zeros(arrays.reward.shape, dtype=np.int64)
+            arrays.state_id[t] = self._state_ids
+            self._state_ids = next_state_ids(env, infos, dones)
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:

@@ -1,12 +1,11 @@
 """Step-level recording during rollout collection: transitions' env-side columns and episodes.
 
-:class:`StepRecorder` wraps the callback that SB3's ``collect_rollouts`` drives. SB3 hands the
-callback the loop's locals right after ``env.step``; the recorder copies the env's dones and, on a step
-where some env is done, its raw rewards (before SB3 adds the timeout bootstrap to them) into
-preallocated arrays, then delegates to the user's callback. The rewards of every other step are taken
-from the rollout buffer when the collection ends (:meth:`RolloutArrays.fill_rewards`): SB3 stores them
-unchanged there, cast to float32 as here. Episodes and observation hashes are computed for the whole
-rollout at once.
+``InstrumentedPPO.collect_rollouts`` (SB3's loop, mirrored) hands each env step to
+:class:`RolloutArrays`: on a step where some env is done, the env's raw rewards (before SB3 adds the
+timeout bootstrap to them), dones and truncations; the named info keys on every step when there are
+any. The rewards of every other step are taken from the rollout buffer when the collection ends
+(:meth:`RolloutArrays.fill_rewards`): SB3 stores them unchanged there, cast to float32 as here.
+Episodes and observation hashes are computed for the whole rollout at once.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -63,6 +61,28 @@ class RolloutArrays:
         self.state_id: np.ndarray | None = None  # filled only when the env provides info["state_id"]
         self.filled = 0
         self.last_rewards: Any = None  # the newest step's rewards as the env gave them
+
+    def record_done(
+        self, t: int, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
+    ) -> None:
+        """Step ``t``, where some env is done: its rewards (a copy: SB3 adds the timeout bootstrap to
+        them in place afterwards), dones and truncations."""
+        self.reward[t] = rewards
+        self.done[t] = dones
+        for i in np.flatnonzero(dones):
+            self.truncated[t, i] = bool(infos[i].get("TimeLimit.truncated", False))
+
+    def record_info(self, t: int, infos: list[dict[str, Any]], info_keys: tuple[str, ...]) -> None:
+        """The named scalar info keys of step ``t``."""
+        for j, key in enumerate(info_keys):
+            try:
+                self.info[t, :, j] = [info[key] for info in infos]
+            except KeyError:
+                missing = next(i for i, info in enumerate(infos) if key not in info)
+                raise KeyError(
+                    f"info_keys: the env's info at step {t} of env {missing} has no key {key!r} "
+                    f"(keys: {sorted(infos[missing])}); name only scalar keys present on every step"
+                ) from None
 
     def fill_rewards(self, buffer_rewards: np.ndarray, stored: int) -> None:
         """Rewards of the steps where no env was done, from the rollout buffer (``stored`` steps are
@@ -128,65 +148,6 @@ class EpisodeTracker:
             self.sums[e] += info[start:, e].sum(axis=0)
         rows.sort(key=lambda r: (r["env"], r["episode"]))
         return episode, rows
-
-
-class StepRecorder(BaseCallback):
-    """Wraps a callback; copies every env step of the rollout being collected into arrays."""
-
-    def __init__(self, inner: BaseCallback, model: Any, arrays: RolloutArrays):
-        super().__init__()
-        self.inner = inner
-        self.model_ref = model
-        self.arrays = arrays
-        self._locals: dict[str, Any] = {}
-
-    def update_locals(self, locals_: dict[str, Any]) -> None:
-        self._locals = locals_
-        self.inner.update_locals(locals_)
-
-    def on_rollout_start(self) -> None:
-        self.inner.on_rollout_start()
-
-    def on_rollout_end(self) -> None:
-        self.inner.on_rollout_end()
-
-    def on_step(self) -> bool:
-        self._record(self._locals)
-        return self.inner.on_step()
-
-    def _on_step(self) -> bool:  # pragma: no cover - on_step is overridden
-        return True
-
-    def _record(self, loc: dict[str, Any]) -> None:
-        t = loc["n_steps"]
-        a = self.arrays
-        dones = loc["dones"]
-        infos: list[dict[str, Any]] = loc["infos"]
-        a.filled = t + 1
-        a.last_rewards = loc["rewards"]
-        if dones.any():
-            # copied now: SB3 adds the timeout bootstrap to these rewards in place afterwards
-            a.reward[t] = loc["rewards"]
-            a.done[t] = dones
-            for i in np.flatnonzero(dones):
-                a.truncated[t, i] = bool(infos[i].get("TimeLimit.truncated", False))
-        m = self.model_ref
-        if not m.info_keys and not m._info_state_ids:
-            return
-        for j, key in enumerate(m.info_keys):
-            try:
-                a.info[t, :, j] = [info[key] for info in infos]
-            except KeyError:
-                missing = next(i for i, info in enumerate(infos) if key not in info)
-                raise KeyError(
-                    f"info_keys: the env's info at step {t} of env {missing} has no key {key!r} "
-                    f"(keys: {sorted(infos[missing])}); name only scalar keys present on every step"
-                ) from None
-        if m._info_state_ids:
-            if a.state_id is None:
-                a.state_id = np.zeros(a.reward.shape, dtype=np.int64)
-            a.state_id[t] = m._state_ids
-            m._state_ids = next_state_ids(loc["env"], infos, dones)
 
 
 def next_state_ids(env: Any, infos: list[dict[str, Any]], dones: np.ndarray) -> np.ndarray:
