@@ -36,8 +36,8 @@ from torch import Tensor, nn
 MAX_BUFFER_ELEMENTS = 1 << 24
 """Upper bound on the floats held by one set of slot buffers (64 MiB); more steps than fit are flushed."""
 
-REPLAY_CHUNK_ELEMENTS = 1 << 25
-"""Floats of layer activations and their gradients per chunk of the replay (128 MiB): the buffered steps
+REPLAY_CHUNK_ELEMENTS = 1 << 24
+"""Floats of layer activations and their gradients per chunk of the replay (64 MiB): the buffered steps
 are replayed in chunks of about this size, so peak memory does not grow with the network or batch. Large
 chunks matter in the background thread: each torch call there hands the GIL over and back, which costs
 the training thread tens of microseconds, so the fewer (larger) the calls, the less training slows."""
@@ -356,10 +356,8 @@ class StepBuffers:
         self.terms = th.zeros(self.capacity, N_TERMS, batch)  # each step's loss inputs
         self._p_rows, self._v_rows, self._term_rows = self.p.unbind(0), self.v.unbind(0), self.terms.unbind(0)
         self._sources = [p.detach().view(-1) for p in params]  # views of the live parameters
-        ends = np.cumsum([p.numel() for p in params])
-        self._slices = [
-            (int(e - p.numel()), int(e), tuple(p.shape)) for e, p in zip(ends, params, strict=True)
-        ]
+        self._sizes = [p.numel() for p in params]
+        self._shapes = [tuple(p.shape) for p in params]
         # clipping bounds (1 - eps, 1 + eps) and (-eps_vf, eps_vf), in float64 as SB3 has them; constant
         # within a train() call, whose steps are the only ones a fill of the buffers holds
         self.bounds = (0.0, 0.0, 0.0, 0.0)
@@ -535,9 +533,12 @@ class StepBuffers:
 
     def _per_param(self, flat: Tensor) -> dict[str, Tensor]:
         """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
+        # one split, then a view only where the shape has two or more dimensions (few torch calls:
+        # each costs the training thread a GIL hand-off when this runs in the background thread)
+        parts = flat.split(self._sizes, dim=1)
         return {
-            name: flat[:, a:b].reshape(flat.shape[0], *shape)
-            for name, (a, b, shape) in zip(self.names, self._slices, strict=True)
+            name: part if len(shape) == 1 else part.view(flat.shape[0], *shape)
+            for name, part, shape in zip(self.names, parts, self._shapes, strict=True)
         }
 
 
