@@ -1,7 +1,7 @@
 """``InstrumentedPPO``: stable-baselines3's PPO with a ledger of every update, training unchanged.
 
-``train()`` mirrors SB3 2.9's ``PPO.train()`` line for line; beside each named quantity it records
-what the ledger needs. The extra work reads the autograd graph and the optimizer state but changes no
+``train()`` mirrors SB3 2.9's ``PPO.train()`` line for line, and ``collect_rollouts()`` its
+``OnPolicyAlgorithm.collect_rollouts()``; beside each named quantity they record what the ledger needs. The extra work reads the autograd graph and the optimizer state but changes no
 parameter, gradient, optimizer state or random number, so the parameters after ``learn()`` are
 bitwise equal to plain PPO's with the same seed (tested).
 """
