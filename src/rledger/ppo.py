@@ -1,7 +1,8 @@
 """``InstrumentedPPO``: stable-baselines3's PPO with a ledger of every update, training unchanged.
 
 ``train()`` mirrors SB3 2.9's ``PPO.train()`` line for line, and ``collect_rollouts()`` its
-``OnPolicyAlgorithm.collect_rollouts()``; beside each named quantity they record what the ledger needs. The extra work reads the autograd graph and the optimizer state but changes no
+``OnPolicyAlgorithm.collect_rollouts()``; beside each named quantity they record what the ledger
+needs. The extra work reads the autograd graph and the optimizer state but changes no
 parameter, gradient, optimizer state or random number, so the parameters after ``learn()`` are
 bitwise equal to plain PPO's with the same seed (tested).
 """
@@ -583,9 +584,9 @@ class InstrumentedPPO(PPO):
         if writer is None:
             return
         info = self._run_info(None)
-        # Arrow tables are built here, the samples' (whose columns the background thread computes)
-        # and the Parquet encoding and files there: a background thread slows training by each of its
-        # many small Python-level calls (each hands the GIL over and back), far less by a few long ones
+        # Arrow tables are built here (the samples' in the background thread, which computes their
+        # columns); the thread gets the Parquet encoding and files: few, long calls, since each of its
+        # Python-level calls hands the GIL over and back and so slows training
         tables: list[tuple[str, Any]] = []
         if transitions is not None:
             # copies: some columns are views of the rollout buffer, which the next rollout refills

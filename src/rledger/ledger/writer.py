@@ -58,8 +58,10 @@ def check_run_dir(run_dir: str | os.PathLike[str], overwrite: bool) -> Path:
 class LedgerWriter:
     """Writes the four ledger tables of one run as Parquet part files.
 
-    ``write(table, rollout, columns)`` writes ``<run_dir>/<table>/part-<rollout>.parquet``; the file
-    is written under a temporary name and renamed, so a reader sees it whole or not at all.
+    ``arrow_table(table, columns)`` checks and types one rollout's columns (cheap; InstrumentedPPO calls
+    it on the training thread), ``write_arrow(table, rollout, tbl)`` encodes them to
+    ``<run_dir>/<table>/part-<rollout>.parquet`` (the background thread's share); the file is written
+    under a temporary name and renamed, so a reader sees it whole or not at all.
     """
 
     def __init__(
@@ -93,14 +95,10 @@ class LedgerWriter:
     def update_run_info(self, run_info: Mapping[str, Any]) -> None:
         atomic_write_json(self.run_dir / "run.json", dict(run_info))
 
-    def write(self, table: str, rollout: int, cols: Mapping[str, Any]) -> Path:
-        """Write one rollout's rows of ``table``; ``cols`` maps every schema column to an array."""
-        return self.write_arrow(table, rollout, self.arrow_table(table, cols))
-
     def write_arrow(self, table: str, rollout: int, tbl: pa.Table) -> Path:
         """Write one rollout's rows of ``table`` from :meth:`arrow_table`'s result."""
         if not self._opened:
-            raise RuntimeError("LedgerWriter.write called before open()")
+            raise RuntimeError("LedgerWriter.write_arrow called before open()")
         path = self.run_dir / table / f"part-{rollout:06d}.parquet"
         sink = pa.BufferOutputStream()
         # zstd level 1: the same size as the default level on these float columns, at half the time
