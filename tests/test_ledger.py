@@ -230,13 +230,28 @@ def test_same_seed_same_ledger(tmp_path):
         pd.testing.assert_frame_equal(a.table(table), b.table(table))
 
 
-def test_background_thread_gives_the_same_ledger(tmp_path):
+def test_background_thread_gives_the_same_ledger(tmp_path, monkeypatch):
     """The background thread (default) and train() itself write identical tables; the thread is gone
-    once learn() returns."""
+    once learn() returns. The last train() hands its steps to the thread in parts, the others in one."""
     import threading
 
+    from rledger.ppo import LAST_TRAIN_PARTS
+    from rledger.replay import StepBuffers
+
+    flushed: list[tuple[int, int]] = []  # (rollout, steps) of each hand-over
+    real = StepBuffers.flush
+
+    def counting(self, *args):  # noqa: ANN001, ANN202
+        flushed.append((int(self.keys[0, 0]), self.m))
+        return real(self, *args)
+
+    monkeypatch.setattr(StepBuffers, "flush", counting)
     _, a = train(tmp_path / "a", rollouts=3, ent_coef=0.01)
     assert not [t for t in threading.enumerate() if t.name.startswith("rledger-ledger")]
+    steps = EPOCHS * (N_STEPS * 2 // BATCH)
+    assert [m for r, m in flushed if r < 2] == [steps, steps]
+    assert [m for r, m in flushed if r == 2] == [steps // LAST_TRAIN_PARTS] * LAST_TRAIN_PARTS
+    monkeypatch.undo()
     _, b = train(tmp_path / "b", rollouts=3, ent_coef=0.01, background=False)
     for table in schema.TABLES:
         pd.testing.assert_frame_equal(a.table(table), b.table(table))

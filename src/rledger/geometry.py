@@ -161,6 +161,7 @@ class SampleGeometry:
         self._epochs_hint = 1
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
         self._steps_hint = 1
+        self._flush_every: int | None = None
         self._done: list[dict[str, np.ndarray] | Future[dict[str, np.ndarray]]] = []
 
     # ------------------------------------------------------------------ setup
@@ -212,11 +213,14 @@ class SampleGeometry:
         steps_hint: int,
         epochs: int = 1,
         submit: Callable[[Callable[[], dict[str, np.ndarray]]], Future[dict[str, np.ndarray]]] | None = None,
+        flush_every: int | None = None,
     ) -> None:
         """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
         actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected.
         ``submit(job)`` runs a batched computation elsewhere (a background thread) and returns its
-        future; ``None``: compute in the calling thread."""
+        future; ``None``: compute in the calling thread. ``flush_every``: hand the buffered steps over
+        every that many steps (else when the buffers are full or the call ends)."""
+        self._flush_every = flush_every
         self._support = None
         self._submit = submit
         self._v_views = None
@@ -297,7 +301,7 @@ class SampleGeometry:
             self._batch.put_after(
                 self._v_views, float(self._step_tensor), float(group["lr"]), float(clip_coef), base
             )
-            if self._batch.full:
+            if self._batch.full or (self._flush_every is not None and self._batch.m >= self._flush_every):
                 self._flush()
             return
         precond = _fresh_step_factor(optimizer)
