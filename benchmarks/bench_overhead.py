@@ -110,7 +110,7 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
         loss.backward()
         gn = th.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
         policy.optimizer.step()
-        return th.clamp(0.5 / (gn + 1e-6), max=1.0)
+        return gn
 
     def plain() -> None:
         v, lp, _ = policy.evaluate_actions(obs, act)
@@ -124,17 +124,17 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
         loss, r = loss_terms(v, lp)
         terms = LossTerms(adv, r, 0.2, v, old_v, ret, None, 0.0, 0.5)
         pending = geometry.before_step(cap, obs, act, lp, ent, v, terms)
-        c = step(loss)
+        gn = step(loss)
         r = r.detach()
         clipped = ((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8))
         base = dict(
             rollout=0, epoch=0, minibatch=0, t=rows, env=zeros, advantage_used=adv, ratio=r, clipped=clipped
         )
-        geometry.record(pending, policy.optimizer, c, base)
+        geometry.record(pending, policy.optimizer, gn, base)
 
     params = {n: p.detach() for n, p in policy.named_parameters()}
     rows, zeros = np.arange(batch, dtype=np.int32), np.zeros(batch, dtype=np.int16)
-    geometry.reset(lambda t_env: (obs[t_env[:, 0]], act[t_env[:, 0]]), steps)
+    geometry.reset(lambda t_env: (obs[t_env[:, 0]], act[t_env[:, 0]]), steps, max_grad_norm=0.5)
 
     def loss_i(p, o, a, r_, ad, ns):  # noqa: ANN001, ANN202
         from torch.nn.utils.stateless import _reparametrize_module
@@ -181,13 +181,20 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
     }
 
 
+# The child's own peak: on Linux VmHWM of /proc/self/status. Not ru_maxrss, which Linux carries over
+# from the parent's memory at fork/exec: it printed this benchmark's own peak (~0.9-1.1 GB) for both
+# runs until it was noticed.
 RSS_CHILD = """
 import resource, sys, tempfile, torch
 torch.set_num_threads(1)
 from rledger import InstrumentedPPO
 m = InstrumentedPPO("MlpPolicy", "CartPole-v1", seed=0, ledger=tempfile.mkdtemp() + "/run")
 m.learn(int(sys.argv[1]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+try:
+    with open("/proc/self/status") as fh:
+        print(next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")) / 1024)
+except OSError:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 

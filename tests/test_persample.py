@@ -159,3 +159,19 @@ def test_clipping_happens_in_reference_runs(tmp_path):
     _, _, ledger = run_case(tmp_path, CASES["cartpole-default-tanh-clip"])
     s = ledger.samples()
     assert s.clipped.any() and not s.clipped.all(), "the test settings should clip some samples"
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
+def test_clip_coefs_of_many_steps_equal_one_call_per_step(n):
+    """The clip factors computed for many steps in one call are bitwise those of one call per step, as
+    train() computed them before, on both sides of the threshold and at every vector-tail length."""
+    from rledger.replay import clip_coefs
+
+    gen = th.Generator().manual_seed(n)
+    norms = th.exp(4 * th.randn(n, generator=gen)).float()  # 1e-5 .. 1e5: clipped and not
+    norms[0] = 0.5  # at the threshold
+    many = clip_coefs(norms, 0.5)
+    one_by_one = th.stack([th.clamp(0.5 / (g + 1e-6), max=1.0) for g in norms.unbind()])
+    assert many.dtype == th.float32 and th.equal(many, one_by_one)
+    if n > 1:
+        assert (many < 1).any() and (many == 1).any()

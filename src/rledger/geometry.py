@@ -24,7 +24,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
 from rledger import persample
-from rledger.replay import Parts, Replayer, StepBuffers, columns
+from rledger.replay import Parts, Replayer, StepBuffers, clip_coefs, columns
 
 _REFUSED_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RNNBase, nn.GroupNorm)
 
@@ -162,6 +162,7 @@ class SampleGeometry:
         self._fetch: Callable[[np.ndarray], tuple[Any, Tensor]] | None = None
         self._steps_hint = 1
         self._flush_every: int | None = None
+        self.max_grad_norm = math.inf
         self._done: list[dict[str, np.ndarray] | Future[dict[str, np.ndarray]]] = []
 
     # ------------------------------------------------------------------ setup
@@ -214,13 +215,16 @@ class SampleGeometry:
         epochs: int = 1,
         submit: Callable[[Callable[[], dict[str, np.ndarray]]], Future[dict[str, np.ndarray]]] | None = None,
         flush_every: int | None = None,
+        max_grad_norm: float = math.inf,
     ) -> None:
         """Start a train() call. ``fetch((t, env) pairs)`` returns those samples' observations and
         actions from the rollout buffer; ``steps_hint`` is the number of optimizer steps expected.
         ``submit(job)`` runs a batched computation elsewhere (a background thread) and returns its
         future; ``None``: compute in the calling thread. ``flush_every``: hand the buffered steps over
-        every that many steps (else when the buffers are full or the call ends)."""
+        every that many steps (else when the buffers are full or the call ends). ``max_grad_norm``:
+        the clipping threshold passed to ``clip_grad_norm_``."""
         self._flush_every = flush_every
+        self.max_grad_norm = max_grad_norm
         self._support = None
         self._submit = submit
         self._v_views = None
@@ -289,9 +293,10 @@ class SampleGeometry:
         return pending
 
     def record(
-        self, pending: _Pending, optimizer: th.optim.Optimizer, clip_coef: Tensor, base: dict[str, Any]
+        self, pending: _Pending, optimizer: th.optim.Optimizer, grad_norm: Tensor, base: dict[str, Any]
     ) -> None:
-        """After the optimizer step: the step's columns (now, or batched until :meth:`finish`)."""
+        """After the optimizer step: the step's columns (now, or batched until :meth:`finish`).
+        ``grad_norm``: the total norm ``clip_grad_norm_`` returned for this step."""
         if pending.batched:
             assert self._batch is not None
             group = optimizer.param_groups[0]
@@ -299,13 +304,13 @@ class SampleGeometry:
                 self._v_views = [optimizer.state[p]["exp_avg_sq"].view(-1) for p in self._opt_params]
                 self._step_tensor = optimizer.state[self._opt_params[0]]["step"]
             self._batch.put_after(
-                self._v_views, float(self._step_tensor), float(group["lr"]), float(clip_coef), base
+                self._v_views, float(self._step_tensor), float(group["lr"]), grad_norm, base
             )
             if self._batch.full or (self._flush_every is not None and self._batch.m >= self._flush_every):
                 self._flush()
             return
         precond = _fresh_step_factor(optimizer)
-        cols = self._columns_now(pending, precond, clip_coef)
+        cols = self._columns_now(pending, precond, clip_coefs(grad_norm, self.max_grad_norm))
         row = {k: np.asarray(v) for k, v in base.items() if k not in ("rollout", "epoch", "minibatch")}
         n = len(row["t"])
         row.update({k: np.full(n, base[k]) for k in ("rollout", "epoch", "minibatch")})
@@ -368,7 +373,9 @@ class SampleGeometry:
             return
         group = self.optimizer.param_groups[0]
         assert self._fetch is not None and self._replayer is not None and self._parts is not None
-        obs, act = buf.gather(self._fetch)  # now: the rollout buffer is refilled while the flush runs
+        obs, act = buf.gather(
+            self._fetch, self.max_grad_norm
+        )  # now: the rollout buffer is refilled while the flush runs
         args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act)
         if self._submit is None:
             self._done.append(buf.flush(*args))

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from rledger import __version__
 from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
-from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError, combine
+from rledger.geometry import LossTerms, SampleGeometry, UnsupportedPolicyError, clip_coefs, combine
 from rledger.ledger import schema
 from rledger.ledger.writer import LedgerWriter
 from rledger.recorder import EpisodeTracker, RolloutArrays, initial_state_ids, next_state_ids, obs_hash_rows
@@ -326,8 +326,7 @@ class InstrumentedPPO(PPO):
             self._transition_columns(episode_ids) if recording and "transitions" in self.record else None
         )
         update_rows: list[dict[str, Any]] = []
-        grad_norms: list[float] = []
-        clip_coefs: list[float] = []
+        grad_norms: list[th.Tensor] = []  # of the steps taken, their clip factors computed at the end
         self._raise_background_error()
         if geometry is not None:
             n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
@@ -342,6 +341,7 @@ class InstrumentedPPO(PPO):
                 self.n_epochs,
                 self._submit if self.background else None,
                 flush_every=-(-n_steps // LAST_TRAIN_PARTS) if last else None,
+                max_grad_norm=self.max_grad_norm,
             )
 
         # forward hooks on the policy's layers, for the per-minibatch modes only
@@ -475,17 +475,13 @@ class InstrumentedPPO(PPO):
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
 
-                with th.no_grad():
-                    # the factor clip_grad_norm_ applied, computed as torch computes it
-                    clip_coef = th.clamp(self.max_grad_norm / (grad_norm + 1e-6), max=1.0)
-                grad_norms.append(float(grad_norm))
-                clip_coefs.append(float(clip_coef))
+                grad_norms.append(grad_norm)
                 update_rows.append(
                     {
                         **update,
                         "opt_step": _opt_step(self.policy.optimizer),
-                        "grad_norm": float(grad_norm),
-                        "clip_coef": float(clip_coef),
+                        "grad_norm": np.nan,  # with clip_coef, for all steps at once after the loop
+                        "clip_coef": np.nan,
                         "stopped_early": False,
                     }
                 )
@@ -501,7 +497,7 @@ class InstrumentedPPO(PPO):
                         base.update(
                             advantage_used=advantages.detach(), ratio=ratio.detach(), clipped=pending.clipped
                         )
-                    geometry.record(pending, self.policy.optimizer, clip_coef, base)
+                    geometry.record(pending, self.policy.optimizer, grad_norm, base)
 
             self._n_updates += 1
             if not continue_training:
@@ -527,8 +523,13 @@ class InstrumentedPPO(PPO):
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
         if grad_norms:
-            self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
-            self.logger.record("train/clip_coef", float(np.mean(clip_coefs)))
+            norms = th.stack(grad_norms)
+            norm_list, coef_list = norms.tolist(), clip_coefs(norms, self.max_grad_norm).tolist()
+            taken = (row for row in update_rows if not row["stopped_early"])
+            for row, norm, coef in zip(taken, norm_list, coef_list, strict=True):
+                row["grad_norm"], row["clip_coef"] = norm, coef
+            self.logger.record("train/grad_norm", float(np.mean(norm_list)))
+            self.logger.record("train/clip_coef", float(np.mean(coef_list)))
 
         samples = geometry.finish() if geometry is not None else []
         self._write_rollout(recording, transitions, samples, update_rows)

@@ -365,7 +365,8 @@ class StepBuffers:
         # them afterwards) and stacked by gather(): (t, env) and the scalars
         self._t: list[np.ndarray] = []
         self._env: list[np.ndarray] = []
-        self._scalars: list[tuple[float, ...]] = []  # rollout, epoch, minibatch, Adam step, lr, clip
+        self._scalars: list[tuple[float, ...]] = []  # rollout, epoch, minibatch, Adam step, lr
+        self._grad_norms: list[Tensor] = []  # clip_grad_norm_'s result (0-d), the clip factor from it
         self.t = np.zeros((0, batch), dtype=np.int32)  # (m, B), stacked by gather()
         self.env = np.zeros((0, batch), dtype=np.int16)
         self.keys = np.zeros((0, 3), dtype=np.int64)
@@ -389,24 +390,31 @@ class StepBuffers:
             vf = clip_range_vf if clip_range_vf is not None else 0.0
             self.bounds = (1 - clip_range, 1 + clip_range, -vf, vf)
 
-    def put_after(self, v: list[Tensor], step: float, lr: float, clip: float, base: dict[str, Any]) -> None:
-        """After the step: Adam's second moments (flat views, in the parameters' order) and the rest."""
+    def put_after(
+        self, v: list[Tensor], step: float, lr: float, grad_norm: Tensor, base: dict[str, Any]
+    ) -> None:
+        """After the step: Adam's second moments (flat views, in the parameters' order), the total
+        gradient norm ``clip_grad_norm_`` returned (kept by reference) and the rest."""
         th.cat(v, out=self._v_rows[self.m])
         self._t.append(base["t"])
         self._env.append(base["env"])
-        self._scalars.append((base["rollout"], base["epoch"], base["minibatch"], step, lr, clip))
+        self._grad_norms.append(grad_norm)
+        self._scalars.append((base["rollout"], base["epoch"], base["minibatch"], step, lr))
         self.m += 1
 
-    def gather(self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
+    def gather(
+        self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], max_grad_norm: float
+    ) -> tuple[Any, Tensor]:
         """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
-        (``fetch`` maps (t, env) pairs to them), and their indices and scalars stacked for
-        :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled."""
+        (``fetch`` maps (t, env) pairs to them), and their indices, scalars and clip factors stacked
+        for :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled."""
         m, b = self.m, self.batch
         scalars = np.array(self._scalars, dtype=np.float64)
         self.keys = scalars[:, :3].astype(np.int64)
-        self.step, self.lr, self.clip = scalars[:, 3], scalars[:, 4], scalars[:, 5].astype(np.float32)
+        self.step, self.lr = scalars[:, 3], scalars[:, 4]
+        self.clip = clip_coefs(th.stack(self._grad_norms), max_grad_norm).numpy()
         self.t, self.env = np.stack(self._t), np.stack(self._env)
-        self._t, self._env, self._scalars = [], [], []
+        self._t, self._env, self._scalars, self._grad_norms = [], [], [], []
         t = self.t.reshape(-1).astype(np.int64)
         env = self.env.reshape(-1).astype(np.int64)
         obs, act = fetch(np.stack([t, env], 1))
@@ -563,6 +571,14 @@ def _layer_weights(
         return th.baddbmm(fb[i][:, None, :], a2, fw[i].transpose(1, 2))
 
     return w1, q(1), (q(0) if with_f else None)
+
+
+def clip_coefs(grad_norms: Tensor, max_norm: float) -> Tensor:
+    """The factor ``clip_grad_norm_`` scaled the gradients by, ``min(1, max_norm / (norm + 1e-6))``,
+    from the total norms it returned, computed as torch computes it (float32, same expression);
+    elementwise, so one call gives many steps' factors, bitwise as one call per step would (tested)."""
+    with th.no_grad():
+        return th.clamp(max_norm / (grad_norms + 1e-6), max=1.0)
 
 
 def columns(
