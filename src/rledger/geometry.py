@@ -373,9 +373,8 @@ class SampleGeometry:
             return
         group = self.optimizer.param_groups[0]
         assert self._fetch is not None and self._replayer is not None and self._parts is not None
-        obs, act = buf.gather(
-            self._fetch, self.max_grad_norm
-        )  # now: the rollout buffer is refilled while the flush runs
+        # now: the rollout buffer is refilled while the flush runs
+        obs, act = buf.gather(self._fetch, self.max_grad_norm)
         args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act)
         if self._submit is None:
             self._done.append(buf.flush(*args))
