@@ -36,8 +36,8 @@ from torch import Tensor, nn
 MAX_BUFFER_ELEMENTS = 1 << 24
 """Upper bound on the floats held by one set of slot buffers (64 MiB); more steps than fit are flushed."""
 
-REPLAY_CHUNK_ELEMENTS = 1 << 24
-"""Floats of layer activations and their gradients per chunk of the replay (64 MiB): the buffered steps
+REPLAY_CHUNK_ELEMENTS = 1 << 25
+"""Floats of layer activations and their gradients per chunk of the replay (128 MiB): the buffered steps
 are replayed in chunks of about this size, so peak memory does not grow with the network or batch. Large
 chunks matter in the background thread: each torch call there hands the GIL over and back, which costs
 the training thread tens of microseconds, so the fewer (larger) the calls, the less training slows."""
