@@ -56,9 +56,10 @@ class InstrumentedPPO(PPO):
         (summed over the episode), e.g. ``("hidden_reward",)``.
     :param overwrite: replace an existing non-empty ledger directory.
     :param background: compute the batched per-sample columns and write each rollout's ledger files in
-        a background thread (one per model), while the next rollout is collected; ``learn()`` waits
-        for it before it returns, and :meth:`sync_ledger` does so on demand. ``False``: all of it
-        inside ``train()``. The ledger is the same either way.
+        a background thread (one per model), while the next rollout is collected (the last ``train()``
+        of a ``learn()`` call hands its steps over in parts while it trains); ``learn()`` waits for it
+        before it returns, and :meth:`sync_ledger` does so on demand. ``False``: all of it inside
+        ``train()``. The ledger is the same either way.
     """
 
     def __init__(
