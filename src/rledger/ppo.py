@@ -331,17 +331,17 @@ class InstrumentedPPO(PPO):
         self._raise_background_error()
         if geometry is not None:
             n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
-            n_steps = self.n_epochs * -(-n_samples // self.batch_size)
+            opt_steps = self.n_epochs * -(-n_samples // self.batch_size)
             # the last train() of learn(): learn() waits for its columns, so hand them to the thread
             # in parts while training runs (each rollout otherwise goes in one piece, when its
             # train() ends: fewer, longer calls in the thread slow the next collection less)
             last = self.background and self.num_timesteps >= self._total_timesteps
             geometry.reset(
                 self._fetch_samples,
-                n_steps,
+                opt_steps,
                 self.n_epochs,
                 self._submit if self.background else None,
-                flush_every=-(-n_steps // LAST_TRAIN_PARTS) if last else None,
+                flush_every=-(-opt_steps // LAST_TRAIN_PARTS) if last else None,
                 max_grad_norm=self.max_grad_norm,
             )
 
