@@ -78,18 +78,18 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
     """Cost per minibatch of one PPO update with per-sample columns, CartPole default policy.
 
     plain: forward, loss, backward, clip, Adam step (what SB3 does). rledger: the same plus
-    SampleGeometry (hooks, coefficients, queued columns computed in one batch at the end).
+    PerSampleEngine (slot buffers, columns of all steps computed in one batch at the end).
     vmap / naive: the same plus per-sample loss gradients and their norms from torch.func
     vmap(grad) / a per-sample autograd loop (without the Adam preconditioner, so they do less).
     """
     from stable_baselines3 import PPO
     from torch.func import grad, vmap
 
-    from rledger.geometry import LossTerms, SampleGeometry
+    from rledger.persample import LossTerms, PerSampleEngine
 
     model = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu")
     policy = model.policy
-    geometry = SampleGeometry(policy, policy.optimizer, model.action_space)
+    engine = PerSampleEngine(policy, policy.optimizer, model.action_space)
     gen = th.Generator().manual_seed(0)
     obs = th.randn(batch, 4, generator=gen)
     act = th.randint(0, 2, (batch,), generator=gen)
@@ -118,23 +118,17 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
         step(loss)
 
     def ours() -> None:
-        with geometry.capture() as cap:
-            v, lp, ent = policy.evaluate_actions(obs, act)
+        v, lp, ent = policy.evaluate_actions(obs, act)
         v = v.flatten()
         loss, r = loss_terms(v, lp)
         terms = LossTerms(adv, r, 0.2, v, old_v, ret, None, 0.0, 0.5)
-        pending = geometry.before_step(cap, obs, act, lp, ent, v, terms)
+        pending = engine.before_step(obs, act, lp, ent, v, terms)
         gn = step(loss)
-        r = r.detach()
-        clipped = ((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8))
-        base = dict(
-            rollout=0, epoch=0, minibatch=0, t=rows, env=zeros, advantage_used=adv, ratio=r, clipped=clipped
-        )
-        geometry.record(pending, policy.optimizer, gn, base)
+        engine.after_step(pending, gn, dict(rollout=0, epoch=0, minibatch=0, t=rows, env=zeros))
 
     params = {n: p.detach() for n, p in policy.named_parameters()}
     rows, zeros = np.arange(batch, dtype=np.int32), np.zeros(batch, dtype=np.int16)
-    geometry.reset(lambda t_env: (obs[t_env[:, 0]], act[t_env[:, 0]]), steps, max_grad_norm=0.5)
+    engine.start(lambda t_env: (obs[t_env[:, 0]], act[t_env[:, 0]]), steps, max_grad_norm=0.5)
 
     def loss_i(p, o, a, r_, ad, ns):  # noqa: ANN001, ANN202
         from torch.nn.utils.stateless import _reparametrize_module
@@ -166,11 +160,11 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
     for name, fn in (("plain", plain), ("rledger", ours), ("vmap", with_vmap), ("naive", naive)):
         n = steps if name != "naive" else max(2, steps // 10)
         fn()
-        geometry.finish()
+        engine.finish()
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        geometry.finish()
+        engine.finish()
         times[name] = (time.perf_counter() - t0) / n
     return {
         "plain_ms": times["plain"] * 1e3,

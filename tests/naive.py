@@ -180,11 +180,15 @@ def _one_step(model, policy64, names, params, tape, j, up, samples, buf, n_steps
         total = g.sum(0)
         grad_norm = total.norm()
         clip_coef = min(1.0, model.max_grad_norm / (float(grad_norm) + 1e-6))
-        # the Adam step's fresh-gradient factor, from the state the step left
+        # the step's per-coordinate scale: Adam's fresh-gradient factor, from the state the step
+        # left, or plain SGD's learning rate
         st = tape.after[j]
         pieces = []
         for n in names:
             p = params[n]
+            if isinstance(model.policy.optimizer, th.optim.SGD):
+                pieces.append(th.full((p.numel(),), float(group["lr"]), dtype=th.float64))
+                continue
             if n not in st:
                 pieces.append(th.zeros(p.numel(), dtype=th.float64))
                 continue

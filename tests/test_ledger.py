@@ -13,8 +13,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from rledger import InstrumentedPPO, Ledger
-from rledger.geometry import UnsupportedPolicyError
 from rledger.ledger import LedgerExistsError, schema
+from rledger.persample import UnsupportedPolicyError
 
 N_STEPS, BATCH, EPOCHS = 128, 32, 3
 
@@ -235,8 +235,8 @@ def test_background_thread_gives_the_same_ledger(tmp_path, monkeypatch):
     once learn() returns. The last train() hands its steps to the thread in parts, the others in one."""
     import threading
 
-    from rledger.ppo import LAST_TRAIN_PARTS
-    from rledger.replay import StepBuffers
+    from rledger.persample.slots import StepBuffers
+    from rledger.recorder import LAST_TRAIN_PARTS
 
     flushed: list[tuple[int, int]] = []  # (rollout, steps) of each hand-over
     real = StepBuffers.flush
@@ -363,7 +363,7 @@ def test_batchnorm_refused(tmp_path):
 
 def test_observation_hash_matches_reference_definition():
     """obs_hash_rows against a plain-integer implementation of the documented definition."""
-    from rledger.recorder import obs_hash_rows
+    from rledger.collection import obs_hash_rows
 
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(50, 3)).astype(np.float32)  # 12 bytes: one padded word
@@ -407,13 +407,44 @@ def test_second_learn_call_continues_the_ledger(tmp_path):
 def test_replay_in_chunks_matches_one_batch(tmp_path, monkeypatch):
     """The batched replay of the buffered steps runs in chunks to bound memory; one step per chunk
     gives the same columns as the whole rollout at once."""
-    from rledger import replay
+    from rledger.persample import slots
 
     _, whole = train(tmp_path / "whole", rollouts=3, clip_range=0.02, learning_rate=3e-3)
-    monkeypatch.setattr(replay, "REPLAY_CHUNK_ELEMENTS", 1)  # -> one step per chunk
+    monkeypatch.setattr(slots, "REPLAY_CHUNK_ELEMENTS", 1)  # -> one step per chunk
     _, chunked = train(tmp_path / "chunked", rollouts=3, clip_range=0.02, learning_rate=3e-3)
     a, b = whole.samples(), chunked.samples()
     assert a.clipped.sum() > 3 * 16  # clipped samples, whose scores come from the replay too
     assert (a.clipped == b.clipped).all()
     for col in ("score_norm", "pg_grad_norm", "adam_update_norm", "self_reinforcement", "loss_grad_norm"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-9, err_msg=col)
+
+
+def test_reinforcement_query_against_pandas(run):
+    """Ledger.reinforcement: cumulative self_reinforcement and counts per (state, action) before each
+    bound, against a pandas join and group-by of the same tables."""
+    _, ledger = run
+    s = ledger.samples(columns=["rollout", "t", "env", "self_reinforcement"])
+    s["self_reinforcement"] = s.self_reinforcement.astype(np.float64)  # DuckDB sums in float64
+    tr = ledger.transitions(columns=["rollout", "t", "env", "state_id", "action"])
+    tr["action"] = [int(a[0]) for a in tr.action]
+    joined = s.merge(tr, on=["rollout", "t", "env"])
+    got = ledger.reinforcement([1, 3, 4])
+    assert set(got.before) == {1, 3, 4}
+    for b in (1, 3, 4):
+        want = (
+            joined[joined.rollout < b]
+            .groupby(["state_id", "action"])
+            .agg(reinforcement=("self_reinforcement", "sum"), n=("self_reinforcement", "size"))
+            .reset_index()
+        )
+        g = got[got.before == b].reset_index(drop=True)
+        assert len(g) == len(want) > 0
+        np.testing.assert_array_equal(
+            g[["state_id", "action", "n"]].to_numpy(), want[["state_id", "action", "n"]].to_numpy()
+        )
+        np.testing.assert_allclose(g.reinforcement, want.reinforcement, rtol=1e-9, atol=1e-12)
+    whole = ledger.reinforcement()
+    assert (whole.before == 4).all() and whole.n.sum() == len(s)
+    some = sorted(tr.state_id.unique()[:5])
+    sub = ledger.reinforcement(2, states=some)
+    assert set(sub.state_id) <= set(some) and len(sub) > 0

@@ -75,10 +75,29 @@ CASES = {
     "extra-backward-pendulum-vfclip": dict(
         env="Pendulum-v1", mode="extra-backward", ent_coef=0.02, clip_range_vf=0.1
     ),
+    # plain SGD: the step scale is the learning rate (per-minibatch mode; generic path on a conv policy)
+    "sgd-extra-backward-ent": dict(
+        env="CartPole-v1",
+        mode="extra-backward",
+        ent_coef=0.01,
+        policy_kwargs=dict(optimizer_class=th.optim.SGD),
+    ),
+    "sgd-conv-generic": dict(
+        env="CartPole-v1",
+        wrapper=GridObs,
+        policy_kwargs=dict(
+            features_extractor_class=ConvExtractor, net_arch=[16], optimizer_class=th.optim.SGD
+        ),
+        path="generic",
+    ),
 }
 
 
-def run_case(tmp_path, case: dict, n_steps: int = 64):
+def run_case(tmp_path, monkeypatch, case: dict, n_steps: int = 64):
+    import rledger.persample.engine
+    import rledger.persample.replay
+    import rledger.persample.slots
+
     case = dict(case)
     env = make_vec_env(
         case.pop("env"), n_envs=case.pop("n_envs", 1), seed=3, wrapper_class=case.pop("wrapper", None)
@@ -88,40 +107,36 @@ def run_case(tmp_path, case: dict, n_steps: int = 64):
     queue = case.pop("queue", None)
     mode = case.pop("mode", "batched")
     replay = case.pop("replay", None)
+    if mode != "batched" and "optimizer_class" not in case.get("policy_kwargs", {}):
+        # Adam in the per-minibatch mode, which SGD and several parameter groups take
+        monkeypatch.setattr(rledger.persample.engine, "batched_supported", lambda optimizer: False)
+    if replay == "func":  # SB3's MLP policies through the torch.func replay too
+        monkeypatch.setattr(rledger.persample.replay, "mlp_plan", lambda *args: None)
+    if queue is not None:  # small slot buffers: the batched computation flushes every few steps
+        monkeypatch.setattr(rledger.persample.slots, "MAX_BUFFER_ELEMENTS", queue)
+        monkeypatch.setattr(rledger.persample.slots, "REPLAY_CHUNK_ELEMENTS", 1)  # one step per chunk
     model = InstrumentedPPO(
         policy, env, n_steps=n_steps, batch_size=case.pop("batch_size", 32), n_epochs=4, learning_rate=1e-2,
         seed=1, ledger=tmp_path / "run", **case,
     )  # fmt: skip
-    assert model._geometry.path == expect_path
-    model._geometry.batched_enabled = mode == "batched"
-    model._geometry.mlp_replay_enabled = replay != "func"
-    if queue is not None:  # small slot buffers: the batched computation flushes every few steps
-        import rledger.replay
-
-        old_max, old_chunk = rledger.replay.MAX_BUFFER_ELEMENTS, rledger.replay.REPLAY_CHUNK_ELEMENTS
-        rledger.replay.MAX_BUFFER_ELEMENTS = queue
-        rledger.replay.REPLAY_CHUNK_ELEMENTS = 1  # and replays one step at a time
+    engine = model._recorder.engine
+    assert engine.path == expect_path
     tape = StepTape(model).install()
-    try:
-        model.learn(n_steps * env.num_envs)
-    finally:
-        if queue is not None:
-            rledger.replay.MAX_BUFFER_ELEMENTS = old_max
-            rledger.replay.REPLAY_CHUNK_ELEMENTS = old_chunk
-    geometry = model._geometry
+    model.learn(n_steps * env.num_envs)
+    monkeypatch.undo()
     if expect_path == "linear":
-        assert geometry.mode == mode
+        assert engine.mode == mode
         if mode == "batched":  # which replay ran: SB3's MLPs by hand unless told otherwise
             mlp = "features_extractor_class" not in case.get("policy_kwargs", {})  # param-free extractors
-            assert (geometry._replayer.plan is not None) == (mlp and replay != "func")
+            assert (engine._replayer.plan is not None) == (mlp and replay != "func")
         if queue is not None:
-            assert max(b.capacity for pool in geometry._batches.values() for b in pool) < 5
+            assert max(b.capacity for pool in engine._batches.values() for b in pool) < 5
     return model, tape, Ledger(tmp_path / "run")
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_columns_match_naive_loop(tmp_path, name):
-    model, tape, ledger = run_case(tmp_path, CASES[name])
+def test_columns_match_naive_loop(tmp_path, monkeypatch, name):
+    model, tape, ledger = run_case(tmp_path, monkeypatch, CASES[name])
     samples, updates = ledger.samples(), ledger.updates()
     ref = naive_samples(model, tape, samples, updates)
     assert len(samples) == len(ref) == model.n_steps * model.n_envs * model.n_epochs
@@ -155,8 +170,8 @@ def test_columns_match_naive_loop(tmp_path, name):
         assert ref.entropy_grad_norm.max() > 0
 
 
-def test_clipping_happens_in_reference_runs(tmp_path):
-    _, _, ledger = run_case(tmp_path, CASES["cartpole-default-tanh-clip"])
+def test_clipping_happens_in_reference_runs(tmp_path, monkeypatch):
+    _, _, ledger = run_case(tmp_path, monkeypatch, CASES["cartpole-default-tanh-clip"])
     s = ledger.samples()
     assert s.clipped.any() and not s.clipped.all(), "the test settings should clip some samples"
 
@@ -165,7 +180,7 @@ def test_clipping_happens_in_reference_runs(tmp_path):
 def test_clip_coefs_of_many_steps_equal_one_call_per_step(n):
     """The clip factors computed for many steps in one call are bitwise those of one call per step, as
     train() computed them before, on both sides of the threshold and at every vector-tail length."""
-    from rledger.replay import clip_coefs
+    from rledger.persample.loss import clip_coefs
 
     gen = th.Generator().manual_seed(n)
     norms = th.exp(4 * th.randn(n, generator=gen)).float()  # 1e-5 .. 1e5: clipped and not

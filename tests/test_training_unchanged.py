@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch as th
+from envs_for_tests import ConvExtractor, DictObs, GridObs, SharedLinearExtractor
 from stable_baselines3 import PPO
 
 from rledger import InstrumentedPPO, Ledger
@@ -15,6 +16,44 @@ SETTINGS = {
     "target-kl-stops": dict(env="CartPole-v1", target_kl=0.001, learning_rate=3e-3),
     "ent-coef": dict(env="CartPole-v1", ent_coef=0.02),
     "box-actions": dict(env="Pendulum-v1", ent_coef=0.01, n_envs=2),
+    # every other way the per-sample engine can take (asserted below)
+    "sgd-extra-backward": dict(
+        env="CartPole-v1",
+        ent_coef=0.01,
+        policy_kwargs=dict(optimizer_class=th.optim.SGD),
+        way="extra-backward",
+    ),
+    "adam-extra-backward": dict(
+        env="CartPole-v1", target_kl=0.002, way="extra-backward", force_per_minibatch=True
+    ),
+    "func-replay-shared-linear": dict(
+        env="CartPole-v1",
+        ent_coef=0.02,
+        policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
+        way="batched",
+    ),
+    "conv-generic": dict(
+        env="CartPole-v1",
+        wrapper=GridObs,
+        ent_coef=0.01,
+        policy_kwargs=dict(features_extractor_class=ConvExtractor, net_arch=[16]),
+        way="generic",
+    ),
+    "dict-obs": dict(env="CartPole-v1", wrapper=DictObs, policy="MultiInputPolicy", way="batched"),
+    "sgd-elu-gaussian": dict(
+        env="Pendulum-v1",
+        ent_coef=0.01,
+        policy_kwargs=dict(optimizer_class=th.optim.SGD, activation_fn=th.nn.ELU, net_arch=[8]),
+        way="extra-backward",
+    ),
+    "sgd-conv-generic": dict(
+        env="CartPole-v1",
+        wrapper=GridObs,
+        policy_kwargs=dict(
+            features_extractor_class=ConvExtractor, net_arch=[16], optimizer_class=th.optim.SGD
+        ),
+        way="generic",
+    ),
 }
 
 
@@ -22,17 +61,32 @@ def _make(cls, setting: dict, **extra):
     setting = dict(setting)
     from stable_baselines3.common.env_util import make_vec_env
 
-    env = make_vec_env(setting.pop("env"), n_envs=setting.pop("n_envs", 1), seed=7)
-    return cls("MlpPolicy", env, n_steps=128, batch_size=32, n_epochs=4, seed=11, **setting, **extra)
+    setting.pop("way", None)
+    setting.pop("force_per_minibatch", None)
+    env = make_vec_env(
+        setting.pop("env"),
+        n_envs=setting.pop("n_envs", 1),
+        seed=7,
+        wrapper_class=setting.pop("wrapper", None),
+    )
+    policy = setting.pop("policy", "MlpPolicy")
+    return cls(policy, env, n_steps=128, batch_size=32, n_epochs=4, seed=11, **setting, **extra)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_parameters_bitwise_equal(tmp_path, name):
+def test_parameters_bitwise_equal(tmp_path, monkeypatch, name):
     steps = 3 * 128 * (2 if name == "box-actions" else 1)
     plain = _make(PPO, SETTINGS[name])
     plain.learn(steps)
+    if SETTINGS[name].get("force_per_minibatch"):  # Adam through the per-minibatch mode
+        import rledger.persample.engine
+
+        monkeypatch.setattr(rledger.persample.engine, "batched_supported", lambda optimizer: False)
     inst = _make(InstrumentedPPO, SETTINGS[name], ledger=tmp_path / "run")
     inst.learn(steps)
+    engine = inst._recorder.engine
+    way = SETTINGS[name].get("way", "batched")
+    assert (engine.path if way == "generic" else engine.mode) == way, "the setting took another way"
     p1, p2 = plain.policy.state_dict(), inst.policy.state_dict()
     assert p1.keys() == p2.keys()
     for key in p1:
@@ -66,8 +120,30 @@ def test_hooks_do_not_leak(tmp_path):
 
 def test_hooks_removed_on_error(tmp_path):
     model = _make(InstrumentedPPO, SETTINGS["defaults"], ledger=tmp_path / "run")
-    geometry = model._geometry
-    with pytest.raises(RuntimeError, match="boom"), geometry.capture():
+    engine = model._recorder.engine
+    with pytest.raises(RuntimeError, match="boom"), engine.capture():
         assert any(m._forward_hooks for m in model.policy.modules())
         raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in model.policy.modules())
+
+
+def test_hooks_removed_when_train_raises(tmp_path, monkeypatch):
+    """The per-minibatch mode's forward hooks are open for a whole train(); an error inside it leaves
+    none behind once learn() has raised it."""
+    from rledger.persample.engine import PerSampleEngine
+
+    model = _make(InstrumentedPPO, SETTINGS["sgd-extra-backward"], ledger=tmp_path / "run")
+    real, calls = PerSampleEngine.after_step, []
+
+    def failing(self, *args):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 5:
+            assert any(m._forward_hooks for m in model.policy.modules()), "hooks open during train()"
+            raise RuntimeError("boom in train")
+        return real(self, *args)
+
+    monkeypatch.setattr(PerSampleEngine, "after_step", failing)
+    with pytest.raises(RuntimeError, match="boom in train"):
+        model.learn(256)
+    assert model._recorder.engine.mode == "extra-backward"
     assert not any(m._forward_hooks for m in model.policy.modules())

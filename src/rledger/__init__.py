@@ -1,9 +1,29 @@
-"""rledger: measure what the reinforcement signal does inside PPO."""
+"""rledger: measure what the reinforcement signal does inside PPO.
 
-__version__ = "0.1.0"
+``import rledger`` registers the gridworlds (``rledger/...`` gymnasium ids) and nothing heavier:
+``InstrumentedPPO`` (torch, stable-baselines3) and ``Ledger`` (pyarrow, DuckDB) are imported when first
+used, so ``import rledger.envs`` needs numpy and gymnasium only.
+"""
 
-import rledger.envs  # noqa: E402,F401  (registers the rledger/ gymnasium ids)
-from rledger.ledger import Ledger  # noqa: E402
-from rledger.ppo import InstrumentedPPO  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+import rledger.envs  # noqa: F401  (registers the rledger/ gymnasium ids)
+from rledger._version import __version__
+
+if TYPE_CHECKING:
+    from rledger.ledger import Ledger
+    from rledger.ppo import InstrumentedPPO
 
 __all__ = ["InstrumentedPPO", "Ledger", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "InstrumentedPPO":
+        from rledger.ppo import InstrumentedPPO
+
+        return InstrumentedPPO
+    if name == "Ledger":
+        from rledger.ledger import Ledger
+
+        return Ledger
+    raise AttributeError(f"module 'rledger' has no attribute {name!r}")

@@ -1,173 +1,352 @@
-"""Step-level recording during rollout collection: transitions' env-side columns and episodes.
+"""What ``InstrumentedPPO``'s insertions into SB3's loops call: the recording of one run.
 
-``InstrumentedPPO.collect_rollouts`` (SB3's loop, mirrored) hands each env step to
-:class:`RolloutArrays`: on a step where some env is done, the env's raw rewards (before SB3 adds the
-timeout bootstrap to them), dones and truncations; the named info keys on every step when there are
-any. The rewards of every other step are taken from the rollout buffer when the collection ends
-(:meth:`RolloutArrays.fill_rewards`): SB3 stores them unchanged there, cast to float32 as here.
-Episodes and observation hashes are computed for the whole rollout at once.
+:class:`Recorder` holds a run's recording state across rollouts: the env-side arrays of the rollout
+being collected (:mod:`rledger.collection`), the episodes, the per-sample engine
+(:mod:`rledger.persample`) and the ledger sink (:mod:`rledger.ledger.sink`). ``collect_rollouts()``
+calls :meth:`~Recorder.start_rollout`, :meth:`~Recorder.env_step` and :meth:`~Recorder.end_rollout`;
+``train()`` calls :meth:`~Recorder.start_train`, then per minibatch :meth:`~Recorder.minibatch`,
+:meth:`~Recorder.before_step` and :meth:`~Recorder.after_step` (or :meth:`~Recorder.stopped_early`),
+and :meth:`~Recorder.end_train`, which hands the rollout's tables to the sink. None of it changes a
+parameter, gradient, optimizer state or random number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import numpy as np
+import torch as th
+from gymnasium import spaces
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
+from rledger.collection import EpisodeTracker, RolloutArrays, initial_state_ids, next_state_ids, obs_hash_rows
+from rledger.ledger import schema
+from rledger.ledger.runinfo import RunInfo
+from rledger.ledger.sink import LedgerSink
+from rledger.persample import LossTerms, PerSampleEngine, clip_coefs
+from rledger.persample.checks import check_action_space
 
-
-def obs_hash_rows(obs: Any, n: int) -> np.ndarray:
-    """64-bit identity of each of ``n`` observations (rows), as int64.
-
-    The observation's bytes, zero-padded to whole 8-byte words, are folded FNV-1a style word by word
-    (``h = (h ^ w) * 0x100000001b3`` from ``0xcbf29ce484222325``), then mixed with the splitmix64
-    finalizer. Dict observations hash the concatenated bytes of their keys in sorted order.
-    """
-    if isinstance(obs, dict):
-        raw = np.concatenate([_bytes_rows(obs[k], n) for k in sorted(obs)], axis=1)
-    else:
-        raw = _bytes_rows(obs, n)
-    pad = (-raw.shape[1]) % 8
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), dtype=np.uint8)], axis=1)
-    words = np.ascontiguousarray(raw).view(np.uint64)
-    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for w in range(words.shape[1]):
-            h = (h ^ words[:, w]) * _FNV_PRIME
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return h.view(np.int64)
+# the last train() of a learn() call hands its steps to the background thread in this many parts
+LAST_TRAIN_PARTS = 4
 
 
-def _bytes_rows(arr: Any, n: int) -> np.ndarray:
-    a = np.ascontiguousarray(np.asarray(arr).reshape(n, -1))
-    return a.view(np.uint8).reshape(n, -1)
+class Recorder:
+    """The recording of one ``InstrumentedPPO`` (see :class:`rledger.InstrumentedPPO` for the options)."""
 
+    def __init__(
+        self,
+        ledger: str | os.PathLike[str] | None,
+        record: tuple[str, ...],
+        record_every: int,
+        info_keys: tuple[str, ...],
+        overwrite: bool,
+        background: bool,
+    ):
+        unknown = [t for t in record if t not in schema.TABLES]
+        if unknown:
+            raise ValueError(f"record: unknown tables {unknown}; choose from {list(schema.TABLES)}")
+        if not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
+        schema.check_info_keys(info_keys)
+        self.record, self.record_every, self.info_keys = record, record_every, info_keys
+        self.sink = LedgerSink(ledger, info_keys, overwrite, background) if ledger is not None else None
+        self.run_info = RunInfo(record, record_every, info_keys)
+        self.engine: PerSampleEngine | None = None
+        self.rollout = 0  # rollouts trained so far
+        self.arrays: RolloutArrays | None = None
+        self._episodes: EpisodeTracker | None = None
+        self._pending_episodes: list[dict[str, Any]] = []
+        self._state_ids: np.ndarray | None = None
+        self._info_state_ids = False
+        self._per_step_info = False
+        self._started = False
+        # the train() call in progress
+        self._model: Any = None
+        self._engine_now: PerSampleEngine | None = None
+        self._recording = False
+        self._transitions: dict[str, Any] | None = None
+        self._updates: list[dict[str, Any]] = []
+        self._grad_norms: list[th.Tensor] = []  # of the steps taken; their clip factors at the end
+        self._epoch = -1
+        self._minibatch = -1
+        self._update: dict[str, Any] = {}
+        self._pending: Any = None
+        self._keys: tuple[Any, Any] = (None, None)
+        self._open = contextlib.ExitStack()
 
-class RolloutArrays:
-    """Env-side columns of one rollout, shape ``(n_steps, n_envs)``, filled step by step."""
+    # ------------------------------------------------------------------ setup
+    def setup_model(self, model: Any) -> None:
+        """After SB3 built the policy: refuse what cannot be recorded, build the per-sample engine."""
+        check_action_space(model.action_space)
+        if "samples" in self.record and self.sink is not None:
+            self.engine = PerSampleEngine(model.policy, model.policy.optimizer, model.action_space)
+            self.engine.validate()
 
-    def __init__(self, n_steps: int, n_envs: int, n_info: int):
-        self.reward = np.zeros((n_steps, n_envs), dtype=np.float32)
-        self.done = np.zeros((n_steps, n_envs), dtype=bool)
-        self.truncated = np.zeros((n_steps, n_envs), dtype=bool)
-        self.info = np.zeros((n_steps, n_envs, n_info), dtype=np.float64)
-        self.state_id: np.ndarray | None = None  # filled only when the env provides info["state_id"]
-        self.filled = 0
-        self.last_rewards: Any = None  # the newest step's rewards as the env gave them
+    def setup_learn(self, model: Any, total_timesteps: int, env_reset: bool) -> None:
+        """At each learn(): episodes running in an env that learn() reset are dropped; run.json."""
+        if self._episodes is None:
+            self._episodes = EpisodeTracker(model.n_envs, self.info_keys)
+        if env_reset or not self._started:
+            self._episodes.abandon_running()
+            self._state_ids = initial_state_ids(model.env)
+            self._info_state_ids = self._state_ids is not None
+            self._started = True
+        self.run_info.total_timesteps = total_timesteps
+        if self.sink is not None:
+            self.sink.open(self._info(model))
 
-    def record_done(
-        self, t: int, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
+    def _info(self, model: Any) -> dict[str, Any]:
+        return self.run_info(model, self.engine.path if self.engine is not None else None, self.rollout)
+
+    # ------------------------------------------------------------------ collection
+    def start_rollout(self, n_rollout_steps: int, n_envs: int) -> None:
+        self.arrays = RolloutArrays(n_rollout_steps, n_envs, len(self.info_keys))
+        self._per_step_info = bool(self.info_keys) or self._info_state_ids
+
+    def env_step(
+        self, t: int, env: Any, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
     ) -> None:
-        """Step ``t``, where some env is done: its rewards (a copy: SB3 adds the timeout bootstrap to
-        them in place afterwards), dones and truncations."""
-        self.reward[t] = rewards
-        self.done[t] = dones
-        for i in np.flatnonzero(dones):
-            self.truncated[t, i] = bool(infos[i].get("TimeLimit.truncated", False))
+        """Step ``t`` as the env gave it, before SB3 adds the timeout bootstrap to ``rewards`` in place."""
+        a = self.arrays
+        assert a is not None
+        a.filled, a.last_rewards = t + 1, rewards
+        # count_nonzero, not dones.any(): the latter goes through Python-level numpy code, which cost
+        # ~5 us per env step (about 1% of learn() on CartPole)
+        if np.count_nonzero(dones):
+            a.record_done(t, rewards, dones, infos)
+        if self._per_step_info:
+            a.record_info(t, infos, self.info_keys)
+            if self._info_state_ids:
+                if a.state_id is None:
+                    a.state_id = np.zeros(a.reward.shape, dtype=np.int64)
+                a.state_id[t] = self._state_ids
+                self._state_ids = next_state_ids(env, infos, dones)
 
-    def record_info(self, t: int, infos: list[dict[str, Any]], info_keys: tuple[str, ...]) -> None:
-        """The named scalar info keys of step ``t``."""
-        for j, key in enumerate(info_keys):
-            try:
-                self.info[t, :, j] = [info[key] for info in infos]
-            except KeyError:
-                missing = next(i for i, info in enumerate(infos) if key not in info)
-                raise KeyError(
-                    f"info_keys: the env's info at step {t} of env {missing} has no key {key!r} "
-                    f"(keys: {sorted(infos[missing])}); name only scalar keys present on every step"
-                ) from None
+    def end_rollout(self, rollout_buffer: Any, complete: bool) -> None:
+        """The rewards of the steps where no env was done, as SB3 stored them; when a callback stopped
+        the collection (learn() ends without train()), the finished episodes."""
+        assert self.arrays is not None
+        self.arrays.fill_rewards(rollout_buffer.rewards, rollout_buffer.pos)
+        if not complete and self._episodes is not None:
+            _, rows = self._episodes.consume(self.rollout, self.arrays)
+            self._pending_episodes.extend(rows)
 
-    def fill_rewards(self, buffer_rewards: np.ndarray, stored: int) -> None:
-        """Rewards of the steps where no env was done, from the rollout buffer (``stored`` steps are
-        in it; a step past them, where a callback stopped the collection, from the env's own)."""
-        n = self.filled
-        keep = self.done[:n].any(axis=1)  # rows the recorder copied itself
-        rows = ~keep[:stored]
-        self.reward[:stored][rows] = buffer_rewards[:stored][rows]
-        if n > stored and not keep[n - 1]:
-            self.reward[n - 1] = self.last_rewards
+    # ------------------------------------------------------------------ training
+    def start_train(self, model: Any) -> None:
+        """Before SB3's train() body: the rollout's episodes and transitions (read before the rollout
+        buffer's get() flattens it), and the per-sample engine started for this call."""
+        self._model = model
+        self._recording = self.sink is not None and self.rollout % self.record_every == 0
+        assert self._episodes is not None and self.arrays is not None
+        episode_ids, finished = self._episodes.consume(self.rollout, self.arrays)
+        self._pending_episodes.extend(finished)
+        self._transitions = (
+            self._transition_columns(model, episode_ids)
+            if self._recording and "transitions" in self.record
+            else None
+        )
+        self._updates, self._grad_norms = [], []
+        self._epoch = self._minibatch = -1
+        engine = self._engine_now = self.engine if self._recording else None
+        if self.sink is not None:
+            self.sink.raise_error()
+        if engine is None:
+            return
+        buf = model.rollout_buffer
+        opt_steps = model.n_epochs * -(-(buf.buffer_size * buf.n_envs) // model.batch_size)
+        # the last train() of learn(): learn() waits for its columns, so hand them to the thread in
+        # parts while training runs (each rollout otherwise goes in one piece, when its train() ends:
+        # fewer, longer calls in the thread slow the next collection less)
+        background = self.sink is not None and self.sink.background
+        last = background and model.num_timesteps >= model._total_timesteps
+        engine.start(
+            lambda t_env: fetch_samples(model, t_env),
+            opt_steps,
+            model.n_epochs,
+            self.sink.submit if background else None,  # type: ignore[union-attr]
+            flush_every=-(-opt_steps // LAST_TRAIN_PARTS) if last else None,
+            max_grad_norm=model.max_grad_norm,
+        )
+        self._open.enter_context(engine.capture())  # forward hooks in the extra-backward mode only
+
+    def minibatch(
+        self,
+        epoch: int,
+        approx_kl: Any,
+        policy_loss: float,
+        value_loss: float,
+        entropy_loss: float,
+        clip_fraction: float,
+        batch_size: int,
+    ) -> None:
+        """A minibatch's loss figures, once SB3 has computed them (before its target_kl check)."""
+        self._minibatch = self._minibatch + 1 if epoch == self._epoch else 0
+        self._epoch = epoch
+        self._update = {
+            "rollout": self.rollout,
+            "epoch": epoch,
+            "minibatch": self._minibatch,
+            "lr": float(self._model.policy.optimizer.param_groups[0]["lr"]),
+            "approx_kl": float(approx_kl),
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy_loss": entropy_loss,
+            "clip_fraction": clip_fraction,
+            "batch_size": batch_size,
+        }
+
+    def stopped_early(self) -> None:
+        """target_kl stopped training at this minibatch: its update row, with no optimizer step."""
+        nan = np.nan
+        self._updates.append(
+            {**self._update, "opt_step": -1, "grad_norm": nan, "clip_coef": nan, "stopped_early": True}
+        )
+
+    def before_step(
+        self,
+        rollout_data: Any,
+        actions: th.Tensor,
+        log_prob: th.Tensor,
+        entropy: th.Tensor | None,
+        values: th.Tensor,
+        advantages: th.Tensor,
+        ratio: th.Tensor,
+        clip_range: float,
+        clip_range_vf: float | None,
+    ) -> None:
+        """The minibatch's loss inputs, while its graph is alive (before ``loss.backward()``)."""
+        engine = self._engine_now
+        if engine is None:
+            return
+        model = self._model
+        terms = LossTerms(
+            advantages, ratio, clip_range, values, rollout_data.old_values, rollout_data.returns,
+            clip_range_vf, model.ent_coef, model.vf_coef,
+        )  # fmt: skip
+        self._pending = engine.before_step(
+            rollout_data.observations, actions, log_prob, entropy, values, terms
+        )
+        self._keys = (rollout_data.t, rollout_data.env)
+
+    def after_step(self, grad_norm: th.Tensor) -> None:
+        """After the optimizer step: its update row, and its samples' columns from the engine."""
+        self._grad_norms.append(grad_norm)
+        optimizer = self._model.policy.optimizer
+        nan = np.nan  # grad_norm and clip_coef: for all steps at once in end_train()
+        self._updates.append(
+            {
+                **self._update,
+                "opt_step": _opt_step(optimizer),
+                "grad_norm": nan,
+                "clip_coef": nan,
+                "stopped_early": False,
+            }
+        )
+        if self._engine_now is not None:
+            base = {
+                "rollout": self.rollout,
+                "epoch": self._epoch,
+                "minibatch": self._minibatch,
+                "t": self._keys[0],
+                "env": self._keys[1],
+            }
+            self._engine_now.after_step(self._pending, grad_norm, base)
+            self._pending = None
+
+    def end_train(self, logger: Any) -> None:
+        """After SB3's logs: the steps' gradient norms and clip factors (rows and logs), and the
+        rollout's tables handed to the sink."""
+        self._open.close()
+        model = self._model
+        if self._grad_norms:
+            norms = th.stack(self._grad_norms)
+            norm_list, coef_list = norms.tolist(), clip_coefs(norms, model.max_grad_norm).tolist()
+            taken = (row for row in self._updates if not row["stopped_early"])
+            for row, norm, coef in zip(taken, norm_list, coef_list, strict=True):
+                row["grad_norm"], row["clip_coef"] = norm, coef
+            logger.record("train/grad_norm", float(np.mean(norm_list)))
+            logger.record("train/clip_coef", float(np.mean(coef_list)))
+        samples = self._engine_now.finish() if self._engine_now is not None else []
+        rollout = self.rollout
+        self.rollout += 1
+        episodes, self._pending_episodes = self._pending_episodes, []
+        self._model = self._engine_now = None
+        if self.sink is None:
+            return
+        recording = self._recording
+        self.sink.write_rollout(
+            rollout,
+            self._info(model),
+            transitions=self._transitions,
+            samples=samples if recording and "samples" in self.record else None,
+            updates=self._updates if recording and "updates" in self.record else None,
+            episodes=episodes if "episodes" in self.record else None,
+        )
+        self._transitions = None
+
+    # ------------------------------------------------------------------ the end of learn()
+    def close(self) -> None:
+        """Remove any forward hooks (a train() that raised) and wait for the ledger to be written."""
+        self._open.close()
+        self.sync()
+
+    def sync(self) -> None:
+        if self.sink is not None:
+            self.sink.sync()
+
+    def _transition_columns(self, model: Any, episode_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Transitions of the rollout just collected (read before get() flattens the buffer)."""
+        buf = model.rollout_buffer
+        a = self.arrays
+        assert a is not None and not buf.generator_ready
+        n_steps, n_envs = buf.buffer_size, buf.n_envs
+        # column order: row = t * n_envs + env (time-major)
+        t_idx, env_idx = np.meshgrid(np.arange(n_steps), np.arange(n_envs), indexing="ij")
+        cols: dict[str, Any] = {
+            "rollout": np.full(n_steps * n_envs, self.rollout, dtype=np.int32),
+            "t": t_idx.reshape(-1).astype(np.int32),
+            "env": env_idx.reshape(-1).astype(np.int16),
+            "episode": episode_ids.reshape(-1),
+            "state_id": (
+                a.state_id.reshape(-1)
+                if a.state_id is not None
+                else obs_hash_rows(buf.observations, n_steps * n_envs)
+            ),
+            "action": buf.actions.reshape(n_steps * n_envs, -1).astype(np.float32),
+            "reward": a.reward.reshape(-1),
+            "gae_reward": buf.rewards.reshape(-1).astype(np.float32),
+            "terminated": (a.done & ~a.truncated).reshape(-1),
+            "truncated": a.truncated.reshape(-1),
+            "value": buf.values.reshape(-1),
+            "log_prob": buf.log_probs.reshape(-1),
+            "advantage": buf.advantages.reshape(-1),
+            "return": buf.returns.reshape(-1),
+        }
+        for j, key in enumerate(self.info_keys):
+            cols[key] = a.info[:, :, j].reshape(-1)
+        return cols
 
 
-class EpisodeTracker:
-    """Per-env episode counters and running sums carried across rollouts."""
-
-    def __init__(self, n_envs: int, info_keys: tuple[str, ...]):
-        self.info_keys = info_keys
-        self.episode = np.zeros(n_envs, dtype=np.int64)
-        self.ret = np.zeros(n_envs, dtype=np.float64)
-        self.length = np.zeros(n_envs, dtype=np.int64)
-        self.sums = np.zeros((n_envs, len(info_keys)), dtype=np.float64)
-
-    def abandon_running(self) -> None:
-        """The env was reset outside an episode end (a new learn()): running episodes are dropped."""
-        self.episode[self.length > 0] += 1
-        self.ret[:] = 0
-        self.length[:] = 0
-        self.sums[:] = 0
-
-    def consume(self, rollout: int, a: RolloutArrays) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Episode index of every step of the rollout, ``(n_steps, n_envs)``, and the finished episodes."""
-        n_steps, n_envs = a.reward.shape
-        done = a.done[: a.filled]
-        # episode of step t: the counter at the rollout's start plus the episodes ended before t
-        ended_before = np.cumsum(done, axis=0) - done
-        episode = np.zeros((n_steps, n_envs), dtype=np.int64)
-        episode[: a.filled] = self.episode[None, :] + ended_before
-        rows: list[dict[str, Any]] = []
-        reward = a.reward[: a.filled].astype(np.float64)
-        info = a.info[: a.filled]
-        for e in range(n_envs):
-            start = 0
-            for t in np.flatnonzero(done[:, e]):
-                ret = self.ret[e] + reward[start : t + 1, e].sum()
-                length = self.length[e] + (t + 1 - start)
-                sums = self.sums[e] + info[start : t + 1, e].sum(axis=0)
-                row = {
-                    "rollout": rollout,
-                    "env": e,
-                    "episode": int(self.episode[e]),
-                    "return": float(ret),
-                    "length": int(length),
-                    "terminated": not bool(a.truncated[t, e]),
-                }
-                row.update({k: float(sums[j]) for j, k in enumerate(self.info_keys)})
-                rows.append(row)
-                self.episode[e] += 1
-                self.ret[e] = self.length[e] = 0
-                self.sums[e] = 0
-                start = t + 1
-            self.ret[e] += reward[start:, e].sum()
-            self.length[e] += a.filled - start
-            self.sums[e] += info[start:, e].sum(axis=0)
-        rows.sort(key=lambda r: (r["env"], r["episode"]))
-        return episode, rows
+def fetch_samples(model: Any, t_env: np.ndarray) -> tuple[Any, th.Tensor]:
+    """Observations and actions (as train() feeds them to the policy) of (t, env) pairs of the
+    rollout in the buffer (which get() has flattened env-major)."""
+    buf = model.rollout_buffer
+    flat = t_env[:, 1] * buf.buffer_size + t_env[:, 0]
+    if isinstance(buf.observations, dict):
+        obs: Any = {k: buf.to_torch(v[flat]) for k, v in buf.observations.items()}
+    else:
+        obs = buf.to_torch(buf.observations[flat])
+    actions = buf.to_torch(buf.actions[flat].astype(np.float32, copy=False))
+    if isinstance(model.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    return obs, actions
 
 
-def next_state_ids(env: Any, infos: list[dict[str, Any]], dones: np.ndarray) -> np.ndarray:
-    """``info["state_id"]`` of the observations the policy sees next (after any automatic reset)."""
-    reset_infos = getattr(env, "reset_infos", None)
-    out = np.zeros(len(infos), dtype=np.int64)
-    for i, info in enumerate(infos):
-        src = reset_infos[i] if (dones[i] and reset_infos is not None) else info
-        if "state_id" not in src:
-            raise KeyError(
-                f"env {i} gave info['state_id'] on some steps but not on this one; provide it on every "
-                "step and in reset() infos, or never"
-            )
-        out[i] = int(src["state_id"])
-    return out
-
-
-def initial_state_ids(env: Any) -> np.ndarray | None:
-    """``info["state_id"]`` of each env's first observation, or None when the env gives none."""
-    reset_infos = getattr(env, "reset_infos", None)
-    if not reset_infos or not all("state_id" in info for info in reset_infos):
-        return None
-    return np.array([int(info["state_id"]) for info in reset_infos], dtype=np.int64)
+def _opt_step(optimizer: th.optim.Optimizer) -> int:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                return int(state["step"])
+    return -1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +116,6 @@ def save_figure(fig: Any, stem: Path) -> Path:
 
 def save_csv(df: pd.DataFrame, path: Path) -> Path:
     atomic_write_bytes(path, df.to_csv(index=False).encode())
-    return path
-
-
-def save_json(obj: Any, path: Path) -> Path:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
     return path
 
 

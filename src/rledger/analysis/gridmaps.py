@@ -46,13 +46,8 @@ def state_cells(env: gym.Env) -> pd.DataFrame:
 
 def reinforcement_by_state(ledger: Ledger, until_rollout: int | None = None) -> pd.DataFrame:
     """(state_id, action, reinforcement, n): summed ``self_reinforcement`` and sample count per
-    (state, action) over rollouts ``< until_rollout`` (all when None), aggregated in DuckDB."""
-    where = "" if until_rollout is None else f"WHERE rollout < {int(until_rollout)}"
-    return ledger.sql(
-        f"""SELECT state_id, CAST(action[1] AS INTEGER) AS action,
-                   SUM(self_reinforcement) AS reinforcement, COUNT(*) AS n
-            FROM samples_x {where} GROUP BY state_id, action ORDER BY state_id, action"""
-    )
+    (state, action) over rollouts ``< until_rollout`` (all when None): :meth:`Ledger.reinforcement`."""
+    return ledger.reinforcement(until_rollout).drop(columns="before")
 
 
 def by_cell(per_state: pd.DataFrame, cells: pd.DataFrame, value: str) -> pd.DataFrame:

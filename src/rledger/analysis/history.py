@@ -34,30 +34,15 @@ CUTS = (0.1, 0.25, 0.5, 1.0)
 
 def cumulative_by_cut(ledger: Ledger, cuts: tuple[float, ...] = CUTS) -> pd.DataFrame:
     """(state_id, action, cut, reinforcement, n): cumulative ``self_reinforcement`` and sample counts
-    per (state, action) over rollouts ``< round(cut * rollouts)``, one DuckDB pass."""
+    per (state, action) over rollouts ``< round(cut * rollouts)`` (pairs sampled by then), one pass
+    (:meth:`Ledger.reinforcement`)."""
     n = int(ledger.run_info["rollouts_written"])
     bounds = [max(1, int(round(c * n))) for c in cuts]
-    cols = ", ".join(
-        f"SUM(self_reinforcement) FILTER (WHERE rollout < {b}) AS sr_{i}, "
-        f"COUNT(*) FILTER (WHERE rollout < {b}) AS n_{i}"
-        for i, b in enumerate(bounds)
-    )
-    wide = ledger.sql(
-        f"SELECT state_id, CAST(action[1] AS INTEGER) AS action, {cols} FROM samples_x GROUP BY state_id, action"
-    )
+    long = ledger.reinforcement(bounds)
     frames = [
-        pd.DataFrame(
-            {
-                "state_id": wide.state_id,
-                "action": wide.action,
-                "cut": c,
-                "reinforcement": wide[f"sr_{i}"].fillna(0.0),
-                "n": wide[f"n_{i}"].fillna(0).astype(np.int64),
-            }
-        )  # fmt: skip
-        for i, c in enumerate(cuts)
+        long[long.before == b].drop(columns="before").assign(cut=c) for b, c in zip(bounds, cuts, strict=True)
     ]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)[["state_id", "action", "cut", "reinforcement", "n"]]
 
 
 def prediction_accuracy(cumulative: pd.DataFrame, probs: np.ndarray, visits: pd.DataFrame) -> pd.DataFrame:

@@ -151,28 +151,37 @@ def evaluate(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     import gymnasium as gym
     import numpy as np
 
+    from rledger.envs.episode import play
+
     out: dict[str, Any] = {}
     n = config["eval"]["episodes"]
+    deterministic = config["eval"]["deterministic"]
+
+    def act(obs: Any, info: dict[str, Any], t: int) -> Any:
+        return model.predict(obs, deterministic=deterministic)[0]
+
     for variant, kwargs in config["eval"]["variants"].items():
         env = gym.make(config["env"]["id"], **kwargs)
         episodes = []
         for i in range(n):
-            obs, info = env.reset(seed=1_000_000 + 1000 * config["seed"] + i)
-            ret, length, sums = 0.0, 0, {}
-            while True:
-                action, _ = model.predict(obs, deterministic=config["eval"]["deterministic"])
-                obs, r, term, trunc, info = env.step(action)
-                ret += float(r)
-                length += 1
+            ep = play(env, act, 1_000_000 + 1000 * config["seed"] + i)
+            ret, sums = 0.0, {}
+            for r, info in zip(ep.rewards, ep.infos, strict=True):
+                ret += r
                 for k, v in info.items():
                     if (
                         isinstance(v, bool | int | float | np.bool_ | np.integer | np.floating)
                         and k != "state_id"
                     ):
                         sums[k] = sums.get(k, 0.0) + float(v)
-                if term or trunc:
-                    break
-            episodes.append({"episode": i, "return": ret, "length": length, **sums, "terminated": bool(term)})
+            row = {
+                "episode": i,
+                "return": ret,
+                "length": len(ep.rewards),
+                **sums,
+                "terminated": ep.terminated,
+            }
+            episodes.append(row)
         keys = sorted({k for e in episodes for k in e} - {"episode"})
         summary = (
             {k: float(np.mean([float(e.get(k, 0.0)) for e in episodes])) for k in keys} if episodes else {}

@@ -125,6 +125,52 @@ class Ledger:
         cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
         return self.sql(f"SELECT {cols} FROM samples_x ORDER BY rollout, epoch, minibatch")
 
+    def reinforcement(
+        self, before: int | Sequence[int] | None = None, states: Sequence[int] | None = None
+    ) -> pd.DataFrame:
+        """Cumulative ``self_reinforcement`` per (state, action) of a discrete-action run.
+
+        Columns ``state_id, action, before, reinforcement, n``: the summed ``self_reinforcement`` and
+        the count of samples of each (state, action) over the rollouts ``< before``, for each bound in
+        ``before`` (None: every rollout, ``before`` = rollouts written), only pairs sampled by then,
+        ordered by (before, state_id, action); ``states`` restricts the states. One DuckDB pass over
+        the samples joined with their transitions, whatever the number of bounds."""
+        if before is None:
+            bounds = [int(self.run_info["rollouts_written"])]
+        elif isinstance(before, int):
+            bounds = [before]
+        else:
+            bounds = [int(b) for b in before]
+        cols = ", ".join(
+            f"SUM(self_reinforcement) FILTER (WHERE rollout < {b}) AS sr_{i}, "
+            f"COUNT(*) FILTER (WHERE rollout < {b}) AS n_{i}"
+            for i, b in enumerate(bounds)
+        )
+        where = (
+            ""
+            if states is None
+            else f"WHERE state_id IN ({', '.join(str(int(s)) for s in states) or 'NULL'})"
+        )
+        wide = self.sql(
+            f"SELECT state_id, CAST(action[1] AS INTEGER) AS action, {cols} FROM samples_x {where} "
+            "GROUP BY state_id, action"
+        )
+        frames = [
+            pd.DataFrame(
+                {
+                    "state_id": wide.state_id.to_numpy(dtype="int64"),
+                    "action": wide.action.to_numpy(dtype="int64"),
+                    "before": b,
+                    "reinforcement": wide[f"sr_{i}"].fillna(0.0).to_numpy(dtype="float64"),
+                    "n": wide[f"n_{i}"].fillna(0).to_numpy(dtype="int64"),
+                }
+            )
+            for i, b in enumerate(bounds)
+        ]
+        out = pd.concat(frames, ignore_index=True)
+        out = out[out.n > 0].sort_values(["before", "state_id", "action"], kind="stable")
+        return out.reset_index(drop=True)
+
     def close(self) -> None:
         if self._con is not None:
             self._con.close()

@@ -77,7 +77,7 @@ COLUMNS: tuple[Column, ...] = (
         """Identity of the state in which the action was taken: `info["state_id"]` of that state when the
         env provides it (on every step and reset), else a 64-bit hash of the observation's bytes as
         stored in the rollout buffer (FNV-1a over zero-padded 8-byte words, then the splitmix64
-        finalizer; `rledger.recorder.obs_hash_rows`), as int64.""",
+        finalizer; `rledger.collection.obs_hash_rows`), as int64.""",
     ),
     _c(
         "transitions",

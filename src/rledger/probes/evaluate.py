@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+from rledger.envs.episode import play
 from rledger.probes.policies import Policy
 
 
@@ -48,17 +49,9 @@ def run_episodes(
     rows = []
     for i in range(episodes):
         s = seed * 10_000 + i
-        obs, info = env.reset(seed=s)
-        policy.reset(s)
-        infos, rewards, t = [], [], 0
-        while True:
-            obs, r, term, trunc, info = env.step(policy.act(obs, info, t))
-            infos.append(info)
-            rewards.append(float(r))
-            t += 1
-            if term or trunc:
-                break
-        rows.append({"seed": seed, "episode": i, **episode_metrics(infos, rewards)})
+        policy.reset(s)  # before the env's reset, which draws from the env's own generator only
+        ep = play(env, policy.act, s)
+        rows.append({"seed": seed, "episode": i, **episode_metrics(ep.infos, ep.rewards)})
     return pd.DataFrame(rows)
 
 

@@ -5,9 +5,9 @@ With advantage normalization off, plain SGD, no gradient clipping, no probabilit
 entropy bonus and a critic that stays zero (``vf_coef = 0`` and a zeroed value head), the advantage is
 linear in the reward, so ``(reward * c, lr)`` and ``(reward, lr * c)`` take the same policy steps: the
 reward enters the update as a per-sample learning-rate factor. :func:`sgd_identity` measures how
-closely that holds in float32; :func:`divergence` measures how far SB3's default PPO (per-minibatch
-advantage normalization, Adam, global gradient clipping) drifts when only the reward's scale and
-offset change.
+closely that holds in float32; the sweep (:func:`sweep`, :func:`compare_sweep`) measures how far SB3's
+default PPO (per-minibatch advantage normalization, Adam, global gradient clipping) drifts when only
+the reward's scale and offset change, and which of its parts carry the change.
 """
 
 from __future__ import annotations
@@ -81,18 +81,6 @@ def sgd_identity(
     same, scale = max_param_diff(actor_params(scaled), actor_params(fast))
     changed, _ = max_param_diff(actor_params(plain), actor_params(fast))
     return {"max_diff_reward_x_c_vs_lr_x_c": same, "max_diff_lr_vs_lr_x_c": changed, "max_abs_param": scale}
-
-
-def divergence(
-    env_id: str = "rledger/BoatRace-v0", c: float = 10.0, b: float = 0.0, seed: int = 0, timesteps: int = 4096
-) -> dict[str, float]:
-    """SB3-default PPO trained on (reward) and on (c * reward + b) from one seed: the largest
-    difference of the actor's parameters at the end (0 would mean the reward's scale never reached
-    the policy)."""
-    a = _train(env_id, 1.0, 0.0, seed, timesteps, False, n_steps=256)
-    z = _train(env_id, c, b, seed, timesteps, False, n_steps=256)
-    diff, scale = max_param_diff(actor_params(a), actor_params(z))
-    return {"max_actor_param_diff": diff, "max_abs_param": scale, "c": c, "b": b}
 
 
 # ------------------------------------------------------------------ the sweep over (c, b)

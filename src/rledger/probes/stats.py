@@ -26,9 +26,6 @@ class Interval:
     n: int
     confidence: float
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
 
 def interval(
     values: Sequence[float] | np.ndarray,

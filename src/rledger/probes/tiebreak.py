@@ -105,15 +105,9 @@ def classify(env: gym.Env, probs: Callable[[int], np.ndarray], sampled: bool = F
 
 def early_reinforcement(ledger: Ledger, env: gym.Env, until_rollout: int) -> pd.DataFrame:
     """Per arrow tile: the summed ``self_reinforcement`` of the continue and turn-back actions over
-    rollouts ``< until_rollout``, aggregated in DuckDB over the samples joined with their transitions."""
+    rollouts ``< until_rollout`` (:meth:`Ledger.reinforcement`)."""
     tiles = arrow_tiles(env)
-    ids = ", ".join(str(t.state_id) for t in tiles)
-    df = ledger.sql(
-        f"""SELECT state_id, CAST(action[1] AS INTEGER) AS action, SUM(self_reinforcement) AS reinforcement,
-                   COUNT(*) AS n
-            FROM samples_x WHERE rollout < {int(until_rollout)} AND state_id IN ({ids})
-            GROUP BY state_id, action"""
-    )
+    df = ledger.reinforcement(int(until_rollout), states=[t.state_id for t in tiles])
     total = {(int(r.state_id), int(r.action)): float(r.reinforcement) for r in df.itertuples()}
     rows = [
         {

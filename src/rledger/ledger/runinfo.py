@@ -1,0 +1,105 @@
+"""A run's metadata (``run.json``): configuration, seed, versions, git commit, progress."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from typing import Any
+
+
+def ppo_config(model: Any) -> dict[str, Any]:
+    """The PPO settings of ``model`` (a stable-baselines3 PPO), JSON-ready (schedules as their repr)."""
+
+    def val(x: Any) -> Any:
+        if isinstance(x, int | float | bool | str) or x is None:
+            return x
+        return repr(x)
+
+    return {
+        "policy_class": model.policy_class.__name__,
+        "policy_kwargs": {k: val(v) for k, v in (model.policy_kwargs or {}).items()},
+        "learning_rate": val(model.learning_rate),
+        "n_steps": model.n_steps,
+        "batch_size": model.batch_size,
+        "n_epochs": model.n_epochs,
+        "gamma": model.gamma,
+        "gae_lambda": model.gae_lambda,
+        "clip_range": val(model.clip_range(1.0)) if callable(model.clip_range) else val(model.clip_range),
+        "clip_range_vf": val(model.clip_range_vf(1.0))
+        if callable(model.clip_range_vf)
+        else val(model.clip_range_vf),
+        "normalize_advantage": model.normalize_advantage,
+        "ent_coef": val(model.ent_coef),
+        "vf_coef": model.vf_coef,
+        "max_grad_norm": model.max_grad_norm,
+        "target_kl": model.target_kl,
+        "use_sde": model.use_sde,
+        "device": str(model.device),
+    }
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import numpy as np
+    import stable_baselines3
+    import torch as th
+
+    from rledger._version import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": th.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": np.__version__,
+        "rledger": __version__,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunInfo:
+    """Builds ``run.json`` for one model; versions and the git commit are read once."""
+
+    def __init__(self, record: tuple[str, ...], record_every: int, info_keys: tuple[str, ...]):
+        self.record, self.record_every, self.info_keys = record, record_every, info_keys
+        self._versions: dict[str, str] | None = None
+        self._commit: tuple[str | None] | None = None
+        self.total_timesteps: int | None = None
+
+    def __call__(self, model: Any, per_sample_path: str | None, rollouts_written: int) -> dict[str, Any]:
+        env_id = None
+        try:
+            env_id = model.env.get_attr("spec")[0].id if model.env is not None else None
+        except Exception:  # noqa: BLE001 - envs without a spec
+            env_id = None
+        if self._versions is None:
+            self._versions = versions()
+        if self._commit is None:
+            self._commit = (git_commit(),)
+        from rledger.ledger import schema
+
+        return {
+            "schema_version": schema.SCHEMA_VERSION,
+            "tables": list(self.record),
+            "record_every": self.record_every,
+            "info_keys": list(self.info_keys),
+            "seed": model.seed,
+            "env_id": env_id,
+            "n_envs": model.n_envs,
+            "per_sample_path": per_sample_path,
+            "config": ppo_config(model),
+            "versions": self._versions,
+            "git_commit": self._commit[0],
+            "rollouts_written": rollouts_written,
+            "num_timesteps": int(model.num_timesteps),
+            "total_timesteps": self.total_timesteps,
+        }

@@ -1,0 +1,222 @@
+"""Per-sample Gram matrices of the loss parts over Linear layers, without per-sample gradients.
+
+Everything the ``samples`` table records follows from sample ``i``'s Gram matrices of the parts,
+
+    G_i^Q[f, h] = <grad f_i, Q * grad h_i>        for Q in {1, F^2}, and <grad log pi_i, F grad log pi_i>
+
+where ``F`` is the optimizer's per-coordinate step scale (:mod:`rledger.persample.loss`). For a Linear
+layer ``z = a W^T + b``, sample ``i``'s weight gradient of part ``f`` is the outer product ``d_i^f a_i^T``
+with ``d_i^f = d f_i / d z_i``, so
+
+    <d^f a^T, Q (d^h a^T)> = sum_o d^f_o d^h_o (a^2 @ Q_W^T)_o,   and the bias adds sum_o d^f_o d^h_o Q_b,o
+
+and each layer reduces to one ``out``-long weighting per sample (:func:`layer_weights`). The output
+gradients ``d`` come from a replay of the forward pass (:mod:`rledger.persample.replay`) or from one
+backward pass to the captured layer outputs (:class:`LinearCapture`, :func:`output_grads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch as th
+from torch import Tensor, nn
+
+
+@dataclass
+class Gram:
+    """Per-sample Gram matrices of ``S`` steps of ``B`` samples: ``g1`` (Q = 1) and ``gp2`` (Q = F^2),
+    ``(S, B, K, K)``; ``gp00 = <grad log pi, F grad log pi>``, ``(S, B)``."""
+
+    g1: Tensor
+    gp2: Tensor
+    gp00: Tensor
+
+
+Factors = Mapping[str, tuple[Tensor, Tensor]]
+"""Parameter name -> ``(F, F^2)`` at each step, ``(S, *shape)``; a parameter without it adds nothing."""
+
+
+def layer_weights(
+    name: str, ly: nn.Linear, a2: Tensor, fac: Factors, with_f: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per sample and output unit of Linear layer ``name`` with squared inputs ``a2`` ``(S, B, in)``:
+    ``w1 = |a|^2 + 1``, ``q2 = a^2 @ (F^2)^T + F_b^2`` and, when asked, ``q1 = a^2 @ F^T + F_b``; a
+    parameter the optimizer does not train adds nothing."""
+    s, b = a2.shape[0], a2.shape[1]
+    fw = fac.get(f"{name}.weight")
+    fb = fac.get(f"{name}.bias") if ly.bias is not None else None
+    w1 = a2.sum(-1) if fw is not None else th.zeros(s, b)
+    if fb is not None:
+        w1 += 1.0
+
+    def q(i: int) -> Tensor:  # a^2 @ Q_W^T + Q_b with Q = F (i = 0) or F^2 (i = 1)
+        if fw is None:
+            zeros = th.zeros(s, b, ly.out_features)
+            return zeros if fb is None else zeros + fb[i][:, None, :]
+        if fb is None:
+            return th.bmm(a2, fw[i].transpose(1, 2))
+        return th.baddbmm(fb[i][:, None, :], a2, fw[i].transpose(1, 2))
+
+    return w1, q(1), (q(0) if with_f else None)
+
+
+def linear_gram(
+    layers: Sequence[tuple[str, nn.Linear, set[int]]],
+    inputs: Sequence[Tensor],
+    d_out: Sequence[Mapping[int, Tensor]],
+    d_direct: Mapping[str, Mapping[int, Tensor]],
+    fac: Factors,
+    k: int,
+) -> Gram:
+    """The per-sample Gram matrices of ``S`` steps of ``B`` samples.
+
+    ``layers``: each Linear layer's name, module and support (the parts whose gradient passes through
+    it); ``inputs[j]`` its input ``(S, B, in)``; ``d_out[j]``: part -> output gradient ``(S, B, out)``;
+    ``d_direct``: per parameter outside the Linear layers (a Gaussian's ``log_std``), part -> per-sample
+    gradient ``(S, B, n)``; ``fac``: the step scales by parameter name."""
+    s, b = inputs[0].shape[0], inputs[0].shape[1]
+    g1 = th.zeros(s, b, k, k)
+    gp2 = th.zeros(s, b, k, k)
+    gp00 = th.zeros(s, b)
+    for j, (name, ly, support) in enumerate(layers):
+        sup = sorted(support)
+        if not sup:
+            continue
+        w1, q2, q1 = layer_weights(name, ly, inputs[j].square(), fac, with_f=0 in sup)
+        d = d_out[j]  # part -> (S, B, out)
+        for x, f in enumerate(sup):
+            for h in sup[x:]:
+                dd = d[f] * d[h]
+                g1[..., f, h] += dd.sum(-1) * w1
+                gp2[..., f, h] += (dd * q2).sum(-1)
+                if f == h == 0 and q1 is not None:
+                    gp00 += (dd * q1).sum(-1)
+    for name, u in d_direct.items():  # part -> (S, B, n)
+        sup = sorted(u)
+        f1, f2 = fac.get(name, (None, None))
+        for x, f in enumerate(sup):
+            for h in sup[x:]:
+                uu = u[f] * u[h]
+                g1[..., f, h] += uu.sum(-1)
+                if f2 is not None:
+                    gp2[..., f, h] += (uu * f2.reshape(s, 1, -1)).sum(-1)
+        if f1 is not None:
+            gp00 += (u[0].square() * f1.reshape(s, 1, -1)).sum(-1)
+    g1 = g1 + th.triu(g1, 1).transpose(-1, -2)
+    gp2 = gp2 + th.triu(gp2, 1).transpose(-1, -2)
+    return Gram(g1, gp2, gp00)
+
+
+# ---------------------------------------------------------------- output gradients from a live graph
+@dataclass
+class LinearCall:
+    """One call of a Linear layer recorded during a forward pass."""
+
+    name: str
+    module: nn.Linear
+    inputs: Tensor  # (B, in), detached
+    output: Tensor | None  # (B, out), in the autograd graph; dropped once its gradients are taken
+
+
+@dataclass
+class LinearCapture:
+    """Forward hooks on Linear layers that record each call's input and output.
+
+    A context manager: the hooks are removed on exit, even on error, so they never outlive it.
+    :meth:`take` hands over the calls recorded since the last take.
+    """
+
+    modules: Mapping[str, nn.Linear]
+    calls: list[LinearCall] = field(default_factory=list)
+    _handles: list[th.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+    def __enter__(self) -> LinearCapture:
+        self.calls = []
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            self.calls.append(LinearCall(name, module, args[0].detach(), output))  # type: ignore[arg-type]
+
+        return hook
+
+    def take(self) -> list[LinearCall]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def graph_nodes(t: Tensor) -> set[int]:
+    """ids of every autograd node that ``t`` depends on."""
+    seen: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(n for n, _ in node.next_functions)
+    return seen
+
+
+def supports(parts: Sequence[Tensor], calls: Sequence[LinearCall]) -> list[set[int]]:
+    """For each part, the indices of the recorded calls whose output it depends on."""
+    out = []
+    for p in parts:
+        nodes = graph_nodes(p)
+        out.append({j for j, c in enumerate(calls) if c.output is not None and id(c.output.grad_fn) in nodes})
+    return out
+
+
+def disjoint_groups(support: Sequence[set[int]]) -> list[list[int]]:
+    """Greedily group parts whose supports do not overlap, so one backward pass serves a group."""
+    groups: list[list[int]] = []
+    covered: list[set[int]] = []
+    for f, s in enumerate(support):
+        for g, cov in zip(groups, covered, strict=True):
+            if not (cov & s):
+                g.append(f)
+                cov |= s
+                break
+        else:
+            groups.append([f])
+            covered.append(set(s))
+    return groups
+
+
+def output_grads(
+    parts: Sequence[Tensor], calls: Sequence[LinearCall], support: Sequence[set[int]]
+) -> list[dict[int, Tensor]]:
+    """``d[j][f] = d(sum_i f_i) / d z_j`` for every recorded call ``j`` in part ``f``'s support.
+
+    Per-sample independence of the forward pass makes row ``i`` of it sample ``i``'s own output
+    gradient. Parts with disjoint supports share one backward pass. The graph is retained and no
+    parameter's ``.grad`` is touched.
+    """
+    d: list[dict[int, Tensor]] = [{} for _ in calls]
+    for group in disjoint_groups(support):
+        targets = sorted(set().union(*(support[f] for f in group)))
+        if not targets:
+            continue
+        total = sum(parts[f].sum() for f in group)
+        grads = th.autograd.grad(
+            total,
+            [calls[j].output for j in targets],  # type: ignore[misc]
+            retain_graph=True,
+            allow_unused=True,
+        )
+        for j, gj in zip(targets, grads, strict=True):
+            if gj is None:
+                continue
+            for f in group:
+                if j in support[f]:
+                    d[j][f] = gj
+    return d
