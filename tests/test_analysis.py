@@ -66,7 +66,7 @@ def root(tmp_path_factory) -> Path:
         (out / spec.name / "spec.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
         if spec.probes:
             run_probes(spec, out)
-    sweep(str(out / "reward_scale"), grid=((10.0, 0.0),), settings=("sb3_defaults", "no_global_clip_zero_critic"),
+    sweep(str(out), grid=((10.0, 0.0),), settings=("sb3_defaults", "no_global_clip_zero_critic"),
           seeds=(0,), timesteps=2048, workers=1)  # fmt: skip
     return out
 
@@ -463,16 +463,61 @@ def test_history_intervention_compares_per_seed_shares():
 
 
 def test_sweep_skips_complete_runs_and_refuses_to_clobber(root):
+    """The sweep runs through the experiment runner: its runs are run folders with DONE markers,
+    complete ones are not retrained, one with another configuration is refused without overwrite."""
     out = root / "reward_scale"
     kw = dict(
         grid=((10.0, 0.0),), settings=("sb3_defaults", "no_global_clip_zero_critic"), seeds=(0,), workers=1
     )
-    metas = sorted(out.glob("*/c=*_b=*/seed=*/meta.json"))
-    assert len(metas) == 4
-    before = {m: m.stat().st_mtime_ns for m in metas}
-    again = sweep(str(out), timesteps=2048, **kw)  # the same runs: nothing is retrained
-    assert {m: m.stat().st_mtime_ns for m in metas} == before
+    dones = sorted(out.glob("*/seed=*/DONE"))
+    assert len(dones) == 4 and (out / "spec.yaml").is_file()
+    configs = [yaml.safe_load((d.parent / "config.yaml").read_text()) for d in dones]
+    assert {(c["reward"]["scale"], c.get("zero_critic", False), c["ppo"].get("vf_coef")) for c in configs} == {
+        (1.0, False, None), (10.0, False, None), (1.0, True, 0.0), (10.0, True, 0.0)
+    }  # fmt: skip
+    before = {d: d.stat().st_mtime_ns for d in dones}
+    again = sweep(str(root), timesteps=2048, **kw)  # the same runs: nothing is retrained
+    assert {d: d.stat().st_mtime_ns for d in dones} == before
     pd.testing.assert_frame_equal(again, pd.read_csv(out / "sweep.csv"), check_dtype=False)
-    with pytest.raises(ValueError, match="another configuration.*overwrite"):
-        sweep(str(out), timesteps=4096, **kw)
-    assert {m: m.stat().st_mtime_ns for m in metas} == before
+    with pytest.raises(ValueError, match="differs from the spec.*overwrite"):
+        sweep(str(root), timesteps=4096, **kw)
+    assert {d: d.stat().st_mtime_ns for d in dones} == before
+
+
+def test_affine_reward_wrapper_and_variant_options(tmp_path):
+    """variant_options: the reward transform reaches training's rewards (the ledger's reward column),
+    not evaluation; ppo overrides and the zero critic reach the run's config; bad options are refused."""
+    from rledger import Ledger
+    from rledger.experiments import SpecError
+
+    raw = {
+        "name": "opts", "env": {"id": "rledger/BoatRace-v0"}, "variants": {"plain": {}, "scaled": {}},
+        "variant_options": {"scaled": {"reward": {"scale": 3, "offset": -1}, "ppo": {"max_grad_norm": 2.0},
+                                       "zero_critic": True}},
+        "total_timesteps": 128, "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1}, "eval": {"episodes": 1},
+    }  # fmt: skip
+    spec = validate(raw, "opts")
+    plain, scaled = spec.run_config("plain", 0), spec.run_config("scaled", 0)
+    assert "reward" not in plain and "zero_critic" not in plain and "max_grad_norm" not in plain["ppo"]
+    assert scaled["reward"] == {"scale": 3.0, "offset": -1.0} and scaled["zero_critic"]
+    assert scaled["ppo"]["max_grad_norm"] == 2.0 and scaled["ppo"]["n_steps"] == 64
+    rewards = {}
+    for job in plan_runs(spec, tmp_path, overwrite=False):
+        execute(job.config, job.path, command_line())
+        tr = Ledger(job.path / "ledger").transitions(columns=["rollout", "reward"])
+        rewards[job.variant] = tr[tr.rollout == 0].reward.to_numpy()  # before the first update: same actions
+    assert len(rewards["plain"]) == len(rewards["scaled"]) == 64 and rewards["plain"].std() > 0
+    np.testing.assert_allclose(rewards["scaled"], 3 * rewards["plain"] - 1, rtol=1e-6)
+    evaluation = json.loads((tmp_path / "opts" / "scaled" / "seed=0" / "eval.json").read_text())
+    plain_eval = json.loads((tmp_path / "opts" / "plain" / "seed=0" / "eval.json").read_text())
+    assert evaluation["scaled"]["episodes"][0]["length"] > 0 and "plain" in plain_eval
+    assert [r.variant for r in find_runs(tmp_path, "opts")] == ["plain"]  # the scaled run is left out
+    for bad, match in (
+        ({"nope": {}}, "not a variant"),
+        ({"scaled": {"reward": {"scale": "x"}}}, "reward.scale: must be a finite number"),
+        ({"scaled": {"ppo": {"max_grad_norm": -1}}}, "ppo.max_grad_norm: must be"),
+        ({"scaled": {"zero_critic": 1}}, "zero_critic: must be true or false"),
+        ({"scaled": {"lr": 1}}, "unknown key"),
+    ):
+        with pytest.raises(SpecError, match=match):
+            validate({**raw, "variant_options": bad}, "opts")

@@ -317,10 +317,10 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
     start = time.perf_counter()
     try:
         suite = load_suite(suite_path or default_suite_path())
-        jobs = [j for spec in suite.specs for j in plan_runs(spec, out, overwrite)]
+        jobs = [j for spec in suite.all_specs for j in plan_runs(spec, out, overwrite)]
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
-    for spec in suite.specs:
+    for spec in suite.all_specs:
         _save_spec(spec, out)
     jobs.sort(key=lambda j: -j.config["total_timesteps"])  # longest first packs the workers best
     console.print(f"{suite.name}: {len(jobs)} runs, {suite.total_timesteps:,} env steps -> {out}")
@@ -329,16 +329,11 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
         if spec.probes:
             with console.status(f"probes of {spec.name}"):
                 run_probes(spec, out)
-    if suite.reward_scale is not None:
-        from rledger.probes.reward_scale import sweep
+    if suite.reward_scale is not None:  # its runs trained with the others above
+        from rledger.probes.reward_scale import compare_sweep
 
-        rs = suite.reward_scale
-        with console.status(f"reward-scale sweep: {rs.runs} runs of {rs.timesteps} steps on {rs.env_id}"):
-            try:
-                sweep(str(out / "reward_scale"), rs.env_id, rs.grid, seeds=rs.seeds, timesteps=rs.timesteps,
-                      workers=workers, overwrite=overwrite)  # fmt: skip
-            except ValueError as exc:
-                raise _Bad(str(exc)) from exc
+        with console.status("reward-scale sweep: comparing each run with its baseline"):
+            compare_sweep(out / suite.reward_scale.name)
     try:
         with console.status("report"):
             result = build_report(out, None, overwrite=True)

@@ -21,34 +21,23 @@ from rledger.experiments.spec import Spec, SpecError, load_spec, parse_seeds
 
 
 @dataclass(frozen=True)
-class RewardScaleSpec:
-    """The reward-scale sweep of probe 5 (``rledger.probes.reward_scale.sweep``)."""
-
-    env_id: str
-    seeds: tuple[int, ...]
-    timesteps: int
-    grid: tuple[tuple[float, float], ...]
-
-    @property
-    def runs(self) -> int:
-        from rledger.probes.reward_scale import SETTINGS, sweep_jobs
-
-        return len(sweep_jobs(self.env_id, self.grid, tuple(SETTINGS), self.seeds))
-
-
-@dataclass(frozen=True)
 class Suite:
+    """``specs``: the experiments the suite file names; ``reward_scale``: the reward-scale sweep of
+    probe 5 as an experiment spec of its own (``rledger.probes.reward_scale.sweep_spec``), or None."""
+
     name: str
     specs: tuple[Spec, ...]
     budget_seconds: float | None
-    reward_scale: RewardScaleSpec | None = None
+    reward_scale: Spec | None = None
+
+    @property
+    def all_specs(self) -> tuple[Spec, ...]:
+        """Every experiment the suite runs, the sweep included."""
+        return self.specs + ((self.reward_scale,) if self.reward_scale is not None else ())
 
     @property
     def total_timesteps(self) -> int:
-        steps = sum(s.total_timesteps * len(s.seeds) * len(s.train) for s in self.specs)
-        if self.reward_scale is not None:  # SB3's default rollout is 2048 steps: budgets round up
-            steps += self.reward_scale.runs * -(-self.reward_scale.timesteps // 2048) * 2048
-        return steps
+        return sum(s.total_timesteps * len(s.seeds) * len(s.train) for s in self.all_specs)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -88,10 +77,15 @@ def load_suite(path: str | Path) -> Suite:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SpecError(f"{p}: experiments: two specs share an experiment name ({names}); names must differ")
-    return Suite(name, tuple(specs), float(budget) if budget is not None else None, _reward_scale(raw, p))
+    sweep = _reward_scale(raw, p)
+    if sweep is not None and sweep.name in names:
+        raise SpecError(
+            f"{p}: experiments: {sweep.name!r} is the reward-scale sweep's name; rename that spec"
+        )
+    return Suite(name, tuple(specs), float(budget) if budget is not None else None, sweep)
 
 
-def _reward_scale(raw: dict[str, Any], p: Path) -> RewardScaleSpec | None:
+def _reward_scale(raw: dict[str, Any], p: Path) -> Spec | None:
     body = raw.get("reward_scale")
     if body is None:
         return None
@@ -122,7 +116,9 @@ def _reward_scale(raw: dict[str, Any], p: Path) -> RewardScaleSpec | None:
     )
     if not ok:
         raise SpecError(f"{where}.grid: must be a non-empty list of [c, b] pairs, e.g. [[10, 0], [1, 1]]")
-    return RewardScaleSpec(env_id, seeds, timesteps, tuple((float(c), float(b)) for c, b in grid))
+    from rledger.probes.reward_scale import sweep_spec
+
+    return sweep_spec(env_id, tuple((float(c), float(b)) for c, b in grid), seeds=seeds, timesteps=timesteps)
 
 
 def _override(key: Any, value: Any) -> str:

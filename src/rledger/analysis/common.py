@@ -68,7 +68,9 @@ class ClaimResult:
 
 def find_runs(root: str | os.PathLike[str], experiment: str | None = None) -> list[RunInfo]:
     """Every complete run (with its DONE marker and ledger) under ``root``, sorted by experiment,
-    variant and seed. ``root`` is the ``--out`` folder of ``rledger run``, or one experiment folder in it."""
+    variant and seed. ``root`` is the ``--out`` folder of ``rledger run``, or one experiment folder in it.
+    Runs trained on a transformed reward (the reward-scale sweep's, ``reward`` in their config) are
+    left out: the claims read reward as the env gives it; ``rledger.probes.reward_scale`` reads them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; pass the --out folder of `rledger run`")
@@ -77,6 +79,8 @@ def find_runs(root: str | os.PathLike[str], experiment: str | None = None) -> li
         if not (path / DONE).is_file() or not (path / "ledger" / "run.json").is_file():
             continue
         if experiment is not None and config.get("experiment") != experiment:
+            continue
+        if "reward" in config:
             continue
         runs.append(
             RunInfo(

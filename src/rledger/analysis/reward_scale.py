@@ -1,7 +1,8 @@
 """Probe 5, reward as a learning rate: which parts of PPO carry the reward's scale into the policy.
 
-Reads what ``python -m rledger.probes.reward_scale OUT`` wrote (``OUT/sweep.csv``, ``OUT/identity.json``;
-found as ``reward_scale/`` under the report's root): for each PPO setting (SB3 defaults; without global
+Reads what ``python -m rledger.probes.reward_scale OUT`` (or the quickstart) wrote beside the sweep's
+runs (``OUT/reward_scale/sweep.csv``, ``OUT/reward_scale/identity.json``; found as ``reward_scale/``
+under the report's root or one folder below it): for each PPO setting (SB3 defaults; without global
 gradient clipping; without it and with a zero, untrained critic) and each (c, b), how far the actor's
 parameters end from the baseline's (c=1, b=0), the share of states whose greedy action changed, and
 how often global gradient clipping engaged; and the plain-SGD identity (reward x c, lr) = (reward, lr x c).
@@ -63,7 +64,7 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
     sweeps = find_sweeps(root)
     if not sweeps:
         result.findings.append(
-            "No reward-scale sweep under this folder; `python -m rledger.probes.reward_scale DIR/reward_scale` runs it."
+            "No reward-scale sweep under this folder; `python -m rledger.probes.reward_scale DIR` runs it."
         )
         return result
     for folder in sweeps:

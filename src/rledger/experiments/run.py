@@ -8,6 +8,7 @@ complete exactly when ``DONE`` exists. Every file is written whole or not at all
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -61,6 +62,7 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
     from stable_baselines3.common.env_util import make_vec_env
 
     import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+    from rledger.envs.wrappers import AffineReward
     from rledger.experiments.spec import ppo_kwargs
     from rledger.ppo import InstrumentedPPO
 
@@ -79,11 +81,16 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
     atomic_write_bytes(path / "command.txt", (command + "\n").encode())
     t0 = time.time()
     opening = config.get("opening")
+    reward = config.get("reward")  # training's reward mapped to scale * r + offset
+    wrapper = (
+        functools.partial(AffineReward, scale=reward["scale"], offset=reward["offset"]) if reward else None
+    )
     env = make_vec_env(
         config["env"]["id"],
         n_envs=config["n_envs"],
         seed=config["seed"],
         env_kwargs=opening["env_kwargs"] if opening else config["env"]["kwargs"],
+        wrapper_class=wrapper,
     )
     model = InstrumentedPPO(
         config["policy"],
@@ -97,6 +104,10 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
         device="cpu",
         **ppo_kwargs(config),
     )
+    if config.get("zero_critic"):  # the value head starts at zero (and stays there with vf_coef 0)
+        with th.no_grad():
+            model.policy.value_net.weight.zero_()
+            model.policy.value_net.bias.zero_()
     progress = _Progress(path / "progress.json", config["total_timesteps"])
     if opening:
         # the opening variant first, under the full run's schedules (learning rate, clip range) ...
@@ -112,6 +123,7 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
                 n_envs=config["n_envs"],
                 seed=config["seed"] + 100_003,
                 env_kwargs=config["env"]["kwargs"],
+                wrapper_class=wrapper,
             )
         )
         model.learn(

@@ -86,12 +86,15 @@ class Spec:
     probes: dict[str, ProbeSpec] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated mapping
     opening: tuple[str, int] | None = None  # (variant, timesteps) trained first, then the run's variant
+    # per variant, run options beside its env kwargs: ppo overrides, a reward transform, a zero critic
+    variant_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
 
     def run_config(self, variant: str, seed: int) -> dict[str, Any]:
         """The resolved configuration of one run (what its config.yaml holds)."""
+        options = self.variant_options.get(variant, {})
         return {
             "experiment": self.name,
             "variant": variant,
@@ -100,7 +103,10 @@ class Spec:
             "total_timesteps": self.total_timesteps,
             "n_envs": self.n_envs,
             "policy": self.policy,
-            "ppo": copy.deepcopy(self.ppo),
+            "ppo": copy.deepcopy({**self.ppo, **options.get("ppo", {})}),
+            # only when set, so that the config of a run without them is as it always was
+            **({"reward": dict(options["reward"])} if "reward" in options else {}),
+            **({"zero_critic": True} if options.get("zero_critic") else {}),
             "record": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.record).items()},
             **(
                 {
@@ -134,6 +140,7 @@ TOP_KEYS = {
     "eval",
     "probes",
     "opening",
+    "variant_options",
 }
 POLICIES = ("MlpPolicy",)
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
@@ -287,12 +294,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     policy = raw.get("policy", "MlpPolicy")
     if policy not in POLICIES:
         raise SpecError(f"policy: must be one of {POLICIES}, got {policy!r}")
-    ppo = _mapping(raw.get("ppo"), "ppo")
-    _unknown(ppo, set(_PPO_RULES), "ppo")
-    for key, value in ppo.items():
-        check, want = _PPO_RULES[key]
-        if not check(value):
-            raise SpecError(f"ppo.{key}: must be {want}, got {value!r}")
+    ppo = _ppo(raw.get("ppo"), "ppo")
     pk = ppo.get("policy_kwargs", {})
     _unknown(pk, {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}, "ppo.policy_kwargs")
     if "activation_fn" in pk and pk["activation_fn"] not in ACTIVATIONS:
@@ -330,7 +332,56 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
         copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
+        _variant_options(raw.get("variant_options"), variants),
     )  # fmt: skip
+
+
+def _ppo(value: Any, path: str) -> dict[str, Any]:
+    ppo = _mapping(value, path)
+    _unknown(ppo, set(_PPO_RULES), path)
+    for key, v in ppo.items():
+        check, want = _PPO_RULES[key]
+        if not check(v):
+            raise SpecError(f"{path}.{key}: must be {want}, got {v!r}")
+    return ppo
+
+
+def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``variant_options: {VARIANT: {ppo: {...}, reward: {scale: c, offset: b}, zero_critic: true}}``:
+    PPO settings that override the spec's ``ppo`` for that variant's runs; the env's reward mapped to
+    ``c * r + b`` in training (``rledger.envs.wrappers.AffineReward``; evaluation sees the env's own);
+    the value head's weights and bias set to zero at the start (they stay there with ``vf_coef: 0``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, body in _mapping(value, "variant_options").items():
+        path = f"variant_options.{variant}"
+        if variant not in variants:
+            raise SpecError(f"{path}: not a variant; variants: {sorted(variants)}")
+        body = _mapping(body, path)
+        _unknown(body, {"ppo", "reward", "zero_critic"}, path)
+        options: dict[str, Any] = {}
+        if "ppo" in body:
+            options["ppo"] = _ppo(body["ppo"], f"{path}.ppo")
+            if "policy_kwargs" in options["ppo"]:
+                raise SpecError(
+                    f"{path}.ppo.policy_kwargs: set the policy for every variant in ppo.policy_kwargs"
+                )
+        if "reward" in body:
+            reward = _mapping(body["reward"], f"{path}.reward")
+            _unknown(reward, {"scale", "offset"}, f"{path}.reward")
+            for key in ("scale", "offset"):
+                v = reward.get(key, 1.0 if key == "scale" else 0.0)
+                if not _num(v) or v != v or v in (float("inf"), float("-inf")):
+                    raise SpecError(f"{path}.reward.{key}: must be a finite number, got {v!r}")
+            options["reward"] = {
+                "scale": float(reward.get("scale", 1.0)),
+                "offset": float(reward.get("offset", 0.0)),
+            }
+        if "zero_critic" in body:
+            if not isinstance(body["zero_critic"], bool):
+                raise SpecError(f"{path}.zero_critic: must be true or false, got {body['zero_critic']!r}")
+            options["zero_critic"] = body["zero_critic"]
+        out[variant] = options
+    return out
 
 
 CONTROLS = ("planner", "random")

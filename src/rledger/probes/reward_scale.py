@@ -12,18 +12,20 @@ the reward's scale and offset change, and which of its parts carry the change.
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch as th
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rledger.envs  # noqa: F401
-from rledger.ledger.writer import atomic_write_json
+from rledger.envs.wrappers import AffineReward
+from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 from rledger.probes.policies import policy_table
 
 if TYPE_CHECKING:
@@ -34,10 +36,9 @@ def _model(cls: type, env_id: str, c: float, b: float, seed: int, zero_critic: b
     """A PPO-family model (``cls``) on one env whose reward is mapped to ``c * r + b``; with
     ``zero_critic`` the value head starts at zero (it stays there when ``vf_coef`` is 0)."""
 
-    def wrap(env: gym.Env) -> gym.Env:
-        return gym.wrappers.TransformReward(env, lambda r: c * r + b)
-
-    venv = make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=wrap)
+    venv = make_vec_env(
+        env_id, n_envs=1, seed=seed, wrapper_class=functools.partial(AffineReward, scale=c, offset=b)
+    )
     model = cls("MlpPolicy", venv, seed=seed, device="cpu", **kwargs)
     if zero_critic:
         with th.no_grad():
@@ -104,43 +105,51 @@ GRID: tuple[tuple[float, float], ...] = (
 )
 
 
-def _sweep_job(
-    env_id: str, setting: str, c: float, b: float, seed: int, timesteps: int, path: str
-) -> dict[str, Any]:
-    """One instrumented run on ``c * reward + b`` (SB3 defaults otherwise, minus the setting's parts);
-    saves the policy's action probabilities in every reachable state (gridworlds) and the actor's
-    parameters beside its ledger."""
-    from rledger.ppo import InstrumentedPPO
-
-    th.set_num_threads(1)
-    opts = dict(SETTINGS[setting])
-    zero_critic = opts.pop("zero_critic", False)
-    model = _model(InstrumentedPPO, env_id, c, b, seed, zero_critic, ledger=path, overwrite=True, **opts)
-    model.learn(timesteps)
-    env = gym.make(env_id)
-    probs = policy_table(model, env) if hasattr(env.unwrapped, "mdp") else np.zeros(0)
-    tmp = Path(path) / ".policy.npz.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, probs=probs, **actor_params(model))
-    os.replace(tmp, Path(path) / "policy.npz")
-    meta = _meta(env_id, setting, c, b, seed, timesteps)
-    atomic_write_json(Path(path) / "meta.json", meta)  # last: marks the run complete
-    return meta
+EXPERIMENT = "reward_scale"
 
 
-def _meta(env_id: str, setting: str, c: float, b: float, seed: int, timesteps: int) -> dict[str, Any]:
-    return {"env_id": env_id, "setting": setting, "c": c, "b": b, "seed": seed, "timesteps": timesteps}
+def variant_name(setting: str, c: float, b: float) -> str:
+    """The run variant of (setting, c, b), e.g. ``no_global_clip.c10_b0``."""
+    return f"{setting}.c{c:g}_b{b:g}"
 
 
-def sweep_jobs(
-    env_id: str,
-    grid: tuple[tuple[float, float], ...],
-    settings: tuple[str, ...],
-    seeds: tuple[int, ...],
-) -> list[tuple[str, str, float, float, int]]:
-    """(env_id, setting, c, b, seed) of every run, the baseline (c=1, b=0) included, and its folder."""
+def sweep_spec(
+    env_id: str = "rledger/BoatRace-v0",
+    grid: tuple[tuple[float, float], ...] = GRID,
+    settings: tuple[str, ...] = tuple(SETTINGS),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    timesteps: int = 16_384,
+) -> Any:
+    """The sweep as an experiment spec (:class:`rledger.experiments.Spec`) named ``reward_scale``: one
+    variant per (setting, c, b), the baseline (c=1, b=0) of each setting included, each trained on
+    ``c * reward + b`` with SB3's defaults minus the setting's parts; no evaluation episodes."""
+    from rledger.experiments.spec import validate
+
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"reward_scale settings: unknown {unknown}; choose from {list(SETTINGS)}")
     pairs = ((1.0, 0.0), *[p for p in grid if p != (1.0, 0.0)])
-    return [(env_id, s, c, b, seed) for s in settings for c, b in pairs for seed in seeds]
+    options: dict[str, Any] = {}
+    for setting in settings:
+        opts = dict(SETTINGS[setting])
+        zero_critic = opts.pop("zero_critic", False)
+        for c, b in pairs:
+            entry: dict[str, Any] = {"reward": {"scale": float(c), "offset": float(b)}}
+            if opts:
+                entry["ppo"] = dict(opts)
+            if zero_critic:
+                entry["zero_critic"] = True
+            options[variant_name(setting, c, b)] = entry
+    raw = {
+        "name": EXPERIMENT,
+        "env": {"id": env_id},
+        "variants": {v: {} for v in options},
+        "variant_options": options,
+        "seeds": list(seeds),
+        "total_timesteps": int(timesteps),
+        "eval": {"episodes": 0},
+    }
+    return validate(raw, "reward_scale sweep")
 
 
 def sweep(
@@ -152,79 +161,82 @@ def sweep(
     timesteps: int = 16_384,
     workers: int = 2,
     overwrite: bool = False,
+    show: bool = False,
 ) -> pd.DataFrame:
-    """Train every (setting, c, b, seed) with the ledger on, and compare each with the baseline
-    (c=1, b=0) of its setting and seed. Returns and writes ``<out>/sweep.csv``: one row per run with
-    the actor's largest parameter difference (absolute and relative to the largest parameter), the
-    share of reachable states where the greedy action is the baseline's, and from the ledgers the share
-    of optimizer steps whose global gradient clipping engaged (``clip_coef < 1``), the mean value loss,
-    and the largest difference of ``advantage_used`` in the first minibatch (identical samples).
-    Complete runs (``meta.json`` written last) are skipped; one with another configuration is
-    refused unless ``overwrite``; incomplete ones are rerun."""
-    import json
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Train every (setting, c, b, seed) through the experiment runner into
+    ``<out>/reward_scale/<variant>/seed=<k>/`` (complete runs are skipped, interrupted ones rerun; a
+    complete run with another configuration is refused unless ``overwrite``), then
+    :func:`compare_sweep`."""
+    from rledger.experiments.backends import plan_runs, run_local
+    from rledger.experiments.run import command_line
 
-    root = Path(out)
-    jobs = sweep_jobs(env_id, grid, settings, seeds)
-    paths = [str(root / s / f"c={c:g}_b={b:g}" / f"seed={seed}") for _, s, c, b, seed in jobs]
-    todo = []
-    for job, path in zip(jobs, paths, strict=True):
-        meta = Path(path) / "meta.json"
-        if meta.is_file():  # complete: skip it if it is this run, refuse to clobber it otherwise
-            if json.loads(meta.read_text()) == _meta(*job, timesteps) and not overwrite:
-                continue
-            if not overwrite:
-                raise ValueError(
-                    f"{path}: a complete sweep run with another configuration ({json.dumps(json.loads(meta.read_text()))}); "
-                    "pass overwrite=True (--overwrite) or another output folder"
-                )
-        todo.append((job, path))  # new, incomplete (no meta.json) or to overwrite
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_sweep_job, *job, timesteps, path) for job, path in todo]
-        for f in futures:
-            f.result()
-    return compare_sweep(out)
+    spec = sweep_spec(env_id, grid, settings, seeds, timesteps)
+    jobs = plan_runs(spec, out, overwrite)
+    folder = Path(out) / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False).encode())
+    run_local(jobs, workers, command_line(), overwrite, show=show)
+    return compare_sweep(folder)
 
 
-def compare_sweep(out: str) -> pd.DataFrame:
-    """Compare every run under ``out`` (``<setting>/c=<c>_b=<b>/seed=<k>``) with the baseline (c=1,
-    b=0) of its setting and seed; writes and returns ``<out>/sweep.csv``. The ``rollout0_*`` columns
-    compare the first rollout, whose data are identical in both runs (same seed, same policy before
-    the first update): they isolate what c and b do to one update. Later rollouts collect different
-    data once a sampled action differs, so the end-of-run columns also include that amplification."""
+def compare_sweep(folder: str | Path) -> pd.DataFrame:
+    """Compare every complete run of the sweep in ``folder`` (``<out>/reward_scale``) with the
+    baseline (c=1, b=0) of its setting and seed; writes and returns ``<folder>/sweep.csv``: one row
+    per run with the actor's largest parameter difference (absolute and relative to the largest
+    parameter), the share of reachable states where the greedy action is the baseline's, and from
+    the ledgers the share of optimizer steps whose global gradient clipping engaged (``clip_coef <
+    1``), the mean value loss, and the largest differences of ``advantage_used`` and ``ratio``. The
+    ``rollout0_*`` and ``first_minibatch_*`` columns compare the first rollout, whose data are
+    identical in both runs (same seed, same policy before the first update): they isolate what c and
+    b do to one update. Later rollouts collect different data once a sampled action differs, so the
+    end-of-run columns also include that amplification."""
     import pandas as pd
 
+    from rledger.experiments.backends import run_configs
+    from rledger.experiments.run import DONE
     from rledger.ledger import Ledger
-    from rledger.ledger.writer import atomic_write_bytes
 
-    root = Path(out)
+    root = Path(folder)
+    runs = {
+        (cfg["variant"], cfg["seed"]): (path, cfg)
+        for path, cfg in run_configs(root)
+        if (path / DONE).is_file() and "reward" in cfg
+    }
+    cache: dict[Path, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+
+    def policy(path: Path, env_id: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        if path not in cache:
+            model = PPO.load(path / "model.zip", device="cpu")
+            env = gym.make(env_id)
+            probs = policy_table(model, env) if hasattr(env.unwrapped, "mdp") else np.zeros(0)
+            cache[path] = (actor_params(model), probs)
+        return cache[path]
+
     rows = []
     first = "SELECT t, env, advantage_used FROM samples WHERE rollout = 0 AND epoch = 0 AND minibatch = 0 ORDER BY t, env"
     roll0 = "SELECT advantage_used, ratio FROM samples WHERE rollout = 0 ORDER BY epoch, minibatch, t, env"
-    for path in sorted(root.glob("*/c=*_b=*/seed=*")):
-        if not (path / "meta.json").is_file():
-            continue
-        setting, cb, seed_dir = path.parts[-3:]
-        c, b = (float(x.split("=")[1]) for x in cb.split("_"))
-        base_path = root / setting / "c=1_b=0" / seed_dir
-        mine, base = np.load(path / "policy.npz"), np.load(base_path / "policy.npz")
-        keys = [k for k in mine.files if k != "probs"]
-        diff, scale = max_param_diff({k: base[k] for k in keys}, {k: mine[k] for k in keys})
-        same = (
-            float((mine["probs"].argmax(1) == base["probs"].argmax(1)).mean())
-            if mine["probs"].size
-            else float("nan")
+    for (variant, seed), (path, cfg) in sorted(runs.items()):
+        setting = variant.split(".", 1)[0]
+        c, b = float(cfg["reward"]["scale"]), float(cfg["reward"]["offset"])
+        base = runs.get((variant_name(setting, 1.0, 0.0), seed))
+        if base is None:
+            continue  # the baseline of this setting and seed is not complete (yet)
+        (mine, mine_probs), (theirs, base_probs) = (
+            policy(path, cfg["env"]["id"]),
+            policy(base[0], cfg["env"]["id"]),
         )
-        led, bled = Ledger(path), Ledger(base_path)
+        diff, scale = max_param_diff(theirs, mine)
+        same = (
+            float((mine_probs.argmax(1) == base_probs.argmax(1)).mean()) if mine_probs.size else float("nan")
+        )
+        led, bled = Ledger(path / "ledger"), Ledger(base[0] / "ledger")
         u = led.sql(
             "SELECT avg((clip_coef < 1)::INT) AS clip_engaged, avg(value_loss) AS value_loss FROM updates"
         ).iloc[0]
         a0, b0 = led.sql(first), bled.sql(first)
         r0, q0 = led.sql(roll0), bled.sql(roll0)
         rows.append({
-            "setting": setting, "c": c, "b": b, "seed": int(seed_dir.split("=")[1]),
+            "setting": setting, "c": c, "b": b, "seed": int(seed),
             "actor_max_diff": diff, "actor_rel_diff": diff / scale, "same_greedy_action": same,
             "clip_engaged": float(u.clip_engaged), "value_loss": float(u.value_loss),
             "first_minibatch_adv_diff": float(np.abs(a0.advantage_used.to_numpy() - b0.advantage_used.to_numpy()).max()),
@@ -233,6 +245,10 @@ def compare_sweep(out: str) -> pd.DataFrame:
         })  # fmt: skip
         led.close()
         bled.close()
+    if not rows:
+        raise ValueError(
+            f"{root}: no complete reward-scale sweep runs with their baselines; run the sweep first"
+        )
     order = {s: i for i, s in enumerate(SETTINGS)}
     table = pd.DataFrame(rows).sort_values(
         ["setting", "c", "b", "seed"], key=lambda x: x.map(order) if x.name == "setting" else x
@@ -247,9 +263,9 @@ if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTE
 
     if len(sys.argv) < 2:
         sys.exit("usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS]")
-    result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384)
+    result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384, show=True)
     identity = {f"c={c:g}": sgd_identity(c=c) for c in (3.0, 10.0)}
-    atomic_write_json(Path(sys.argv[1]) / "identity.json", identity)
+    atomic_write_json(Path(sys.argv[1]) / EXPERIMENT / "identity.json", identity)
     print(identity)
     print(
         result.groupby(["setting", "c", "b"])[["actor_rel_diff", "same_greedy_action", "clip_engaged"]].mean()
