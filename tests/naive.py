@@ -213,6 +213,10 @@ def _one_step(model, policy64, names, params, tape, j, up, samples, buf, n_steps
                     "value_grad_norm": gvf.norm(dim=1).numpy(),
                     "loss_grad_norm": g.norm(dim=1).numpy(),
                     "adam_update_norm": (clip_coef * (g * pfac).norm(dim=1)).numpy(),
+                    "pg_adam_update_norm": (clip_coef * (gpg * pfac).norm(dim=1)).numpy(),
+                    "entropy_adam_update_norm": (clip_coef * (gen * pfac).norm(dim=1)).numpy(),
+                    "value_adam_update_norm": (clip_coef * (gvf * pfac).norm(dim=1)).numpy(),
+                    "score_step_norm": (clip_coef * (s * pfac).norm(dim=1)).numpy(),  # reference only
                     "self_reinforcement": (s * (-clip_coef * pfac * gpg)).sum(1).numpy(),
                     "grad_norm": float(grad_norm),
                     "clip_coef": clip_coef,

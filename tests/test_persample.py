@@ -20,6 +20,9 @@ COLUMNS = [
     "value_grad_norm",
     "loss_grad_norm",
     "adam_update_norm",
+    "pg_adam_update_norm",
+    "entropy_adam_update_norm",
+    "value_adam_update_norm",
     "self_reinforcement",
 ]
 
@@ -153,6 +156,9 @@ def test_columns_match_naive_loop(tmp_path, monkeypatch, name):
             # 1e-6 of that scale (10 float32 ulps), whichever is looser.
             b = samples.groupby(["epoch", "minibatch"]).t.transform("size").to_numpy()  # each sample's B
             floor = np.maximum(floor, 0.1 * model.ent_coef / b * ref.score_norm.to_numpy())
+        if col == "entropy_adam_update_norm":  # the same cancellation, through the step scale F
+            b = samples.groupby(["epoch", "minibatch"]).t.transform("size").to_numpy()
+            floor = np.maximum(floor, 0.1 * model.ent_coef / b * ref.score_step_norm.to_numpy())
         denom = np.maximum(np.abs(want), floor)
         rel = np.abs(got - want) / denom
         print(f"{name} {col}: max relative error {rel.max():.2e}")

@@ -16,8 +16,8 @@ Notation used in the definitions, for one minibatch of ``B`` samples at Adam ste
 - Adam (``lr``, ``beta1``, ``beta2``, ``eps``): ``scale_k = lr * (1 - beta1) / (1 - beta1**k)`` and
   ``P = 1 / (sqrt(v_hat_k) + eps)`` elementwise, where ``v_hat_k = v_k / (1 - beta2**k)`` is the
   bias-corrected second moment *after* step ``k`` has folded in this minibatch's (clipped) gradient,
-  i.e. exactly the denominator that step ``k`` divided by. For plain SGD, ``scale_k = lr * (1 -
-  dampening)`` and ``P = 1``.
+  i.e. exactly the denominator that step ``k`` divided by. For plain SGD (no momentum), ``scale_k =
+  lr`` and ``P = 1``.
 - Sample ``i``'s fresh contribution to the parameter update of step ``k`` is
   ``u_i = -scale_k * c * P * g_i`` (the momentum carried over from earlier steps is not part of it).
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = ("transitions", "samples", "updates", "episodes")
 
@@ -166,7 +166,29 @@ COLUMNS: tuple[Column, ...] = (
         F32,
         "parameter change",
         """||u_i|| = scale_k * c * ||P * g_i||: the norm of the sample's fresh contribution to the
-        parameter update of its optimizer step.""",
+        parameter update of its optimizer step (all three loss terms: policy, entropy, value).""",
+    ),
+    _c(
+        "samples",
+        "pg_adam_update_norm",
+        F32,
+        "parameter change",
+        """scale_k * c * ||P * g_i^pg||: the policy-gradient term's own share of u_i (the parameters
+        log pi depends on only; no value or entropy term). 0 when clipped. Schema version 2.""",
+    ),
+    _c(
+        "samples",
+        "entropy_adam_update_norm",
+        F32,
+        "parameter change",
+        "scale_k * c * ||P * g_i^ent||: the entropy term's share of u_i; 0 when ent_coef is 0. Schema version 2.",
+    ),
+    _c(
+        "samples",
+        "value_adam_update_norm",
+        F32,
+        "parameter change",
+        "scale_k * c * ||P * g_i^vf||: the value loss's share of u_i (the critic's). Schema version 2.",
     ),
     _c(
         "samples",

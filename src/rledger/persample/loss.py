@@ -167,6 +167,16 @@ def columns(
     vf = c[..., -1].abs() * g1[..., -1, -1].clamp_min(0).sqrt()
     total = th.einsum("...k,...kl,...l->...", c, g1, c).clamp_min(0).sqrt()
     adam = clip * th.einsum("...k,...kl,...l->...", c, gp2, c).clamp_min(0).sqrt()
+    # each term's own share of the step: |coefficient| * ||F grad f|| (times the global clip factor)
+    score_f = gp2[..., 0, 0].clamp_min(0).sqrt()
+    pg_adam = clip * alpha.abs() * score_f
+    if ent_part is not None:
+        ent_adam = clip * c[..., ent_part].abs() * gp2[..., ent_part, ent_part].clamp_min(0).sqrt()
+    elif ent_logp is not None:
+        ent_adam = clip * ent_logp.abs() * score_f
+    else:
+        ent_adam = th.zeros_like(score)
+    vf_adam = clip * c[..., -1].abs() * gp2[..., -1, -1].clamp_min(0).sqrt()
     self_reinf = -clip * alpha * gp00
     return {
         "score_norm": score,
@@ -175,5 +185,8 @@ def columns(
         "value_grad_norm": vf,
         "loss_grad_norm": total,
         "adam_update_norm": adam,
+        "pg_adam_update_norm": pg_adam,
+        "entropy_adam_update_norm": ent_adam,
+        "value_adam_update_norm": vf_adam,
         "self_reinforcement": self_reinf,
     }
