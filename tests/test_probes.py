@@ -216,3 +216,26 @@ def test_relocate_probe_spec_parses():
     spec = load_spec(Path(__file__).parents[1] / "experiments" / "probe_relocate.yaml")
     probe = spec.probes["ends_in_old_region"]
     assert probe.rule == "exceeds" and probe.conditions == ("anywhere",) and probe.baseline == "planner"
+
+
+def test_one_bootstrap_for_every_interval():
+    """interval, difference_interval and the tie-break summary resample through bootstrap_replicates:
+    interval equals scipy's percentile bootstrap to rounding, and the groups' draws come from one
+    generator in order (what difference_interval drew before it went through the shared function)."""
+    from rledger.probes.stats import bootstrap_replicates
+
+    x = np.random.default_rng(2).normal(size=10)
+    ref = sps.bootstrap((x,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(4))
+    iv = interval(x, seed=4)
+    np.testing.assert_allclose(
+        [iv.low, iv.high], [ref.confidence_interval.low, ref.confidence_interval.high], rtol=1e-12
+    )
+    seen = bootstrap_replicates([3, 5], lambda a, b: np.concatenate([a, b], 1), n_resamples=7, seed=9)
+    rng = np.random.default_rng(9)
+    want = np.concatenate([rng.integers(0, 3, size=(7, 3)), rng.integers(0, 5, size=(7, 5))], 1)
+    np.testing.assert_array_equal(seen, want)
+    a, b = np.arange(4.0), np.arange(6.0) * 0.5
+    d = difference_interval(a, b, n_resamples=500, seed=1)
+    r = np.random.default_rng(1)
+    ia, ib = r.integers(0, 4, size=(500, 4)), r.integers(0, 6, size=(500, 6))
+    np.testing.assert_allclose([d.low, d.high], np.quantile(a[ia].mean(1) - b[ib].mean(1), [0.025, 0.975]))

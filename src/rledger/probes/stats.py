@@ -1,4 +1,5 @@
-"""Seeded bootstrap intervals over seeds, and the decision rule the probes apply.
+"""Seeded bootstrap intervals over seeds (one resampling, :func:`bootstrap_replicates`), and the decision
+rules the probes apply.
 
 Data format: a tidy DataFrame with columns ``probe, condition, policy, seed, metric, value`` (one row
 per seed and metric; a seed's value is already averaged over its episodes).
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 TIDY_COLUMNS = ("probe", "condition", "policy", "seed", "metric", "value")
 
@@ -27,14 +28,40 @@ class Interval:
     confidence: float
 
 
+def bootstrap_replicates(
+    sizes: Sequence[int],
+    statistic: Callable[..., Any],
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """The bootstrap every interval of rledger goes through: seeds are the unit. For groups of
+    ``sizes`` seeds, each group's seeds are drawn with replacement, ``n_resamples`` times, the groups
+    one after another from one generator seeded with ``seed`` (the draws scipy.stats.bootstrap makes for
+    one group); returns ``statistic(*indices)`` for the ``(n_resamples, size)`` index arrays, the
+    replicates (``(n_resamples,)``, or ``(n_resamples, m)`` for ``m`` statistics at once)."""
+    rng = np.random.default_rng(seed)
+    indices = [rng.integers(0, n, size=(n_resamples, n)) for n in sizes]
+    return np.asarray(statistic(*indices), dtype=np.float64)
+
+
+def percentile_interval(
+    estimate: float, replicates: np.ndarray, n: int, confidence: float = 0.95
+) -> Interval:
+    """The two-sided percentile interval of bootstrap ``replicates`` (NaN replicates ignored)."""
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(replicates, [alpha, 1 - alpha])
+    return Interval(float(estimate), float(low), float(high), int(n), confidence)
+
+
 def interval(
     values: Sequence[float] | np.ndarray,
-    statistic: Callable[[np.ndarray], float] = np.mean,
+    statistic: Callable[..., Any] = np.mean,
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> Interval:
-    """Percentile bootstrap interval of ``statistic`` over ``values`` (one value per seed), seeded.
+    """Percentile bootstrap interval of ``statistic`` (called with ``axis=-1``) over ``values`` (one
+    value per seed), seeded; equal to ``scipy.stats.bootstrap(method="percentile")`` with that seed.
 
     With fewer than two values, or no spread, the interval collapses to the estimate.
     """
@@ -44,13 +71,8 @@ def interval(
     est = float(statistic(x))
     if x.size < 2 or np.all(x == x[0]):
         return Interval(est, est, est, int(x.size), confidence)
-    res = stats.bootstrap(
-        (x,), lambda s, axis=-1: statistic(s, axis=axis), confidence_level=confidence,
-        n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    return Interval(
-        est, float(res.confidence_interval.low), float(res.confidence_interval.high), int(x.size), confidence
-    )
+    reps = bootstrap_replicates([x.size], lambda i: statistic(x[i], axis=-1), n_resamples, seed)
+    return percentile_interval(est, reps, x.size, confidence)
 
 
 def difference_interval(
@@ -64,19 +86,10 @@ def difference_interval(
     xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if xa.size == 0 or xb.size == 0:
         raise ValueError("difference_interval: both groups need at least one seed")
-    est = float(xa.mean() - xb.mean())
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, xa.size, size=(n_resamples, xa.size))
-    ib = rng.integers(0, xb.size, size=(n_resamples, xb.size))
-    diffs = xa[ia].mean(1) - xb[ib].mean(1)
-    alpha = (1 - confidence) / 2
-    return Interval(
-        est,
-        float(np.quantile(diffs, alpha)),
-        float(np.quantile(diffs, 1 - alpha)),
-        int(min(xa.size, xb.size)),
-        confidence,
+    reps = bootstrap_replicates(
+        [xa.size, xb.size], lambda ia, ib: xa[ia].mean(1) - xb[ib].mean(1), n_resamples, seed
     )
+    return percentile_interval(float(xa.mean() - xb.mean()), reps, min(xa.size, xb.size), confidence)
 
 
 def summarize(tidy: pd.DataFrame, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 from rledger.envs.base import MOVES
 from rledger.envs.boat_race import ARROWS
 from rledger.ledger import Ledger
+from rledger.probes.stats import bootstrap_replicates
 
 CLASSES = ("lap", "oscillation", "mixed", "other")
 
@@ -191,16 +192,15 @@ def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_0
     bootstrap intervals over seeds (seeds resampled whole), and the count of each policy class."""
     acc, auc = accuracy_and_auc(table)
     seeds = table.seed.unique()
-    rng = np.random.default_rng(seed)
-    accs, aucs = [], []
     groups = {s: g for s, g in table.groupby("seed")}
-    for _ in range(n_resamples):
-        pick = rng.choice(seeds, size=len(seeds), replace=True)
-        sample = pd.concat([groups[s] for s in pick], ignore_index=True)
-        a, u = accuracy_and_auc(sample)
-        accs.append(a)
-        aucs.append(u)
-    aucs_arr = np.array(aucs, dtype=float)
+
+    def both(idx: np.ndarray) -> list[tuple[float, float]]:  # per resample of whole seeds
+        return [
+            accuracy_and_auc(pd.concat([groups[s] for s in seeds[row]], ignore_index=True)) for row in idx
+        ]
+
+    reps = bootstrap_replicates([len(seeds)], both, n_resamples, seed)
+    accs, aucs_arr = reps[:, 0], reps[:, 1]
     per_seed = table.drop_duplicates("seed")
     classes = per_seed.policy_class.value_counts().to_dict()
     sampled = per_seed.sampled_class.value_counts().to_dict() if "sampled_class" in per_seed else {}
