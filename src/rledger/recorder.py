@@ -128,6 +128,14 @@ class Recorder:
         the collection (learn() ends without train()), the finished episodes."""
         assert self.arrays is not None
         self.arrays.fill_rewards(rollout_buffer.rewards, rollout_buffer.pos)
+        bad = ~np.isfinite(self.arrays.reward[: self.arrays.filled])  # as the buffer holds them (float32)
+        if bad.any():
+            t, e = (int(x) for x in np.argwhere(bad)[0])
+            raise ValueError(
+                f"env {e} gave a non-finite reward ({float(self.arrays.reward[t, e])} in float32, as SB3 stores "
+                f"it) at step {t} of rollout {self.rollout}; training stops before it uses that rollout "
+                "(the ledger of earlier rollouts is complete). Check the env's reward, or scale it down"
+            )
         if not complete and self._episodes is not None:
             _, rows = self._episodes.consume(self.rollout, self.arrays)
             self._pending_episodes.extend(rows)

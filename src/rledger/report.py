@@ -85,6 +85,7 @@ def build_report(root: str | Path, out: str | Path | None = None, overwrite: boo
             f"{root}: no such folder; pass the --out folder of `rledger run` or `rledger probe`"
         )
     out = root / "report" if out is None else Path(out)
+    _check_out(out, root)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ReportError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     runs = find_runs(root)
@@ -99,6 +100,7 @@ def build_report(root: str | Path, out: str | Path | None = None, overwrite: boo
         (tmp / "report.md").write_text(_markdown(blocks))
         (tmp / "report.html").write_text(_html(blocks, tmp))
         (tmp / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        (tmp / MARKER).write_text("an rledger report: --overwrite may replace this folder\n")
         if out.exists():
             old = out.with_name(f".{out.name}-old-{time.time_ns()}")
             out.rename(old)
@@ -110,6 +112,33 @@ def build_report(root: str | Path, out: str | Path | None = None, overwrite: boo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Report(out, results, time.perf_counter() - start)
+
+
+MARKER = ".rledger-report"
+"""Written into every report folder: ``--overwrite`` replaces only a folder that holds it."""
+_OLD_REPORT = {"report.md", "report.html", "results.json", "figures"}  # a report written before the marker
+
+
+def _check_out(out: Path, root: Path) -> None:
+    """Refuse a report folder that would replace or mix with runs: the runs' root or a folder above
+    it, a run or experiment folder, a folder inside a run folder, a folder holding runs, or an
+    existing folder that is not a report."""
+    out_r, root_r = out.resolve(), root.resolve()
+    if out_r == root_r or out_r in root_r.parents:
+        raise ReportError(f"{out}: holds the runs being reported; choose another --out")
+    if any((out_r / f).is_file() for f in ("DONE", "config.yaml", "spec.yaml")):
+        raise ReportError(f"{out}: is a run or experiment folder; choose another --out")
+    inside = next((p for p in out_r.parents if (p / "config.yaml").is_file() or (p / "DONE").is_file()), None)
+    if inside is not None:
+        raise ReportError(f"{out}: lies inside the run folder {inside}; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        names = {p.name for p in out.iterdir()}
+        if MARKER not in names and not names <= _OLD_REPORT:
+            raise ReportError(
+                f"{out}: exists and is not an rledger report (no {MARKER} marker); choose another --out"
+            )
+        if next(out.rglob("config.yaml"), None) is not None:
+            raise ReportError(f"{out}: contains run folders; choose another --out")
 
 
 def _relative(r: ClaimResult, base: Path) -> ClaimResult:

@@ -26,6 +26,16 @@ DONE = "DONE"
 
 
 def run_dir(out: str | os.PathLike[str], experiment: str, variant: str, seed: int) -> Path:
+    """``<out>/<experiment>/<variant>/seed=<seed>``; refuses names that would lead outside ``out``."""
+    from rledger.experiments.spec import SpecError, is_name
+
+    for what, name in (("experiment", experiment), ("variant", variant)):
+        if not is_name(name):
+            raise SpecError(
+                f"{what} name {name!r}: must be one path component (letters, digits, '_', '.', '-')"
+            )
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SpecError(f"seed {seed!r}: must be an integer >= 0")
     return Path(out) / experiment / variant / f"seed={seed}"
 
 

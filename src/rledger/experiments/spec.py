@@ -164,6 +164,12 @@ _PPO_RULES: dict[str, tuple[Any, str]] = {
 }
 
 
+def is_name(v: Any) -> bool:
+    """A name that is one path component: letters, digits, '_', '.', '-', and not '.', '..' or other
+    dots only (experiment, variant and probe names become folder names)."""
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", v) is not None and v.strip(".") != ""
+
+
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -257,8 +263,10 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(f"{source}: the spec must be a YAML mapping, got {type(raw).__name__}")
     _unknown(raw, TOP_KEYS, "")
     name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        raise SpecError(f"name: must be a non-empty name of letters, digits, '_', '.', '-', got {name!r}")
+    if not is_name(name):
+        raise SpecError(
+            f"name: must be a non-empty name of letters, digits, '_', '.', '-' (not only dots), got {name!r}"
+        )
     env = _mapping(raw.get("env"), "env")
     _unknown(env, {"id", "kwargs"}, "env")
     env_id = env.get("id")
@@ -276,8 +284,10 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     variants_raw = _mapping(raw.get("variants"), "variants") or {"default": {}}
     variants: dict[str, dict[str, Any]] = {}
     for vname, vkw in variants_raw.items():
-        if not isinstance(vname, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", vname):
-            raise SpecError(f"variants.{vname}: variant names are letters, digits, '_', '.', '-'")
+        if not is_name(vname):
+            raise SpecError(
+                f"variants.{vname}: variant names are letters, digits, '_', '.', '-' (not only dots)"
+            )
         variants[vname] = _mapping(vkw, f"variants.{vname}")
     train_raw = raw.get("train", list(variants))
     if not isinstance(train_raw, list) or not train_raw or any(v not in variants for v in train_raw):
@@ -389,8 +399,8 @@ CONTROLS = ("planner", "random")
 
 def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tuple[str, ...]) -> ProbeSpec:
     path = f"probes.{name}"
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise SpecError(f"{path}: probe names are letters, digits, '_', '.', '-'")
+    if not is_name(name):
+        raise SpecError(f"{path}: probe names are letters, digits, '_', '.', '-' (not only dots)")
     body = _mapping(body, path)
     rule = body.get("rule", "seeks_reward")
     if rule not in ("seeks_reward", "exceeds"):

@@ -94,13 +94,16 @@ class Ledger:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with one view per table (and ``samples_x`` joined with transitions)."""
+        """A DuckDB connection with one view per table (and ``samples_x`` joined with transitions),
+        over the files present when it was made (:meth:`close` it to see rollouts written since)."""
         if self._con is None:
             con = duckdb.connect()
             for table in schema.TABLES:
-                if self.files(table):
-                    glob = str(self.run_dir / table / "part-*.parquet").replace("'", "''")
-                    con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}')")
+                files = self.files(table)
+                if files:
+                    # the exact files, never a glob: a run folder's name may hold glob characters
+                    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                    con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
                 else:
                     cols = ", ".join(
                         f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'

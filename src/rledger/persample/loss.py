@@ -166,18 +166,23 @@ def columns(
         ent = th.zeros_like(score)
     vf = c[..., -1].abs() * g1[..., -1, -1].clamp_min(0).sqrt()
     total = th.einsum("...k,...kl,...l->...", c, g1, c).clamp_min(0).sqrt()
-    adam = clip * th.einsum("...k,...kl,...l->...", c, gp2, c).clamp_min(0).sqrt()
+    no_step = th.as_tensor(clip) == 0  # clipping zeroed the step: every share of it is 0 (not 0 * inf)
+
+    def share(x: Tensor) -> Tensor:
+        return th.where(no_step, th.zeros_like(x), clip * x)
+
+    adam = share(th.einsum("...k,...kl,...l->...", c, gp2, c).clamp_min(0).sqrt())
     # each term's own share of the step: |coefficient| * ||F grad f|| (times the global clip factor)
     score_f = gp2[..., 0, 0].clamp_min(0).sqrt()
-    pg_adam = clip * alpha.abs() * score_f
+    pg_adam = share(alpha.abs() * score_f)
     if ent_part is not None:
-        ent_adam = clip * c[..., ent_part].abs() * gp2[..., ent_part, ent_part].clamp_min(0).sqrt()
+        ent_adam = share(c[..., ent_part].abs() * gp2[..., ent_part, ent_part].clamp_min(0).sqrt())
     elif ent_logp is not None:
-        ent_adam = clip * ent_logp.abs() * score_f
+        ent_adam = share(ent_logp.abs() * score_f)
     else:
         ent_adam = th.zeros_like(score)
-    vf_adam = clip * c[..., -1].abs() * gp2[..., -1, -1].clamp_min(0).sqrt()
-    self_reinf = -clip * alpha * gp00
+    vf_adam = share(c[..., -1].abs() * gp2[..., -1, -1].clamp_min(0).sqrt())
+    self_reinf = th.where(no_step, th.zeros_like(gp00), -clip * alpha * gp00)
     return {
         "score_norm": score,
         "pg_grad_norm": pg,

@@ -1,0 +1,128 @@
+"""Bad input and data safety: reports never replace runs, names stay inside --out, ledger paths are
+taken literally, non-finite rewards stop training with a clear message, a zeroed step records zeros."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from click.testing import CliRunner
+from stable_baselines3.common.env_util import make_vec_env
+
+from rledger import InstrumentedPPO, Ledger
+from rledger.cli import main
+from rledger.experiments import SpecError, plan_runs, validate
+from rledger.experiments.run import command_line, execute, run_dir
+
+TINY = {
+    "name": "tiny",
+    "env": {"id": "rledger/BoatRace-v0"},
+    "total_timesteps": 256,
+    "ppo": {"n_steps": 128, "batch_size": 64, "n_epochs": 1},
+    "eval": {"episodes": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    for raw in (TINY, {**TINY, "name": "report"}):  # an experiment named like the report folder
+        spec = validate(raw, raw["name"])
+        for job in plan_runs(spec, out, overwrite=False):
+            execute(job.config, job.path, command_line())
+        (out / spec.name / "spec.yaml").write_text("name: " + spec.name + "\n")
+    return out
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_report_never_replaces_runs(runs, tmp_path):
+    before = _files(runs)
+    cases = [
+        ([str(runs), "--out", str(runs), "--overwrite"], "holds the runs"),
+        ([str(runs / "tiny"), "--out", str(runs), "--overwrite"], "holds the runs"),
+        ([str(runs), "--overwrite"], "is a run or experiment folder"),  # default out: the 'report' experiment
+        ([str(runs), "--out", str(runs / "tiny" / "default" / "seed=0" / "rep")], "inside the run folder"),
+        ([str(runs), "--out", str(runs / "tiny" / "default" / "seed=0"), "--overwrite"], "run or experiment"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(main, ["report", *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert _files(runs) == before  # nothing deleted, nothing written
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a report")
+    res = CliRunner().invoke(main, ["report", str(runs), "--out", str(foreign), "--overwrite"])
+    assert res.exit_code == 2 and "not an rledger report" in res.output
+    assert (foreign / "notes.txt").read_text() == "not a report"
+    ok = tmp_path / "rep"
+    for _ in range(2):  # a report folder, with its marker, may be replaced
+        res = CliRunner().invoke(main, ["report", str(runs), "--out", str(ok), "--overwrite"])
+        assert res.exit_code == 0, res.output
+    assert (ok / ".rledger-report").is_file() and (ok / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", "a/b"])
+def test_names_are_one_path_component(name, tmp_path):
+    with pytest.raises(SpecError, match="name"):
+        validate({**TINY, "name": name}, "spec")
+    with pytest.raises(SpecError, match="variant"):
+        validate({**TINY, "variants": {name: {}}}, "spec")
+    with pytest.raises(SpecError):
+        run_dir(tmp_path, "ok", name, 0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_ledger_path_with_glob_characters(tmp_path):
+    """A ledger in a folder named like a glob pattern is read from its own files, by pandas and DuckDB
+    alike (a sibling that the pattern would match holds other data)."""
+    for name, steps in (("run[1]", 128), ("run1", 256)):
+        InstrumentedPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, seed=0,
+                        ledger=tmp_path / name).learn(steps)  # fmt: skip
+    ledger = Ledger(tmp_path / "run[1]")
+    n = len(ledger.samples(columns=["t"]))
+    assert n == 2 * 64 and ledger.sql("SELECT count(*) AS n FROM samples").n.iloc[0] == n
+    assert ledger.sql("SELECT count(DISTINCT rollout) AS r FROM transitions").r.iloc[0] == 2
+
+
+class NanAt(gym.Wrapper):
+    """CartPole whose reward is NaN on its 100th step."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        self.steps += 1
+        return obs, (float("nan") if self.steps == 100 else r), term, trunc, info
+
+
+def test_non_finite_reward_stops_training_with_the_step(tmp_path):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0, wrapper_class=NanAt)
+    model = InstrumentedPPO(
+        "MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, ledger=tmp_path / "r"
+    )
+    with pytest.raises(ValueError, match=r"env 0 gave a non-finite reward \(nan.*step 35 of rollout 1"):
+        model.learn(256)
+    ledger = Ledger(tmp_path / "r")
+    assert sorted(ledger.updates().rollout.unique()) == [0]  # the rollout before it, complete
+    assert len(ledger.samples()) == 64 and ledger.samples().adam_update_norm.notna().all()
+
+
+def test_zeroed_step_records_zero_shares():
+    """When global clipping zeroes a step (clip factor 0, from an infinite gradient norm), every share
+    of the step is 0, not 0 * inf = NaN; the gradient norms keep their values."""
+    from rledger.persample.loss import columns
+
+    inf = float("inf")
+    g = th.tensor([[[1.0, 0.0], [0.0, inf]]])
+    c = th.tensor([[-0.5, 1e30]])
+    alpha = th.tensor([-0.5])
+    cols = columns(g, g, th.tensor([inf]), c, alpha, None, None, th.tensor([0.0]))
+    for name in ("adam_update_norm", "pg_adam_update_norm", "value_adam_update_norm", "self_reinforcement"):
+        assert cols[name].item() == 0.0, name
+    assert cols["pg_grad_norm"].item() == 0.5 and np.isinf(cols["loss_grad_norm"].item())
