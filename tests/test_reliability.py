@@ -126,3 +126,25 @@ def test_zeroed_step_records_zero_shares():
     for name in ("adam_update_norm", "pg_adam_update_norm", "value_adam_update_norm", "self_reinforcement"):
         assert cols[name].item() == 0.0, name
     assert cols["pg_grad_norm"].item() == 0.5 and np.isinf(cols["loss_grad_norm"].item())
+
+
+def test_ledger_reads_a_run_folder_and_refuses_other_folders(runs, tmp_path):
+    """Ledger(run folder) is its ledger/ (the folder `rledger ls` shows); a folder that is neither a
+    ledger nor a run folder (an experiment folder, a run.json without tables) is refused by name."""
+    run = runs / "tiny" / "default" / "seed=0"
+    a, b = Ledger(run), Ledger(run / "ledger")
+    assert a.run_dir == b.run_dir and len(a.samples()) == len(b.samples()) > 0
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "run.json").write_text("{}")
+    for bad in (runs / "tiny", tmp_path / "odd", tmp_path / "missing"):
+        with pytest.raises(FileNotFoundError, match=f"ledger: {bad} is neither a ledger folder"):
+            Ledger(bad)
+
+
+def test_learn_with_progress_bar(tmp_path):
+    """SB3's progress bar needs tqdm and rich, both dependencies."""
+    model = InstrumentedPPO(
+        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, ledger=tmp_path / "r"
+    )
+    model.learn(128, progress_bar=True)
+    assert Ledger(tmp_path / "r").updates().rollout.nunique() == 2  # 128 steps: two rollouts of 64

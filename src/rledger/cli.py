@@ -218,7 +218,7 @@ def _print_runs(rows: list[dict[str, object]]) -> None:
 def summary(run_dir: Path) -> None:
     """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder)."""
     try:
-        ledger = Ledger(run_dir / "ledger" if (run_dir / "ledger" / "run.json").is_file() else run_dir)
+        ledger = Ledger(run_dir)  # a run folder or a ledger folder
     except FileNotFoundError as exc:
         raise _Bad(str(exc)) from exc
     _print_summary(ledger)

@@ -18,7 +18,8 @@ Filter = tuple[str, str, Any]
 
 
 class Ledger:
-    """A run's ledger, read from ``run_dir`` (the folder given as ``ledger=`` to InstrumentedPPO).
+    """A run's ledger, read from ``run_dir``: the folder given as ``ledger=`` to InstrumentedPPO, or a
+    run folder of the experiment runner (``<out>/<experiment>/<variant>/seed=<k>``, its ``ledger/``).
 
     ``transitions()``, ``samples()``, ``updates()`` and ``episodes()`` return pandas DataFrames; pass
     ``columns=[...]`` and ``filters=[("rollout", ">=", 3), ...]`` to read only what is needed (both are
@@ -27,10 +28,14 @@ class Ledger:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]):
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / "run.json").is_file():
+        given = Path(run_dir)
+        # a run folder of the experiment runner (rledger run / train / ls) holds its ledger in ledger/
+        self.run_dir = given / "ledger" if (given / "ledger" / "run.json").is_file() else given
+        info = self.run_dir / "run.json"
+        if not info.is_file() or not any((self.run_dir / t).is_dir() for t in schema.TABLES):
             raise FileNotFoundError(
-                f"ledger: {self.run_dir} has no run.json; pass the run directory given as ledger= to InstrumentedPPO"
+                f"ledger: {given} is neither a ledger folder (run.json and table folders, as given as "
+                "ledger= to InstrumentedPPO) nor a run folder holding one in ledger/; pass one of those"
             )
         self._con: duckdb.DuckDBPyConnection | None = None
 
