@@ -148,3 +148,24 @@ def test_learn_with_progress_bar(tmp_path):
     )
     model.learn(128, progress_bar=True)
     assert Ledger(tmp_path / "r").updates().rollout.nunique() == 2  # 128 steps: two rollouts of 64
+
+
+def test_numbers_parse_as_yaml_1_2(tmp_path):
+    """`--set ppo.learning_rate=1e-3` (the documented example) and `3e-4` in a spec file are floats, as
+    YAML 1.2 reads them; PyYAML's safe_load alone reads them as strings, which validation refused."""
+    import yaml
+
+    from rledger.experiments import load_spec
+
+    assert yaml.safe_load("1e-3") == "1e-3"  # what the loader before this fix saw
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        yaml.safe_dump({**TINY, "ppo": {"n_steps": 128}}).replace(
+            "n_steps: 128", "n_steps: 128\n  learning_rate: 3e-4"
+        )
+    )
+    assert load_spec(spec_file).ppo["learning_rate"] == 3e-4
+    spec = load_spec(spec_file, ["ppo.learning_rate=1e-3", "ppo.ent_coef=5E-3", "train=[default]"])
+    assert spec.ppo["learning_rate"] == 1e-3 and spec.ppo["ent_coef"] == 5e-3 and spec.train == ("default",)
+    with pytest.raises(SpecError, match="ppo.learning_rate"):
+        load_spec(spec_file, ["ppo.learning_rate=1e-3x"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from rledger.experiments.spec import Spec, SpecError, load_spec, parse_seeds
+from rledger.experiments.spec import Spec, SpecError, load_spec, load_yaml, parse_seeds
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file and every spec it names (errors name the field and the fix)."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except OSError as exc:
         raise SpecError(f"{p}: cannot read the suite ({exc.strerror or exc}); check the path") from None
     except yaml.YAMLError as exc:

@@ -21,6 +21,23 @@ class SpecError(ValueError):
     """A spec that cannot be run; the message names the field path and the fix."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with numbers as YAML 1.2 reads them: ``1e-3`` is a float (YAML 1.1, and so
+    ``yaml.safe_load``, wants a dot in the mantissa and reads it as the string '1e-3')."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse spec or suite YAML (safe: no Python objects), numbers as YAML 1.2 reads them."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     episodes: int = 10
@@ -462,7 +479,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node, dict):
                 raise SpecError(f"--set {key}: {part!r} is not a mapping in the spec")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = load_yaml(value)
         except yaml.YAMLError as exc:
             raise SpecError(
                 f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})"
@@ -478,7 +495,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, seeds: str |
     except OSError as exc:
         raise SpecError(f"{p}: cannot read the spec ({exc.strerror or exc}); check the path") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
