@@ -104,6 +104,7 @@ def run(
 ) -> None:
     """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs."""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local, run_ray
+    from rledger.experiments.backends import save_spec
     from rledger.experiments.run import command_line
 
     try:
@@ -111,7 +112,7 @@ def run(
         jobs = plan_runs(spec, out, overwrite)
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
-    _save_spec(spec, out)
+    save_spec(spec, out)
     done = sum(j.state == "done" for j in jobs)
     console.print(f"{spec.name}: {len(jobs)} runs ({done} complete) -> {out / spec.name}")
     try:
@@ -139,6 +140,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
     the spec it ran) on its trained runs, training missing ones first, and on the controls; write
     tidy results, intervals and decisions under OUT/<experiment>/probes/."""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
+    from rledger.experiments.backends import save_spec
     from rledger.experiments.run import command_line
     from rledger.probes.run import run_probes
 
@@ -153,7 +155,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
         jobs = plan_runs(spec, out, overwrite=False)
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
-    _save_spec(spec, out)
+    save_spec(spec, out)
     if any(j.state != "done" for j in jobs):
         run_local(jobs, workers, command_line(), overwrite=False)
     try:
@@ -172,15 +174,6 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
                 f"[{d['low']:+.3f}, {d['high']:+.3f}]", str(d["n_seeds"]),
             )  # fmt: skip
         console.print(table)
-
-
-def _save_spec(spec: object, out: Path) -> None:
-    """Keep the resolved spec beside the runs, so `rledger probe OUT/<experiment>` can re-evaluate."""
-    import yaml
-
-    from rledger.ledger.writer import atomic_write_bytes
-
-    atomic_write_bytes(out / spec.name / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False).encode())  # type: ignore[attr-defined]
 
 
 @main.command(name="ls")
@@ -309,6 +302,7 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
     import time
 
     from rledger.experiments import SpecError, plan_runs, run_local
+    from rledger.experiments.backends import save_spec
     from rledger.experiments.run import command_line
     from rledger.probes.run import run_probes
     from rledger.report import ReportError, build_report
@@ -321,7 +315,7 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
     for spec in suite.all_specs:
-        _save_spec(spec, out)
+        save_spec(spec, out)
     jobs.sort(key=lambda j: -j.config["total_timesteps"])  # longest first packs the workers best
     console.print(f"{suite.name}: {len(jobs)} runs, {suite.total_timesteps:,} env steps -> {out}")
     run_local(jobs, workers, command_line(), overwrite)

@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from rledger.collection import EpisodeTracker, RolloutArrays, initial_state_ids, next_state_ids, obs_hash_rows
 from rledger.ledger import schema
-from rledger.ledger.runinfo import RunInfo
+from rledger.ledger.runinfo import RunMetadata
 from rledger.ledger.sink import LedgerSink
 from rledger.persample import LossTerms, PerSampleEngine, clip_coefs
 from rledger.persample.checks import check_action_space
@@ -51,7 +51,7 @@ class Recorder:
         schema.check_info_keys(info_keys)
         self.record, self.record_every, self.info_keys = record, record_every, info_keys
         self.sink = LedgerSink(ledger, info_keys, overwrite, background) if ledger is not None else None
-        self.run_info = RunInfo(record, record_every, info_keys)
+        self.run_info = RunMetadata(record, record_every, info_keys)
         self.engine: PerSampleEngine | None = None
         self.rollout = 0  # rollouts trained so far
         self.arrays: RolloutArrays | None = None

@@ -46,6 +46,18 @@ def plan_runs(spec: Spec, out: str | Path, overwrite: bool) -> list[Job]:
     return jobs
 
 
+def save_spec(spec: Spec, out: str | Path) -> None:
+    """Keep the resolved spec beside its runs (``<out>/<experiment>/spec.yaml``), so that `rledger probe
+    OUT/<experiment>` can re-evaluate them."""
+    import yaml
+
+    from rledger.ledger.writer import atomic_write_bytes
+
+    atomic_write_bytes(
+        Path(out) / spec.name / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False).encode()
+    )
+
+
 def _worker(config: dict[str, Any], path: str, command: str, overwrite: bool) -> dict[str, Any]:
     return runmod.execute(config, Path(path), command, overwrite)
 

@@ -66,7 +66,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class RunInfo:
+class RunMetadata:
     """Builds ``run.json`` for one model; versions and the git commit are read once."""
 
     def __init__(self, record: tuple[str, ...], record_every: int, info_keys: tuple[str, ...]):

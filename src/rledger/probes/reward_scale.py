@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 import torch as th
-import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -167,16 +166,14 @@ def sweep(
     ``<out>/reward_scale/<variant>/seed=<k>/`` (complete runs are skipped, interrupted ones rerun; a
     complete run with another configuration is refused unless ``overwrite``), then
     :func:`compare_sweep`."""
-    from rledger.experiments.backends import plan_runs, run_local
+    from rledger.experiments.backends import plan_runs, run_local, save_spec
     from rledger.experiments.run import command_line
 
     spec = sweep_spec(env_id, grid, settings, seeds, timesteps)
     jobs = plan_runs(spec, out, overwrite)
-    folder = Path(out) / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False).encode())
+    save_spec(spec, out)
     run_local(jobs, workers, command_line(), overwrite, show=show)
-    return compare_sweep(folder)
+    return compare_sweep(Path(out) / spec.name)
 
 
 def compare_sweep(folder: str | Path) -> pd.DataFrame:
