@@ -2,7 +2,8 @@
 
 The folder holds ``config.yaml`` (the resolved configuration), ``command.txt``, ``run.json``
 (versions, git commit, timings), ``model.zip`` (loadable with ``PPO.load``), ``ledger/`` (the Parquet
-tables), ``eval.json`` (evaluation episodes), ``tensorboard/`` and, written last, ``DONE``. A run is
+tables), ``eval.json`` (evaluation episodes), ``initial_policy.npz`` (the policy's parameters before training),
+``tensorboard/`` and, written last, ``DONE``. A run is
 complete exactly when ``DONE`` exists. Every file is written whole or not at all.
 """
 
@@ -23,6 +24,28 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 
 DONE = "DONE"
+INITIAL_POLICY = "initial_policy.npz"
+
+
+def save_parameters(module: Any, path: Path) -> None:
+    """A torch module's parameters and buffers (``state_dict``) as an ``.npz`` archive, written whole
+    or not at all; read back with :func:`load_parameters` (no pickle involved)."""
+    import io
+
+    import numpy as np
+
+    arrays = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_parameters(path: Path) -> dict[str, Any]:
+    """The arrays :func:`save_parameters` wrote, by state_dict key."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def run_dir(out: str | os.PathLike[str], experiment: str, variant: str, seed: int) -> Path:
@@ -118,6 +141,8 @@ def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = 
         with th.no_grad():
             model.policy.value_net.weight.zero_()
             model.policy.value_net.bias.zero_()
+    # the policy's parameters before any update (the probes' trained-input gate compares against them)
+    save_parameters(model.policy, path / INITIAL_POLICY)
     progress = _Progress(path / "progress.json", config["total_timesteps"])
     if opening:
         # the opening variant first, under the full run's schedules (learning rate, clip range) ...
