@@ -166,14 +166,36 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
 
     for result in results:
         table = Table(title=escape(f"probe {result['probe']}: {result['rule']}"))
-        for col in ("policy", "rule holds", "difference", "95% interval", "seeds"):
+        for col in ("policy", "test (unadjusted)", "difference", "95% interval", "seeds", "gates"):
             table.add_column(col)
         for policy, d in result["decisions"].items():
             table.add_row(
-                escape(policy), "yes" if d["seeks_reward"] else "no", f"{d['difference']:+.3f}",
-                f"[{d['low']:+.3f}, {d['high']:+.3f}]", str(d["n_seeds"]),
+                escape(policy), d["outcome"], f"{d['difference']:+.3f}", _interval_text(d), str(d["n_seeds"]),
+                escape(_gates_text(result["gates"].get(policy))),
             )  # fmt: skip
         console.print(table)
+    console.print("Verdicts (Holm-adjusted, with the gates and controls): rledger report " + str(out))
+
+
+def _interval_text(d: dict[str, object]) -> str:
+    if d["low"] is None:
+        return "no spread: no interval"
+    note = " (no spread; exact bound)" if str(d["interval_method"]).startswith("no spread") else ""
+    return f"[{d['low']:+.3f}, {d['high']:+.3f}]{note}"
+
+
+def _gates_text(g: dict[str, object] | None) -> str:
+    if not g:
+        return "-"
+    p = g["perceivable"]
+    parts = [f"inputs differ in {p['episodes_differing']}/{p['episodes']} episodes"]  # type: ignore[index]
+    t = g["trained_inputs"]
+    if t is not None:
+        parts.append(f"option features trained {t['trained']}/{t['option_features']}")  # type: ignore[index]
+    c = g["competence"]
+    if c is not None:
+        parts.append(f"competent on {c['seeds_competent']}/{c['seeds']} seeds")  # type: ignore[index]
+    return "; ".join(parts)
 
 
 @main.command(name="ls")
@@ -262,14 +284,22 @@ def _print_summary(ledger: Ledger) -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="report folder [default: ROOT/report]"
 )
 @click.option("--overwrite", is_flag=True, help="replace an existing report folder")
-def report(root: Path, out: Path | None, overwrite: bool) -> None:
+@click.option(
+    "--results",
+    "results_page",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write the findings and verdicts as one Markdown page (e.g. docs/results.md)",
+)
+def report(root: Path, out: Path | None, overwrite: bool, results_page: Path | None) -> None:
     """Analyse the runs and probes under ROOT (the --out folder of `rledger run`/`probe`) into
     report.md, a self-contained report.html, results.json and the figures with their CSVs."""
+    from rledger.experiments.run import command_line
     from rledger.report import ReportError, build_report
 
     try:
         with console.status(f"analysing {root}"):
-            result = build_report(root, out, overwrite)
+            result = build_report(root, out, overwrite, results_page, command_line())
     except (ReportError, FileNotFoundError) as exc:
         raise _Bad(str(exc)) from exc
     _print_verdicts(result)
@@ -282,11 +312,13 @@ def _print_verdicts(result: object) -> None:
     verdicts = [v for r in result.results for v in r.verdicts]  # type: ignore[attr-defined]
     if not verdicts:
         return
-    table = Table(title="does the policy seek reward? (probes on policies never reinforced for the option)")
-    for col in ("probe", "policy", "verdict"):
+    table = Table(title="does the policy seek reward? (one verdict per experiment and policy under test)")
+    for col in ("probe", "evaluation", "policy", "counted", "verdict"):
         table.add_column(col)
     for v in verdicts:
-        table.add_row(escape(v["probe"]), escape(v["policy"]), v["verdict"])
+        table.add_row(
+            escape(v["probe"]), v["evaluation"], escape(v["policy"]), v["counted"], escape(v["verdict"])
+        )
     console.print(table)
 
 

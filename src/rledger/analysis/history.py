@@ -98,28 +98,63 @@ def plot_accuracy(table: pd.DataFrame, ax: object = None) -> object:
     return ax
 
 
+def tiebreak_windows(run: RunInfo) -> tuple[tuple[float, ...], float, bool]:
+    """(windows, primary, named) of the tie-break analysis for ``run``'s experiment: as its saved
+    spec.yaml names them (``tiebreak:``), else the single default window 0.15 (``named`` False)."""
+    from rledger.experiments.spec import SpecError, _tiebreak, load_yaml
+
+    spec_file = run.path.parents[1] / "spec.yaml"
+    raw = load_yaml(spec_file.read_text()) if spec_file.is_file() else {}
+    try:
+        t = _tiebreak((raw or {}).get("tiebreak"))
+    except SpecError as exc:
+        raise ValueError(f"{spec_file}: {exc}") from None
+    return (t.windows, t.primary, True) if t is not None else ((0.15,), 0.15, False)
+
+
 def tiebreak_section(runs: list[RunInfo], out: Path, result: ClaimResult, n_resamples: int = 2000) -> None:
     """The boat-race tie-break per boat-race experiment: early reinforcement at each arrow tile
-    against the final preference there, with accuracy, AUC and policy classes."""
+    against the final preference there, with accuracy, AUC (BCa intervals over seeds) and policy
+    classes, for each early window the spec names; the primary window's figures lead, the others are
+    labelled exploratory."""
     from rledger.probes.tiebreak import tiebreak_summary, tiebreak_table
 
     boat = [r for r in runs if r.env_id == "rledger/BoatRace-v0"]
     tables, summaries = [], []
     for (exp, variant), group in group_runs(boat).items():
-        t = tiebreak_table([(r.seed, str(r.path)) for r in group])
-        t.insert(0, "variant", variant)
-        t.insert(0, "experiment", exp)
-        tables.append(t)
-        s = tiebreak_summary(t, seed=0, n_resamples=n_resamples)
-        summaries.append({"experiment": exp, "variant": variant, **s})
-        result.findings.append(
-            f"Tie-break, {exp}/{variant} ({s['n_seeds']} seeds): final policies continue around the track "
-            f"at {s['continue_share']:.0%} of arrow tiles; early reinforcement predicts the tile choice with "
-            f"accuracy {s['accuracy']:.2f} [{s['accuracy_ci'][0]:.2f}, {s['accuracy_ci'][1]:.2f}] and AUC "
-            f"{s['auc']:.2f} [{s['auc_ci'][0]:.2f}, {s['auc_ci'][1]:.2f}] (chance 0.5); greedy policy classes "
-            + ", ".join(f"{k} {v}" for k, v in s["policy_classes"].items() if v)
-            + "."
-        )
+        windows, primary, named = tiebreak_windows(group[0])
+        for w in sorted(windows, key=lambda x: (x != primary, x)):
+            t = tiebreak_table([(r.seed, str(r.path)) for r in group], early_fraction=w)
+            t.insert(0, "variant", variant)
+            t.insert(0, "experiment", exp)
+            t["window"] = w
+            t["primary"] = w == primary
+            s = tiebreak_summary(t, seed=0, n_resamples=n_resamples)
+            summaries.append(
+                {"experiment": exp, "variant": variant, "window": w, "primary": w == primary, **s}
+            )
+            acc, auc = s["accuracy_ci"], s["auc_ci"]
+            label = (
+                f"primary window, first {w:.0%} of rollouts"
+                + ("" if named else " (no windows named in the spec)")
+                if w == primary
+                else f"exploratory window, first {w:.0%} of rollouts"
+            )
+            if w == primary:
+                tables.append(t)
+            result.findings.append(
+                f"Tie-break, {exp}/{variant} ({s['n_seeds']} seeds; {label}): final policies continue around "
+                f"the track at {s['continue_share']:.0%} of arrow tiles; early reinforcement predicts the tile "
+                f"choice with accuracy {s['accuracy']:.2f} [{acc[0]:.2f}, {acc[1]:.2f}] and AUC {s['auc']:.2f} "
+                f"[{auc[0]:.2f}, {auc[1]:.2f}] (chance 0.5; BCa 95% intervals over seeds)"
+                + (
+                    "; greedy policy classes "
+                    + ", ".join(f"{k} {v}" for k, v in s["policy_classes"].items() if v)
+                    if w == primary
+                    else ""
+                )
+                + "."
+            )
     if not tables:
         return
     table = pd.concat(tables, ignore_index=True)
@@ -155,8 +190,9 @@ def history_intervention(table: pd.DataFrame, opened: set[tuple[str, str]]) -> l
     """The tie-break's second half: boat-race groups trained with an opening phase (``opened``, e.g.
     laps reinforced by a shaping bonus, then the identical original reward) against each group trained
     without one. Per seed: the share of arrow tiles where the final policy continues, and the expected
-    hidden performance of the sampled policy; differences with seeded bootstrap intervals over seeds."""
-    from rledger.probes.stats import difference_interval
+    hidden performance of the sampled policy; differences of independent groups of seeds with
+    two-sample studentized-bootstrap intervals (:func:`rledger.stats.difference_interval`)."""
+    from rledger.stats import difference_interval
 
     per_seed = table.groupby(["experiment", "variant", "seed"]).agg(
         continue_share=("final_continue", "mean"), performance=("sampled_performance", "first"),
@@ -172,9 +208,9 @@ def history_intervention(table: pd.DataFrame, opened: set[tuple[str, str]]) -> l
             lines.append(
                 f"History intervention, {'/'.join(with_key)} (opening phase) vs {'/'.join(without_key)}: "
                 f"continue share {a.continue_share.mean():.2f} vs {b.continue_share.mean():.2f}, difference "
-                f"{dc.estimate:+.2f} [{dc.low:+.2f}, {dc.high:+.2f}]; sampled hidden performance "
-                f"{a.performance.mean():.1f} vs {b.performance.mean():.1f}, difference {dp.estimate:+.1f} "
-                f"[{dp.low:+.1f}, {dp.high:+.1f}]; greedy lap policies {(a.greedy_class == 'lap').sum()}/{len(a)} vs "
+                f"{dc.format(2)}; sampled hidden performance "
+                f"{a.performance.mean():.1f} vs {b.performance.mean():.1f}, difference {dp.format(1)}; "
+                f"greedy lap policies {(a.greedy_class == 'lap').sum()}/{len(a)} vs "
                 f"{(b.greedy_class == 'lap').sum()}/{len(b)}. The reward after the opening is identical, and "
                 "the planner is indifferent between laps and oscillation."
             )

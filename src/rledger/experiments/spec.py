@@ -57,6 +57,32 @@ HOLDS_MEANS = ("reward_seeking", "not_reward_seeking")
 
 
 @dataclass(frozen=True)
+class TiebreakSpec:
+    """The tie-break analysis's early windows (shares of training whose reinforcement is counted): the
+    ``primary`` one decides; the others are reported as exploratory."""
+
+    windows: tuple[float, ...]
+    primary: float
+
+    @property
+    def exploratory(self) -> tuple[float, ...]:
+        return tuple(w for w in self.windows if w != self.primary)
+
+
+@dataclass(frozen=True)
+class CompetenceSpec:
+    """A check that the subject can act where the option is: on variant ``condition`` its ``metric``
+    (e.g. ``any_reached_goal`` with the goal placed there) is at least ``at_least`` on a seed."""
+
+    condition: str
+    metric: str
+    at_least: float
+
+
+PERCEIVE = ("before_option", "episode")
+
+
+@dataclass(frozen=True)
 class ProbeSpec:
     """One probe; its decision rule is written here, before anything runs.
 
@@ -66,7 +92,16 @@ class ProbeSpec:
     there (:class:`rledger.probes.stats.Exceeds`), e.g. does a policy end in the old goal region more
     often than the planner? ``holds_means`` says what the rule holding means for the policy under test
     (``reward_seeking`` or ``not_reward_seeking``; required for ``exceeds``). ``reinforced`` names the
-    train variants in which the option was available (default: the paying condition, if trained)."""
+    train variants in which the option was available (default: the paying condition, if trained).
+
+    ``margin`` (required) is the equivalence margin, fixed before the run: "no effect" is concluded
+    only when the mean per-seed difference is shown to lie within +-margin (:func:`rledger.stats.decide`).
+    ``view_of`` marks a second evaluation (e.g. greedy) of another probe's experiment: shown beside it,
+    never counted as a verdict of its own. ``option`` is the info flag that marks taking the option
+    (default: the metric's flag, ``any_pressed`` -> ``pressed``), and ``perceive`` whether the
+    perceivability gate compares observations before the option is first taken (``before_option``) or
+    over the whole episode (``episode``, e.g. when episodes start inside the option). ``competence``
+    declares the check that the subject can act in the option's region (:class:`CompetenceSpec`)."""
 
     name: str
     metric: str
@@ -80,6 +115,16 @@ class ProbeSpec:
     baseline: str | None = None
     holds_means: str | None = "reward_seeking"
     reinforced: tuple[str, ...] = ()
+    margin: float | None = None
+    view_of: str | None = None
+    option: str | None = None
+    perceive: str = "before_option"
+    competence: CompetenceSpec | None = None
+
+    @property
+    def primary(self) -> str:
+        """The probe whose verdict this one's evaluation belongs to (itself unless ``view_of``)."""
+        return self.view_of or self.name
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -105,6 +150,8 @@ class Spec:
     opening: tuple[str, int] | None = None  # (variant, timesteps) trained first, then the run's variant
     # per variant, run options beside its env kwargs: ppo overrides, a reward transform, a zero critic
     variant_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the boat-race tie-break's early windows (shares of training), the primary one named before the run
+    tiebreak: TiebreakSpec | None = None
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -158,6 +205,7 @@ TOP_KEYS = {
     "probes",
     "opening",
     "variant_options",
+    "tiebreak",
 }
 POLICIES = ("MlpPolicy",)
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
@@ -355,12 +403,28 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         name: _probe(name, body, variants, tuple(train_raw))
         for name, body in _mapping(raw.get("probes"), "probes").items()
     }
+    _check_views(probes)
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
         copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
-        _variant_options(raw.get("variant_options"), variants),
+        _variant_options(raw.get("variant_options"), variants), _tiebreak(raw.get("tiebreak")),
     )  # fmt: skip
+
+
+def _tiebreak(value: Any) -> TiebreakSpec | None:
+    """``tiebreak: {windows: [0.1, 0.15, 0.2], primary: 0.15}``."""
+    if value is None:
+        return None
+    d = _mapping(value, "tiebreak")
+    _unknown(d, {"windows", "primary"}, "tiebreak")
+    windows = d.get("windows")
+    if not isinstance(windows, list) or not windows or not all(_num(w) and 0 < w <= 1 for w in windows):
+        raise SpecError(f"tiebreak.windows: must be a list of shares of training in (0, 1], got {windows!r}")
+    primary = d.get("primary")
+    if primary not in windows:
+        raise SpecError(f"tiebreak.primary: must be one of the windows {windows}, got {primary!r}")
+    return TiebreakSpec(tuple(float(w) for w in windows), float(primary))
 
 
 def _ppo(value: Any, path: str) -> dict[str, Any]:
@@ -425,9 +489,10 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
     keys = {"paying", "inert"} if rule == "seeks_reward" else {"condition", "baseline"}
     _unknown(
         body,
-        {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", "reinforced", *keys},
+        {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", "reinforced", "margin",
+         "view_of", "option", "perceive", "competence", *keys},
         path,
-    )
+    )  # fmt: skip
     default_reinforced = [body.get("paying" if rule == "seeks_reward" else "condition")]
     reinforced = body.get("reinforced", [v for v in default_reinforced if v in train])
     if not isinstance(reinforced, list) or not set(reinforced) <= set(train):
@@ -455,14 +520,99 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
         raise SpecError(
             f"{path}.baseline: must name a policy such as 'planner', 'random' or 'ppo[<variant>]'"
         )
+    margin = _margin(body.get("margin"), metric, path)
+    option = body.get(
+        "option",
+        re.sub(r"^(any|share|ended)_", "", metric) if re.match(r"^(any|share|ended)_", metric) else None,
+    )
+    if option is not None and (not isinstance(option, str) or not option):
+        raise SpecError(
+            f"{path}.option: must name the info flag that marks taking the option, got {option!r}"
+        )
+    perceive = body.get("perceive", "episode" if metric.startswith(("share_", "ended_")) else "before_option")
+    if perceive not in PERCEIVE:
+        raise SpecError(f"{path}.perceive: must be one of {list(PERCEIVE)}, got {perceive!r}")
+    view_of = body.get("view_of")
+    if view_of is not None and not isinstance(view_of, str):
+        raise SpecError(f"{path}.view_of: must name another probe of this spec, got {view_of!r}")
+    competence = _competence(body.get("competence"), variants, f"{path}.competence")
     episodes, deterministic = _episodes_and_mode(body, path, minimum=1)
     controls = body.get("controls", list(CONTROLS))
     if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
     return ProbeSpec(
         name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
-        rule, body.get("condition"), body.get("baseline"), holds_means, tuple(reinforced),
+        rule, body.get("condition"), body.get("baseline"), holds_means, tuple(reinforced), margin, view_of,
+        option, perceive, competence,
     )  # fmt: skip
+
+
+def _check_views(probes: dict[str, ProbeSpec]) -> None:
+    """A ``view_of`` names a primary probe of the same experiment: same rule, metric and conditions."""
+    for p in probes.values():
+        if p.view_of is None:
+            continue
+        path = f"probes.{p.name}.view_of"
+        main = probes.get(p.view_of)
+        if main is None or main.view_of is not None or main.name == p.name:
+            primaries = sorted(q.name for q in probes.values() if q.view_of is None and q.name != p.name)
+            raise SpecError(
+                f"{path}: must name another primary probe of this spec from {primaries}, got {p.view_of!r}"
+            )
+        same = (
+            "rule",
+            "metric",
+            "paying",
+            "inert",
+            "condition",
+            "baseline",
+            "holds_means",
+            "reinforced",
+            "margin",
+        )
+        differ = [k for k in same if getattr(p, k) != getattr(main, k)]
+        if differ:
+            raise SpecError(
+                f"{path}: a second evaluation of {main.name!r} must share its {', '.join(differ)} "
+                "(only episodes, deterministic and controls may differ)"
+            )
+
+
+def _margin(margin: Any, metric: str, path: str) -> float:
+    from rledger.stats import difference_bounds
+
+    if margin is None:
+        raise SpecError(
+            f"{path}.margin: required; the equivalence margin of the per-seed difference, fixed before the "
+            "run (e.g. 0.1 for a share of episodes): 'does not seek reward' needs the difference shown "
+            "within it"
+        )
+    if not _num(margin) or margin != margin or margin <= 0 or margin == float("inf"):
+        raise SpecError(f"{path}.margin: must be a number > 0, got {margin!r}")
+    bounds = difference_bounds(metric)
+    if bounds is not None and margin >= bounds[1]:
+        raise SpecError(
+            f"{path}.margin: {margin!r} is outside the range of {metric} (a share: differences lie in "
+            f"[-1, 1]); use a margin in (0, 1), e.g. 0.1"
+        )
+    return float(margin)
+
+
+def _competence(body: Any, variants: dict[str, dict[str, Any]], path: str) -> CompetenceSpec | None:
+    if body is None:
+        return None
+    body = _mapping(body, path)
+    _unknown(body, {"condition", "metric", "at_least"}, path)
+    if body.get("condition") not in variants:
+        raise SpecError(
+            f"{path}.condition: must be a variant name from {sorted(variants)}, got {body.get('condition')!r}"
+        )
+    if not isinstance(body.get("metric"), str) or not body["metric"]:
+        raise SpecError(f"{path}.metric: must name an evaluation metric such as 'any_reached_goal'")
+    at_least = body.get("at_least", 0.5)
+    if not _num(at_least) or at_least != at_least:
+        raise SpecError(f"{path}.at_least: must be a number, got {at_least!r}")
+    return CompetenceSpec(body["condition"], body["metric"], float(at_least))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

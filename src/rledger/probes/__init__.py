@@ -1,10 +1,11 @@
-"""Reward-seeking probes: policies and controls, evaluation, bootstrap intervals, decision rules."""
+"""Reward-seeking probes: policies and controls, evaluation, decision rules and the gates that say
+when a probe cannot tell (statistics: :mod:`rledger.stats`)."""
 
 from rledger.probes.evaluate import episode_metrics, run_episodes, tidy_rows
 from rledger.probes.policies import ModelPolicy, PlannerPolicy, RandomPolicy
-from rledger.probes.stats import Interval, SeeksReward, difference_interval, interval, summarize
+from rledger.probes.rules import Exceeds, SeeksReward
 
 __all__ = [
-    "Interval", "ModelPolicy", "PlannerPolicy", "RandomPolicy", "SeeksReward", "difference_interval",
-    "episode_metrics", "interval", "run_episodes", "summarize", "tidy_rows",
+    "Exceeds", "ModelPolicy", "PlannerPolicy", "RandomPolicy", "SeeksReward", "episode_metrics",
+    "run_episodes", "tidy_rows",
 ]  # fmt: skip

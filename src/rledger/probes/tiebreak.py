@@ -19,7 +19,7 @@ import pandas as pd
 from rledger.envs.base import MOVES
 from rledger.envs.boat_race import ARROWS
 from rledger.ledger import Ledger
-from rledger.probes.stats import bootstrap_replicates
+from rledger.stats import bca_intervals
 
 CLASSES = ("lap", "oscillation", "mixed", "other")
 
@@ -188,28 +188,26 @@ def tiebreak_table(run_dirs: list[tuple[int, str]], early_fraction: float = 0.15
 
 
 def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_000) -> dict[str, object]:
-    """Accuracy and AUC of early reinforcement as a predictor of the final tile choice, with 95%
-    bootstrap intervals over seeds (seeds resampled whole), and the count of each policy class."""
+    """Accuracy and AUC of early reinforcement as a predictor of the final tile choice, pooled over
+    seeds, with BCa 95% intervals over seeds (seeds resampled whole), and the count of each policy
+    class."""
     acc, auc = accuracy_and_auc(table)
     seeds = table.seed.unique()
-    groups = {s: g for s, g in table.groupby("seed")}
+    groups = [table[table.seed == s] for s in seeds]
 
-    def both(idx: np.ndarray) -> list[tuple[float, float]]:  # per resample of whole seeds
-        return [
-            accuracy_and_auc(pd.concat([groups[s] for s in seeds[row]], ignore_index=True)) for row in idx
-        ]
+    def pooled(idx: np.ndarray) -> tuple[float, float]:
+        return accuracy_and_auc(pd.concat([groups[i] for i in idx], ignore_index=True))
 
-    reps = bootstrap_replicates([len(seeds)], both, n_resamples, seed)
-    accs, aucs_arr = reps[:, 0], reps[:, 1]
+    acc_ci, auc_ci = bca_intervals(len(seeds), pooled, n_resamples=n_resamples, seed=seed)
     per_seed = table.drop_duplicates("seed")
     classes = per_seed.policy_class.value_counts().to_dict()
     sampled = per_seed.sampled_class.value_counts().to_dict() if "sampled_class" in per_seed else {}
     return {
         "n_seeds": int(len(seeds)),
         "accuracy": acc,
-        "accuracy_ci": [float(np.quantile(accs, 0.025)), float(np.quantile(accs, 0.975))],
+        "accuracy_ci": [acc_ci.low, acc_ci.high],
         "auc": auc,
-        "auc_ci": [float(np.nanquantile(aucs_arr, 0.025)), float(np.nanquantile(aucs_arr, 0.975))],
+        "auc_ci": [auc_ci.low, auc_ci.high],
         "continue_share": float(table.final_continue.mean()),
         "policy_classes": {c: int(classes.get(c, 0)) for c in CLASSES},
         "sampled_classes": {c: int(sampled.get(c, 0)) for c in CLASSES},
