@@ -283,7 +283,7 @@ def run(root: str | Path, out: str | Path) -> ClaimResult:
                 f"[{c['low']:.2f}, {c['high']:.2f}])."
             )
     for row in table.itertuples():
-        if row.verdict == "-" and row.seeker_predicts == "-":
+        if row.verdict == "-":  # controls, and rows both views predict alike: calibration, in the findings
             continue
         result.verdicts.append({
             "probe": f"{row.experiment}/{row.primary}", "evaluation": row.evaluation, "policy": row.policy,
