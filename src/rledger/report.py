@@ -165,7 +165,8 @@ def _provenance(root: Path, runs: list) -> list[list[str]]:
     for folder in probes.find_probes(root):
         d = json.loads((folder / "decisions.json").read_text())
         if d.get("command"):
-            rows.append([f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", "-"])
+            commit = str(d.get("git_commit") or "unknown")[:10]
+            rows.append([f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", commit])
     return rows
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from rledger.experiments.run import DONE, INITIAL_POLICY, command_line, load_parameters, run_dir
 from rledger.experiments.spec import ProbeSpec, Spec, SpecError
+from rledger.ledger.runinfo import git_commit
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 from rledger.probes import gates
 from rledger.probes.evaluate import run_episodes, tidy_rows
@@ -182,6 +183,7 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
         "deterministic": probe.deterministic,
         "episodes": probe.episodes,
         "command": command_line(),
+        "git_commit": git_commit(),
         "decisions": decisions,
         # the PPO trained with the option must take it where it pays (when taking it is the reward-
         # seeking answer); else a subject's answer says little
