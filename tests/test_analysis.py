@@ -614,3 +614,14 @@ def test_affine_reward_wrapper_and_variant_options(tmp_path):
     ):
         with pytest.raises(SpecError, match=match):
             validate({**raw, "variant_options": bad}, "opts")
+
+
+def test_identity_alone_is_reported(tmp_path):
+    """`python -m rledger.probes.reward_scale OUT --identity` writes only identity.json; the report's
+    reward-scale section shows it without a sweep."""
+    folder = tmp_path / "runs" / "reward_scale"
+    folder.mkdir(parents=True)
+    v = {"max_diff_reward_x_c_vs_lr_x_c": 7.5e-9, "max_diff_lr_vs_lr_x_c": 4.3e-3, "max_abs_param": 0.63}
+    (folder / "identity.json").write_text(json.dumps({"c=3": v}))
+    result = reward_scale.run(tmp_path / "runs", tmp_path / "out")
+    assert len(result.findings) == 1 and "c=3" in result.findings[0] and "7.5e-09 apart" in result.findings[0]

@@ -166,7 +166,9 @@ def _provenance(root: Path, runs: list) -> list[list[str]]:
         d = json.loads((folder / "decisions.json").read_text())
         if d.get("command"):
             commit = str(d.get("git_commit") or "unknown")[:10]
-            rows.append([f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", commit])
+            rows.append(
+                [f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", commit]
+            )
     return rows
 
 

@@ -19,10 +19,14 @@ from rledger.analysis.common import ClaimResult, new_figure, save_csv, save_figu
 
 
 def find_sweeps(root: str | Path) -> list[Path]:
+    """reward_scale folders holding a sweep (sweep.csv) or the plain-SGD identity (identity.json)."""
     root = Path(root)
-    return sorted(
-        {p.parent for p in [*root.glob("reward_scale/sweep.csv"), *root.glob("*/reward_scale/sweep.csv")]}
-    )
+    files = [
+        root.glob(f"{pre}reward_scale/{name}")
+        for pre in ("", "*/")
+        for name in ("sweep.csv", "identity.json")
+    ]
+    return sorted({p.parent for found in files for p in found})
 
 
 def summarize_sweep(table: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +72,9 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
         )
         return result
     for folder in sweeps:
+        if not (folder / "sweep.csv").is_file():
+            _identity(folder, result)
+            continue
         table = pd.read_csv(folder / "sweep.csv")
         summary = summarize_sweep(table)
         result.tables.append(save_csv(summary, out / "reward_scale_summary.csv"))
@@ -94,12 +101,17 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
                 )
                 + "."
             )
-        identity = folder / "identity.json"
-        if identity.is_file():
-            for key, v in json.loads(identity.read_text()).items():
-                result.findings.append(
-                    f"Plain SGD, no normalization or clipping, zero critic, {key}: (reward x c, lr) and (reward, lr x c) "
-                    f"end {v['max_diff_reward_x_c_vs_lr_x_c']:.1e} apart (largest parameter {v['max_abs_param']:.2f}); "
-                    f"(reward, lr) and (reward, lr x c) end {v['max_diff_lr_vs_lr_x_c']:.1e} apart."
-                )
+        _identity(folder, result)
     return result
+
+
+def _identity(folder: Path, result: ClaimResult) -> None:
+    identity = folder / "identity.json"
+    if identity.is_file():
+        for key, v in json.loads(identity.read_text()).items():
+            result.findings.append(
+                f"Plain SGD, no normalization or clipping, zero critic, {key} (`python -m rledger.probes.reward_scale "
+                f"OUT --identity`): (reward x c, lr) and (reward, lr x c) end {v['max_diff_reward_x_c_vs_lr_x_c']:.1e} "
+                f"apart (largest parameter {v['max_abs_param']:.2f}); (reward, lr) and (reward, lr x c) end "
+                f"{v['max_diff_lr_vs_lr_x_c']:.1e} apart."
+            )

@@ -255,15 +255,21 @@ def compare_sweep(folder: str | Path) -> pd.DataFrame:
     return table
 
 
-if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS]: sweep + identity
+if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity]
     import sys
 
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS]")
-    result = sweep(sys.argv[1], timesteps=int(sys.argv[2]) if len(sys.argv) > 2 else 16_384, show=True)
+    args = [a for a in sys.argv[1:] if a != "--identity"]
+    if not args:
+        sys.exit(
+            "usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity: the plain-SGD identity only]"
+        )
+    if "--identity" not in sys.argv:
+        result = sweep(args[0], timesteps=int(args[1]) if len(args) > 1 else 16_384, show=True)
+        print(
+            result.groupby(["setting", "c", "b"])[
+                ["actor_rel_diff", "same_greedy_action", "clip_engaged"]
+            ].mean()
+        )
     identity = {f"c={c:g}": sgd_identity(c=c) for c in (3.0, 10.0)}
-    atomic_write_json(Path(sys.argv[1]) / EXPERIMENT / "identity.json", identity)
+    atomic_write_json(Path(args[0]) / EXPERIMENT / "identity.json", identity)
     print(identity)
-    print(
-        result.groupby(["setting", "c", "b"])[["actor_rel_diff", "same_greedy_action", "clip_engaged"]].mean()
-    )
