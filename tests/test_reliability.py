@@ -169,3 +169,25 @@ def test_numbers_parse_as_yaml_1_2(tmp_path):
     assert spec.ppo["learning_rate"] == 1e-3 and spec.ppo["ent_coef"] == 5e-3 and spec.train == ("default",)
     with pytest.raises(SpecError, match="ppo.learning_rate"):
         load_spec(spec_file, ["ppo.learning_rate=1e-3x"])
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_files_follow_the_umask(tmp_path, mask):
+    """Ledger files (written through a temporary file and a rename) and report folders get the mode a
+    plain open or mkdir would: 0666 / 0777 minus the umask, not tempfile's 0600 / 0700."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from pathlib import Path\n"
+        f"os.umask({mask})\n"
+        "from rledger.ledger.writer import atomic_write_bytes, current_umask, follow_umask\n"
+        "import tempfile\n"
+        "root = Path(sys.argv[1]); atomic_write_bytes(root / 'a' / 'f.bin', b'x')\n"
+        "d = Path(tempfile.mkdtemp(dir=root)); follow_umask(d, directory=True); (root / 'dir').write_text(d.name)\n"
+        f"assert current_umask() == {mask}, current_umask()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert (tmp_path / "a" / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    made = tmp_path / (tmp_path / "dir").read_text()
+    assert made.stat().st_mode & 0o777 == 0o777 & ~mask

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rledger.analysis import curves, gridmaps, history, learning_rate, probes, reward_scale
 from rledger.analysis.common import ClaimResult, find_runs
-from rledger.ledger.writer import atomic_write_bytes
+from rledger.ledger.writer import atomic_write_bytes, follow_umask
 
 INTRO = {
     "reward_as_learning_rate": (
@@ -107,6 +107,7 @@ def build_report(
         raise ReportError(f"{root}: no complete runs (folders with a DONE marker) and no probe results found")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    follow_umask(tmp, directory=True)
     try:
         results = [fn(root, tmp / "figures", runs) for _, fn in CLAIMS]
         results = [_relative(r, tmp) for r in results]
