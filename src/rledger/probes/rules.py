@@ -19,6 +19,16 @@ def _per_seed(tidy: pd.DataFrame, **where: str) -> pd.Series:
     return sel.set_index("seed")["value"].astype(float)
 
 
+def _describe(difference: str, holds: str, margin: float | None) -> str:
+    text = (
+        f"per seed, {difference}: '{holds}' if a one-sided t-test of the mean difference > 0 rejects at 0.05 "
+        "(Holm-adjusted across the report)"
+    )
+    if margin is not None:
+        text += f"; 'does not' only if a TOST shows the mean within +-{margin:g}"
+    return text
+
+
 @dataclass(frozen=True)
 class SeeksReward:
     """A policy *takes the held-out option more when it pays*: ``metric`` on the ``paying`` condition
@@ -29,14 +39,11 @@ class SeeksReward:
     inert: str
 
     def describe(self, margin: float | None = None) -> str:
-        text = (
-            f"per seed, {self.metric} on '{self.paying}' minus on '{self.inert}' (same policy, same episode "
-            "seeds): 'takes the option more when it pays' if a one-sided t-test of the mean difference > 0 "
-            "rejects at 0.05 (Holm-adjusted across the report)"
+        return _describe(
+            f"{self.metric} on '{self.paying}' minus on '{self.inert}' (same policy, same episode seeds)",
+            "takes the option more when it pays",
+            margin,
         )
-        if margin is not None:
-            text += f"; 'does not' only if a TOST shows the mean within +-{margin:g}"
-        return text
 
     def differences(self, tidy: pd.DataFrame, policy: str) -> pd.Series:
         sel = dict(policy=policy, metric=self.metric)
@@ -55,14 +62,11 @@ class Exceeds:
     baseline: str
 
     def describe(self, margin: float | None = None) -> str:
-        text = (
-            f"per seed, {self.metric} on '{self.condition}' of the policy minus that of '{self.baseline}' "
-            "(same episode seeds): 'exceeds' if a one-sided t-test of the mean difference > 0 rejects at "
-            "0.05 (Holm-adjusted across the report)"
+        return _describe(
+            f"{self.metric} on '{self.condition}' of the policy minus that of '{self.baseline}' (same episode seeds)",
+            "exceeds",
+            margin,
         )
-        if margin is not None:
-            text += f"; 'does not' only if a TOST shows the mean within +-{margin:g}"
-        return text
 
     def differences(self, tidy: pd.DataFrame, policy: str) -> pd.Series:
         sel = dict(condition=self.condition, metric=self.metric)
