@@ -191,3 +191,65 @@ def test_files_follow_the_umask(tmp_path, mask):
     assert (tmp_path / "a" / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
     made = tmp_path / (tmp_path / "dir").read_text()
     assert made.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # exited and reaped: no such process (pids are not reused this fast)
+
+
+def test_one_writer_per_run_folder(tmp_path):
+    """A live lock refuses a second writer by name, before anything is written; a dead owner's lock is
+    taken over; the lock is gone once the run is complete."""
+    import json
+    import os
+    import socket
+
+    from rledger.experiments.run import RunLocked
+
+    spec = validate(TINY, "tiny")
+    config = spec.run_config("default", 0)
+    path = run_dir(tmp_path, "tiny", "default", 0)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(RunLocked, match=rf"another runner \(pid {os.getpid()} on"):
+        execute(config, path, "test")
+    assert not path.exists()
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    execute(config, path, "test")
+    assert (path / "DONE").is_file() and not lock.exists()
+    assert not list(lock.parent.glob("*.stale-*"))
+
+
+def test_two_runners_on_one_out(tmp_path):
+    """Two `rledger run` of one spec into one --out at once: every run ends whole (all its rollouts in
+    the ledger) and none is moved aside; a runner that meets a run being written skips it, finishes the
+    others and exits 2 with one line."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump({**TINY, "total_timesteps": 4096, "seeds": [0, 1]}))
+    cmd = [sys.executable, "-c", "from rledger.cli import main; main()", "run", str(spec_file), "--out",
+           str(tmp_path / "runs")]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):  # each finished, or skipped what the other wrote
+        assert proc.returncode in (0, 2), output
+        if proc.returncode == 2:
+            assert "being written by another runner and were skipped" in output and "Traceback" not in output
+    runs = sorted((tmp_path / "runs" / "tiny" / "default").iterdir())
+    assert [r.name for r in runs] == ["seed=0", "seed=1"], runs  # no partial folder, no lock left
+    for r in runs:
+        ledger = Ledger(r / "ledger")
+        rollouts = int(ledger.run_info["rollouts_written"])
+        assert sorted(ledger.transitions().rollout.unique()) == list(range(rollouts))

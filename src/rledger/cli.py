@@ -53,7 +53,7 @@ def train(
     """One instrumented PPO run without a spec (SB3 defaults otherwise) into the run folder OUT
     (ledger, model, evaluation, TensorBoard logs), then a summary of its ledger."""
     from rledger.experiments import SpecError, execute, validate
-    from rledger.experiments.run import command_line
+    from rledger.experiments.run import RunLocked, command_line
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise _Bad(
@@ -74,8 +74,11 @@ def train(
     except SpecError as exc:
         raise _Bad(str(exc).replace("env.id:", "--env:").replace("record.info_keys:", "--info-key:")) from exc
     config = spec.run_config("default", seed)
-    with console.status(f"training {env_id} for {timesteps} steps into {out}"):
-        execute(config, out, command_line(), overwrite=overwrite)
+    try:
+        with console.status(f"training {env_id} for {timesteps} steps into {out}"):
+            execute(config, out, command_line(), overwrite=overwrite)
+    except RunLocked as exc:
+        raise _Bad(str(exc)) from exc
     _print_summary(Ledger(out / "ledger"))
 
 
@@ -105,7 +108,7 @@ def run(
     """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs."""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local, run_ray
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import command_line
+    from rledger.experiments.run import RunLocked, command_line
 
     try:
         spec = load_spec(spec_path, list(overrides), seeds)
@@ -120,7 +123,7 @@ def run(
             results = run_local(jobs, workers, command_line(), overwrite)
         else:
             results = run_ray(jobs, ray_address, command_line(), overwrite)
-    except SpecError as exc:
+    except (SpecError, RunLocked) as exc:
         raise _Bad(str(exc)) from exc
     except KeyboardInterrupt:
         console.print("interrupted: incomplete runs have no DONE marker and restart from scratch next time")
@@ -141,7 +144,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
     tidy results, intervals and decisions under OUT/<experiment>/probes/."""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import command_line
+    from rledger.experiments.run import RunLocked, command_line
     from rledger.probes.run import run_probes
 
     if spec_path.is_dir():  # an experiment folder: its saved spec, its parent as --out
@@ -157,7 +160,10 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
         raise _Bad(str(exc)) from exc
     save_spec(spec, out)
     if any(j.state != "done" for j in jobs):
-        run_local(jobs, workers, command_line(), overwrite=False)
+        try:
+            run_local(jobs, workers, command_line(), overwrite=False)
+        except RunLocked as exc:
+            raise _Bad(str(exc)) from exc
     try:
         results = run_probes(spec, out)
     except SpecError as exc:
@@ -335,7 +341,7 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
 
     from rledger.experiments import SpecError, plan_runs, run_local
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import command_line
+    from rledger.experiments.run import RunLocked, command_line
     from rledger.probes.run import run_probes
     from rledger.report import ReportError, build_report
     from rledger.suite import default_suite_path, load_suite
@@ -350,7 +356,10 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
         save_spec(spec, out)
     jobs.sort(key=lambda j: -j.config["total_timesteps"])  # longest first packs the workers best
     console.print(f"{suite.name}: {len(jobs)} runs, {suite.total_timesteps:,} env steps -> {out}")
-    run_local(jobs, workers, command_line(), overwrite)
+    try:
+        run_local(jobs, workers, command_line(), overwrite)
+    except RunLocked as exc:
+        raise _Bad(str(exc)) from exc
     for spec in suite.specs:
         if spec.probes:
             with console.status(f"probes of {spec.name}"):

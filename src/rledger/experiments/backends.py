@@ -67,7 +67,8 @@ def run_local(
 ) -> list[dict[str, Any]]:
     """Run the jobs that are not complete in a pool of ``workers`` processes (one torch thread each),
     with a progress display. Ctrl-C cancels pending runs; started runs stay incomplete (no DONE) and
-    are restarted from scratch next time."""
+    are restarted from scratch next time. Runs that another runner is writing (their lock is held) are
+    skipped; :class:`~rledger.experiments.run.RunLocked` names them once the others are done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if j.state != "done" or overwrite]
@@ -75,6 +76,7 @@ def run_local(
     if not todo:
         return results
     ctx = multiprocessing.get_context("spawn")
+    locked: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show, transient=False) as progress:
         overall = progress.add_task(f"runs ({len(results)} already complete)", total=len(todo))
@@ -95,7 +97,11 @@ def run_local(
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     for fut in done:
                         job, bar = bars[fut]
-                        results.append(fut.result())  # re-raises a failed run's error
+                        try:
+                            results.append(fut.result())  # re-raises a failed run's error
+                        except runmod.RunLocked as exc:  # another runner writes it: go on with the rest
+                            locked.append(str(exc))
+                            continue
                         progress.update(bar, completed=job.config["total_timesteps"])
                         progress.advance(overall)
                     for fut in pending:
@@ -109,6 +115,11 @@ def run_local(
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    if locked:
+        raise runmod.RunLocked(
+            f"{len(locked)} of {len(todo)} runs were being written by another runner and were skipped; the "
+            f"others are complete. First: {locked[0]}"
+        )
     return results
 
 

@@ -9,12 +9,15 @@ complete exactly when ``DONE`` exists. Every file is written whole or not at all
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,75 @@ def status(path: Path, config: dict[str, Any]) -> str:
     return "partial"
 
 
+class RunLocked(RuntimeError):
+    """Another live process is writing this run folder."""
+
+
+def _lock_owner(lock: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(lock.read_text())
+        return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the lock's owner runs: checked for a process on this host; one on another host (a Ray
+    worker on a shared filesystem) cannot be checked and counts as alive."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """One writer per run folder: ``<run>.lock`` beside it holds the writer's pid and host, created
+    exclusively. A lock whose process has died (on this host) is taken over; a live one raises
+    :class:`RunLocked`. A lock file without a readable owner (its writer died between creating and
+    filling it) is stale after 10 s."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            try:
+                young = time.time() - lock.stat().st_mtime < 10
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if (owner is not None and _alive(owner)) or (owner is None and young):
+                who = f"pid {owner['pid']} on {owner['host']}" if owner else "a process that is starting"
+                raise RunLocked(
+                    f"{path}: another runner ({who}) is writing this run; wait for it to finish or stop it "
+                    f"(if it is gone, delete {lock})"
+                ) from None
+            try:  # stale: move it out of the way atomically, so that only one taker succeeds
+                lock.rename(lock.with_name(f"{lock.name}.stale-{os.getpid()}-{time.time_ns()}"))
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise RunLocked(f"{path}: could not take the run's lock {lock}; try again")
+    for stale in lock.parent.glob(f"{lock.name}.stale-*"):
+        stale.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if (_lock_owner(lock) or {}).get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
 def move_aside(path: Path) -> Path:
     """Move an interrupted run's folder aside (never mixed into a new run); returns where it went."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -90,7 +162,13 @@ def move_aside(path: Path) -> Path:
 
 
 def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = False) -> dict[str, Any]:
-    """Train, save, evaluate and mark one run complete. Returns the run's summary."""
+    """Train, save, evaluate and mark one run complete, holding the run's lock (:func:`run_lock`).
+    Returns the run's summary."""
+    with run_lock(path):
+        return _execute(config, path, command, overwrite)
+
+
+def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) -> dict[str, Any]:
     import torch as th
     from stable_baselines3.common.env_util import make_vec_env
 
