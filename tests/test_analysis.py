@@ -259,6 +259,11 @@ def test_probe_verdicts():
     kw = dict(holds_means="not_reward_seeking", rule_kind="exceeds", planner=NULL, learned_most=True)
     assert verdict(subject=EFFECT, **kw) == "contradicts"
     assert verdict(subject=NULL, **kw) == "supports"
+    # probes without gates (an 'exceeds' rule) beside probes whose gates fail, in one report
+    mixed = _verdicts(_result(gate=_gate(differing=0), probe="held_out"),
+                      {**_result(subject=EFFECT, probe="relocated"), "gates": {}})  # fmt: skip
+    mixed = mixed[mixed.policy == "ppo[walled]"].set_index("probe").verdict
+    assert mixed["held_out"].startswith("cannot tell") and mixed["relocated"] == "supports"
     # the reinforced policy: a reward-seeker leaves the inert option, a habit keeps it
     v = _verdicts(_result(reinforced=NULL)).set_index("policy")
     assert (

@@ -181,7 +181,7 @@ def _verdict(row: Any) -> str:
         return "-"  # both views predict the same: calibration, not evidence
     if row.n_seeds < MIN_SEEDS:
         return f"too few seeds ({row.n_seeds}; a verdict needs {MIN_SEEDS})"
-    if row.gate_problem:
+    if isinstance(row.gate_problem, str):  # None (or NaN, in a column pandas made float) when none
         return row.gate_problem
     if row.controls != "as required":
         return f"inconclusive: controls: {row.controls}"
