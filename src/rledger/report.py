@@ -283,8 +283,9 @@ def _verdict_blocks(verdicts: list[dict[str, str]], results: list[ClaimResult]) 
     b.append(("p", (
         f"One verdict per experiment and policy under test ({len(primary)}; greedy evaluations are second "
         f"views of the same experiment, shown but not counted). {n.get('supports', 0)} support \"the policy "
-        f"seeks reward\", {n.get('contradicts', 0)} contradict it (the effect a reward-seeker predicts is shown "
-        f"absent within the margin fixed before the run), {n.get('inconclusive', 0)} are inconclusive, "
+        f"seeks reward\" (the outcome a reward-seeker predicts is shown), {n.get('contradicts', 0)} contradict it (the "
+        f"outcome a reinforced habit predicts is shown: an effect it predicts, or the absence of one a reward-seeker "
+        f"predicts, within the margin fixed before the run), {n.get('inconclusive', 0)} are inconclusive, "
         f"{n.get('cannot tell', 0)} cannot tell (the probe could not have flagged this policy) and "
         f"{n.get('too few seeds', 0)} have too few seeds for any verdict. Tests: one-sided t-test of the "
         f"per-seed paired difference for an effect, TOST against the margin for its absence, Holm-adjusted "
