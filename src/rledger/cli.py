@@ -142,6 +142,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
     """Evaluate the probes of a spec (YAML) or of an experiment folder (OUT/<experiment>, which holds
     the spec it ran) on its trained runs, training missing ones first, and on the controls; write
     tidy results, intervals and decisions under OUT/<experiment>/probes/."""
+    from rledger.analysis.probes import gate_text, interval_text
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
     from rledger.experiments.backends import save_spec
     from rledger.experiments.run import RunLocked, command_line
@@ -172,36 +173,15 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
 
     for result in results:
         table = Table(title=escape(f"probe {result['probe']}: {result['rule']}"))
-        for col in ("policy", "test (unadjusted)", "difference", "95% interval", "seeds", "gates"):
+        for col in ("policy", "test (unadjusted)", "difference [95% interval]", "seeds", "gates"):
             table.add_column(col)
         for policy, d in result["decisions"].items():
             table.add_row(
-                escape(policy), d["outcome"], f"{d['difference']:+.3f}", _interval_text(d), str(d["n_seeds"]),
-                escape(_gates_text(result["gates"].get(policy))),
+                escape(policy), d["outcome"], interval_text(d), str(d["n_seeds"]),
+                escape(gate_text(result["gates"].get(policy))),
             )  # fmt: skip
         console.print(table)
     console.print("Verdicts (Holm-adjusted, with the gates and controls): rledger report " + str(out))
-
-
-def _interval_text(d: dict[str, object]) -> str:
-    if d["low"] is None:
-        return "no spread: no interval"
-    note = " (no spread; exact bound)" if str(d["interval_method"]).startswith("no spread") else ""
-    return f"[{d['low']:+.3f}, {d['high']:+.3f}]{note}"
-
-
-def _gates_text(g: dict[str, object] | None) -> str:
-    if not g:
-        return "-"
-    p = g["perceivable"]
-    parts = [f"inputs differ in {p['episodes_differing']}/{p['episodes']} episodes"]  # type: ignore[index]
-    t = g["trained_inputs"]
-    if t is not None:
-        parts.append(f"option features trained {t['trained']}/{t['option_features']}")  # type: ignore[index]
-    c = g["competence"]
-    if c is not None:
-        parts.append(f"competent on {c['seeds_competent']}/{c['seeds']} seeds")  # type: ignore[index]
-    return "; ".join(parts)
 
 
 @main.command(name="ls")

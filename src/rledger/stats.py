@@ -75,31 +75,38 @@ def bootstrap_replicates(
     return np.asarray(statistic(*indices), dtype=np.float64)
 
 
+def _t_star(diff: np.ndarray, se: np.ndarray, tol: np.ndarray | float) -> np.ndarray:
+    """Bootstrap-t values ``diff / se``. A resample without spread has ``se = 0``: its t is 0 when its
+    deviation is within ``tol`` (rounding alone), else +-inf (it lies beyond every finite value), so
+    such resamples widen the interval rather than vanish from it."""
+    diff = np.where(np.abs(diff) <= tol, 0.0, diff)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.sign(diff) * np.inf)
+
+
+def _quantiles(t: np.ndarray, probs: Sequence[float], axis: int | None = None) -> np.ndarray:
+    """Linear quantiles of ``t``; between two equal infinite order statistics linear interpolation
+    gives inf - inf = NaN, where the quantile is that infinity."""
+    with np.errstate(invalid="ignore"):
+        q = np.asarray(np.quantile(t, probs, axis=axis, method="linear"))
+    bad = np.isnan(q)
+    if bad.any():
+        q[bad] = np.asarray(np.quantile(t, probs, axis=axis, method="lower"))[bad]
+    return q
+
+
 def _t_quantiles(x: np.ndarray, idx: np.ndarray, probs: Sequence[float]) -> np.ndarray:
     """Quantiles of the bootstrap-t statistic ``(mean* - mean) / se*`` over the resamples ``idx`` of
-    every row of ``x`` (``(rows, n)``); returns ``(len(probs), rows)``. A resample without spread has
-    ``se* = 0``: its t is 0 when its mean equals the sample mean, else +-inf (it lies beyond every
-    finite value), so such resamples widen the interval rather than vanish from it."""
+    every row of ``x`` (``(rows, n)``); returns ``(len(probs), rows)`` (:func:`_t_star`)."""
     n = x.shape[1]
     mean = x.mean(1)
     xb = x[:, idx]  # (rows, B, n)
     mb = xb.mean(2)
     sb = xb.std(2, ddof=1) / np.sqrt(n)
-    diff = mb - mean[:, None]
     # a resample whose values are all equal has se* = 0 exactly; its mean can still differ from the
     # sample mean by rounding alone, which is not a real deviation
     tol = 1e-12 * np.maximum(1.0, np.abs(x).max(1))[:, None]
-    diff = np.where(np.abs(diff) <= tol, 0.0, diff)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(sb > 0, diff / np.where(sb > 0, sb, 1.0), np.sign(diff) * np.inf)
-    with np.errstate(invalid="ignore"):
-        q = np.quantile(t, probs, axis=1, method="linear")
-    # between two equal infinite order statistics linear interpolation gives inf - inf = NaN: the
-    # quantile is that infinity
-    bad = np.isnan(q)
-    if bad.any():
-        q[bad] = np.quantile(t, probs, axis=1, method="lower")[bad]
-    return q
+    return _quantiles(_t_star(mb - mean[:, None], sb, tol), probs, axis=1)
 
 
 def studentized_bounds(
@@ -188,15 +195,12 @@ def difference_interval(
 
     def t_star(ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
         ra, rb = xa[ia], xb[ib]
-        diff = ra.mean(1) - rb.mean(1) - est
-        diff = np.where(np.abs(diff) <= 1e-12 * max(1.0, abs(est)), 0.0, diff)
         sb = np.sqrt(ra.var(1, ddof=1) / xa.size + rb.var(1, ddof=1) / xb.size)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(sb > 0, diff / np.where(sb > 0, sb, 1.0), np.sign(diff) * np.inf)
+        return _t_star(ra.mean(1) - rb.mean(1) - est, sb, 1e-12 * max(1.0, abs(est)))
 
     t = bootstrap_replicates([xa.size, xb.size], t_star, n_resamples, seed)
     alpha = (1 - confidence) / 2
-    q_low, q_high = np.quantile(t, [alpha, 1 - alpha])
+    q_low, q_high = _quantiles(t, [alpha, 1 - alpha])
     return Interval(
         est, est - q_high * se, est - q_low * se, min(xa.size, xb.size), confidence, "studentized"
     )

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from rledger.analysis.common import ClaimResult, new_figure, save_csv, save_figure
-from rledger.stats import ALPHA, MIN_SEEDS, holm, outcome
+from rledger.stats import ALPHA, MIN_SEEDS, Interval, holm, outcome
 
 # Published values to set beside ours (../shared/REFERENCES.md), by environment and metric.
 REFERENCES: dict[tuple[str, str], list[tuple[float, str]]] = {
@@ -117,7 +117,8 @@ def _gate_problem(gate: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _gate_text(gate: dict[str, Any] | None) -> str:
+def gate_text(gate: dict[str, Any] | None) -> str:
+    """The gates of one policy (decisions.json's ``gates[policy]``) in one line."""
     if not gate:
         return "-"
     p = gate["perceivable"]
@@ -160,7 +161,7 @@ def verdict_table(results: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
                 "interval_method": d.get("interval_method"), "n_seeds": d["n_seeds"], "margin": result.get("margin"),
                 "outcome": d["outcome"], "p_effect": d["p_effect"], "p_equivalence": d["p_equivalence"],
                 "seeker_predicts": pred[0] if pred else "-", "habit_predicts": pred[1] if pred else "-",
-                "gates": _gate_text(result.get("gates", {}).get(policy)),
+                "gates": gate_text(result.get("gates", {}).get(policy)),
                 "gate_problem": _gate_problem(result.get("gates", {}).get(policy)),
                 "controls": "; ".join(problems) or "as required", "counted": counted,
             })  # fmt: skip
@@ -223,12 +224,15 @@ def plot_probe(
     return ax
 
 
-def _fmt_interval(row: Any, digits: int = 3) -> str:
-    est = f"{row.difference:+.{digits}f}"
-    if row.low is None or (isinstance(row.low, float) and np.isnan(row.low)):
-        return f"{est} (no spread over {row.n_seeds} seeds: no interval)"
-    note = " (no spread; exact bound)" if str(row.interval_method).startswith("no spread") else ""
-    return f"{est} [{row.low:+.{digits}f}, {row.high:+.{digits}f}]{note}"
+def interval_text(d: Any, digits: int = 3) -> str:
+    """A decision's difference and interval (a decisions.json entry or a verdict-table row) as
+    :meth:`rledger.stats.Interval.format` writes it."""
+    get = d.get if isinstance(d, dict) else lambda k: getattr(d, k)
+    low, high = get("low"), get("high")
+    return Interval(
+        float(get("difference")), np.nan if low is None else float(low), np.nan if high is None else float(high),
+        int(get("n_seeds")), method=str(get("interval_method")),
+    ).format(digits)  # fmt: skip
 
 
 def load_results(root: str | Path) -> list[tuple[str, dict[str, Any], pd.DataFrame, dict[str, Any]]]:
@@ -290,7 +294,7 @@ def run(root: str | Path, out: str | Path) -> ClaimResult:
             "role": row.role, "counted": "yes" if row.counted else "no (second view)" if row.primary != row.probe else "no",
             "seeker_predicts": row.seeker_predicts, "habit_predicts": row.habit_predicts, "verdict": row.verdict,
             "reason": (
-                f"difference {_fmt_interval(row)} over {row.n_seeds} seeds, margin {row.margin}; p(effect) "
+                f"difference {interval_text(row)} over {row.n_seeds} seeds, margin {row.margin}; p(effect) "
                 f"{_p(row.p_effect)}, p(within margin) {_p(row.p_equivalence)}"
                 + (f" (Holm: {_p(row.p_effect_holm)}, {_p(row.p_equivalence_holm)})" if row.counted else " (unadjusted)")
                 + f"; gates: {row.gates}; controls {row.controls}"
