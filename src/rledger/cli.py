@@ -25,6 +25,20 @@ class _Bad(click.ClickException):
 @click.version_option(package_name="rledger")
 def main() -> None:
     """Measure what the reinforcement signal does inside PPO."""
+    _terminate_as_interrupt()
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM ends a command as Ctrl-C does (KeyboardInterrupt): the runner stops its workers, runs
+    stay incomplete, nothing is left training."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @main.command()

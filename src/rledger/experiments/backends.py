@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -62,12 +65,44 @@ def _worker(config: dict[str, Any], path: str, command: str, overwrite: bool) ->
     return runmod.execute(config, Path(path), command, overwrite)
 
 
+def die_with_parent(parent: int) -> None:
+    """A pool worker's initializer: the worker ends when the runner ``parent`` ends, however it ends
+    (kill -9 included), instead of training on and writing ``DONE`` markers nobody waits for. Linux
+    sends it SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and as a second
+    guard, a thread checks the parent's pid every half second."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watch below does it
+        pass
+    if os.getppid() != parent:  # the runner died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rledger-parent-watch", daemon=True).start()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes: their runs stay incomplete (no DONE)."""
+    processes = getattr(pool, "_processes", None) or {}  # pid -> Process (CPython's executor)
+    for proc in list(processes.values()):
+        if proc.is_alive():
+            proc.terminate()
+
+
 def run_local(
     jobs: list[Job], workers: int, command: str, overwrite: bool, show: bool = True
 ) -> list[dict[str, Any]]:
     """Run the jobs that are not complete in a pool of ``workers`` processes (one torch thread each),
-    with a progress display. Ctrl-C cancels pending runs; started runs stay incomplete (no DONE) and
-    are restarted from scratch next time. Runs that another runner is writing (their lock is held) are
+    with a progress display. Ctrl-C (or SIGTERM through the CLI) stops the workers and cancels pending
+    runs; started runs stay incomplete (no DONE) and are restarted from scratch next time. Workers end
+    with the runner, even when it is killed (:func:`die_with_parent`). Runs that another runner is writing (their lock is held) are
     skipped; :class:`~rledger.experiments.run.RunLocked` names them once the others are done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -81,7 +116,9 @@ def run_local(
     with Progress(*columns, disable=not show, transient=False) as progress:
         overall = progress.add_task(f"runs ({len(results)} already complete)", total=len(todo))
         bars: dict[Future[dict[str, Any]], tuple[Job, Any]] = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             try:
                 for job in todo:
                     fut = pool.submit(_worker, job.config, str(job.path), command, overwrite)
@@ -112,7 +149,8 @@ def run_local(
                                 progress.update(bar, completed=json.loads(p.read_text())["timesteps"])
                             except (ValueError, KeyError, OSError):
                                 pass
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI raises KeyboardInterrupt for it)
+                _stop_workers(pool)
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     if locked:
