@@ -15,13 +15,41 @@ from rledger.ledger.schema import TABLES
 console = Console()
 
 
+TRUST_PICKLES_HELP = (
+    "load runs without policy.npz (written by an older rledger) from model.zip, which unpickles it and "
+    "so runs any code it holds: only for runs you trust"
+)
+
+
 class _Bad(click.ClickException):
     """Bad input: one line naming the field and the fix, exit code 2."""
 
     exit_code = 2
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: a full disk, a file-size limit or a read-only folder ends any command with
+    one line naming the file (exit 2) instead of a traceback; the writes are atomic, so nothing half
+    written is left but the incomplete run, which restarts next time."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import errno
+
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            storage = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+            if exc.errno not in storage:
+                raise
+            where = exc.filename or "a file"
+            raise _Bad(
+                f"{where}: {exc.strerror} (a full disk, a file-size limit or a folder that cannot be "
+                "written); free space or pass another output folder; an unfinished run has no DONE and "
+                "restarts next time"
+            ) from exc
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="rledger")
 def main() -> None:
     """Measure what the reinforcement signal does inside PPO."""
@@ -152,7 +180,15 @@ def run(
 @click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field")
-def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides: tuple[str, ...]) -> None:
+@click.option("--trust-pickles", is_flag=True, help=TRUST_PICKLES_HELP)
+def probe(
+    spec_path: Path,
+    out: Path,
+    seeds: str | None,
+    workers: int,
+    overrides: tuple[str, ...],
+    trust_pickles: bool,
+) -> None:
     """Evaluate the probes of a spec (YAML) or of an experiment folder (OUT/<experiment>, which holds
     the spec it ran) on its trained runs, training missing ones first, and on the controls; write
     tidy results, intervals and decisions under OUT/<experiment>/probes/."""
@@ -180,7 +216,7 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
         except RunLocked as exc:
             raise _Bad(str(exc)) from exc
     try:
-        results = run_probes(spec, out)
+        results = run_probes(spec, out, trust_pickles)
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
     from rich.markup import escape
@@ -200,17 +236,24 @@ def probe(spec_path: Path, out: Path, seeds: str | None, workers: int, overrides
 
 @main.command(name="ls")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("runs"))
-def ls_runs(out: Path) -> None:
+@click.option(
+    "--strict", is_flag=True, help="exit 2 if any run's files cannot be read (default: leave it out, warn)"
+)
+def ls_runs(out: Path, strict: bool) -> None:
     """List the runs under OUT with status, steps, return and performance."""
     if not out.is_dir():
         raise _Bad(f"{out}: no such folder; pass the --out folder of rledger run")
-    _print_runs(_list(out))
+    skipped: list[str] = []
+    _print_runs(_list(out, skipped))
+    _warn_skipped(skipped)
+    if skipped and strict:
+        raise _Bad(f"{len(skipped)} runs cannot be read; first: {skipped[0]}")
 
 
-def _list(out: Path) -> list[dict[str, object]]:
+def _list(out: Path, skipped: list[str] | None = None) -> list[dict[str, object]]:
     from rledger.experiments import list_runs
 
-    return list_runs(out)
+    return list_runs(out, [] if skipped is None else skipped)
 
 
 def _print_runs(rows: list[dict[str, object]]) -> None:
@@ -232,11 +275,12 @@ def _print_runs(rows: list[dict[str, object]]) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def summary(run_dir: Path) -> None:
     """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder)."""
+    from rledger.ledger import LedgerError
+
     try:
-        ledger = Ledger(run_dir)  # a run folder or a ledger folder
-    except FileNotFoundError as exc:
+        _print_summary(Ledger(run_dir))  # a run folder or a ledger folder
+    except (FileNotFoundError, LedgerError) as exc:
         raise _Bad(str(exc)) from exc
-    _print_summary(ledger)
 
 
 def _print_summary(ledger: Ledger) -> None:
@@ -291,19 +335,44 @@ def _print_summary(ledger: Ledger) -> None:
     default=None,
     help="also write the findings and verdicts as one Markdown page (e.g. docs/results.md)",
 )
-def report(root: Path, out: Path | None, overwrite: bool, results_page: Path | None) -> None:
+@click.option("--trust-pickles", is_flag=True, help=TRUST_PICKLES_HELP)
+@click.option(
+    "--strict", is_flag=True, help="exit 2 if any run's files cannot be read (default: leave it out, warn)"
+)
+def report(
+    root: Path,
+    out: Path | None,
+    overwrite: bool,
+    results_page: Path | None,
+    trust_pickles: bool,
+    strict: bool,
+) -> None:
     """Analyse the runs and probes under ROOT (the --out folder of `rledger run`/`probe`) into
     report.md, a self-contained report.html, results.json and the figures with their CSVs."""
-    from rledger.experiments.run import command_line
+    from rledger.experiments.run import UntrustedModel, command_line
     from rledger.report import ReportError, build_report
 
     try:
         with console.status(f"analysing {root}"):
-            result = build_report(root, out, overwrite, results_page, command_line())
+            result = build_report(root, out, overwrite, results_page, command_line(), trust_pickles, strict)
     except (ReportError, FileNotFoundError) as exc:
         raise _Bad(str(exc)) from exc
+    except UntrustedModel as exc:
+        raise _Bad(str(exc)) from exc
     _print_verdicts(result)
+    _warn_skipped(result.skipped)
     console.print(f"report written to {result.folder / 'report.html'} in {result.seconds:.0f} s")
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    from rich.markup import escape
+
+    for message in skipped:
+        console.print(f"[yellow]left out[/yellow] {escape(message)}")
+    if skipped:
+        console.print(
+            f"{len(skipped)} runs left out: their files cannot be read (--strict makes this exit 2)"
+        )
 
 
 def _print_verdicts(result: object) -> None:

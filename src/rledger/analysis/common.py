@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from rledger.experiments.backends import run_configs
-from rledger.experiments.run import DONE
+from rledger.experiments.run import DONE, load_model, read_done
 from rledger.ledger import Ledger
 from rledger.ledger.writer import atomic_write_bytes
 
@@ -25,10 +25,16 @@ class RunInfo:
     path: Path
     env_id: str
     config: dict[str, Any]
+    trust_pickles: bool = False  # may its model.zip be unpickled when it has no policy.npz
 
     @property
     def ledger(self) -> Ledger:
         return Ledger(self.path / "ledger")
+
+    def model(self) -> Any:
+        """The trained model, loaded without unpickling unless ``trust_pickles`` (see
+        :func:`rledger.experiments.run.load_model`)."""
+        return load_model(self.path, self.trust_pickles)
 
     @property
     def steps_per_rollout(self) -> int:
@@ -66,32 +72,50 @@ class ClaimResult:
         }
 
 
-def find_runs(root: str | os.PathLike[str], experiment: str | None = None) -> list[RunInfo]:
-    """Every complete run (with its DONE marker and ledger) under ``root``, sorted by experiment,
-    variant and seed. ``root`` is the ``--out`` folder of ``rledger run``, or one experiment folder in it.
-    Runs trained on a transformed reward (the reward-scale sweep's, ``reward`` in their config) are
-    left out: the claims read reward as the env gives it; ``rledger.probes.reward_scale`` reads them."""
+def find_runs(
+    root: str | os.PathLike[str],
+    experiment: str | None = None,
+    trust_pickles: bool = False,
+    broken: list[str] | None = None,
+) -> list[RunInfo]:
+    """Every complete run (with its DONE marker and a whole ledger) under ``root``, sorted by
+    experiment, variant and seed. ``root`` is the ``--out`` folder of ``rledger run``, or one
+    experiment folder in it. Runs trained on a transformed reward (the reward-scale sweep's, ``reward``
+    in their config) are left out: the claims read reward as the env gives it;
+    ``rledger.probes.reward_scale`` reads them. A complete run whose files cannot be read (config,
+    DONE, run.json, a Parquet part or manifest: :meth:`Ledger.check`) raises a ValueError naming the
+    file, or, given a ``broken`` list, is listed there and left out. ``trust_pickles``: see
+    :func:`~rledger.experiments.run.load_model`."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; pass the --out folder of `rledger run`")
     runs = []
-    for path, config in run_configs(root):
+    for path, config in run_configs(root, broken):
         if not (path / DONE).is_file() or not (path / "ledger" / "run.json").is_file():
             continue
         if experiment is not None and config.get("experiment") != experiment:
             continue
         if "reward" in config:
             continue
-        runs.append(
-            RunInfo(
+        try:
+            read_done(path)
+            Ledger(path / "ledger").check()
+            run = RunInfo(
                 experiment=str(config["experiment"]),
                 variant=str(config["variant"]),
                 seed=int(config["seed"]),
                 path=path,
                 env_id=str(config["env"]["id"]),
                 config=config,
+                trust_pickles=trust_pickles,
             )
-        )
+        except (ValueError, KeyError, TypeError) as exc:
+            message = str(exc) if isinstance(exc, ValueError) else f"{path / 'config.yaml'}: no {exc}"
+            if broken is None:
+                raise ValueError(message) from None
+            broken.append(message)
+            continue
+        runs.append(run)
     runs.sort(key=lambda r: (r.experiment, r.variant, r.seed))
     return runs
 

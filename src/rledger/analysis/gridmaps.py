@@ -111,8 +111,6 @@ def run_maps(
     run: RunInfo, early_fraction: float = 0.2, late_fraction: float = 0.2
 ) -> dict[str, pd.DataFrame]:
     """Tidy per-cell tables of one run: ``early`` and ``total`` reinforcement, ``policy`` probabilities."""
-    from stable_baselines3 import PPO
-
     env = make_env(run)
     cells = state_cells(env)
     ledger = run.ledger
@@ -121,8 +119,7 @@ def run_maps(
     late_from = min(n - 1, int(round((1 - late_fraction) * n)))
     early = by_cell(reinforcement_by_state(ledger, early_until), cells, "reinforcement")
     total = by_cell(reinforcement_by_state(ledger), cells, "reinforcement")
-    model = PPO.load(run.path / "model.zip", device="cpu")
-    policy = policy_by_cell(policy_table(model, env), late_visits(ledger, late_from), cells)
+    policy = policy_by_cell(policy_table(run.model(), env), late_visits(ledger, late_from), cells)
     ledger.close()
     return {"early": early.assign(until_rollout=early_until), "total": total, "policy": policy}
 

@@ -73,12 +73,10 @@ def prediction_accuracy(cumulative: pd.DataFrame, probs: np.ndarray, visits: pd.
 
 
 def run_accuracy(run: RunInfo, late_fraction: float = 0.2) -> pd.DataFrame:
-    from stable_baselines3 import PPO
-
     ledger = run.ledger
     n = int(ledger.run_info["rollouts_written"])
     visits = late_visits(ledger, min(n - 1, int(round((1 - late_fraction) * n))))
-    probs = policy_table(PPO.load(run.path / "model.zip", device="cpu"), make_env(run))
+    probs = policy_table(run.model(), make_env(run))
     table = prediction_accuracy(cumulative_by_cut(ledger), probs, visits)
     ledger.close()
     return table
@@ -124,7 +122,9 @@ def tiebreak_section(runs: list[RunInfo], out: Path, result: ClaimResult, n_resa
     for (exp, variant), group in group_runs(boat).items():
         windows, primary, named = tiebreak_windows(group[0])
         for w in sorted(windows, key=lambda x: (x != primary, x)):
-            t = tiebreak_table([(r.seed, str(r.path)) for r in group], early_fraction=w)
+            t = tiebreak_table(
+                [(r.seed, str(r.path)) for r in group], early_fraction=w, trust_pickles=group[0].trust_pickles
+            )
             t.insert(0, "variant", variant)
             t.insert(0, "experiment", exp)
             t["window"] = w

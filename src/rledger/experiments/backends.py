@@ -40,6 +40,12 @@ def plan_runs(spec: Spec, out: str | Path, overwrite: bool) -> list[Job]:
             config = spec.run_config(variant, seed)
             path = runmod.run_dir(out, spec.name, variant, seed)
             jobs.append(Job(variant, seed, path, config, runmod.status(path, config)))
+    broken = [j for j in jobs if j.state == "broken"]
+    if broken and not overwrite:
+        try:
+            runmod.read_done(broken[0].path)
+        except ValueError as exc:
+            raise SpecError(f"{exc} ({len(broken)} such run(s))") from None
     conflicts = [j for j in jobs if j.state == "conflict"]
     if conflicts and not overwrite:
         raise SpecError(
@@ -107,7 +113,7 @@ def run_local(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = [j for j in jobs if j.state != "done" or overwrite]
-    results = [json.loads((j.path / runmod.DONE).read_text()) for j in jobs if j not in todo]
+    results = [runmod.read_done(j.path) for j in jobs if j not in todo]
     if not todo:
         return results
     ctx = multiprocessing.get_context("spawn")
@@ -169,7 +175,7 @@ def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool)
     except ImportError:
         raise SpecError("--backend ray: Ray is not installed; pip install 'rledger[ray]'") from None
     todo = [j for j in jobs if j.state != "done" or overwrite]
-    results = [json.loads((j.path / runmod.DONE).read_text()) for j in jobs if j not in todo]
+    results = [runmod.read_done(j.path) for j in jobs if j not in todo]
     started = False
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -187,19 +193,29 @@ def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool)
     return results
 
 
-def run_configs(out: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def run_configs(out: str | Path, broken: list[str] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
     """(run folder, its parsed config.yaml) of every run under ``out`` (the ``--out`` folder, or one
-    experiment folder in it, recognised by its spec.yaml), in path order."""
+    experiment folder in it, recognised by its spec.yaml), in path order. A config that cannot be read
+    raises a ValueError naming it, or, given a ``broken`` list, is listed there and skipped."""
     out = Path(out)
     pattern = "*/seed=*/config.yaml" if (out / "spec.yaml").is_file() else "*/*/seed=*/config.yaml"
     for cfg in sorted(out.glob(pattern)):
-        yield cfg.parent, runmod.yaml.safe_load(cfg.read_text())
+        try:
+            config = runmod.read_config(cfg.parent)
+        except ValueError as exc:
+            if broken is None:
+                raise
+            broken.append(str(exc))
+            continue
+        yield cfg.parent, config
 
 
-def list_runs(out: str | Path) -> list[dict[str, Any]]:
-    """Every run folder under ``out``: experiment, variant, seed, status, steps, return, performance."""
+def list_runs(out: str | Path, broken: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every run folder under ``out``: experiment, variant, seed, status, steps, return, performance.
+    A run whose files cannot be read raises a ValueError naming the file, or, given a ``broken`` list,
+    is listed there and left out."""
     rows = []
-    for path, config in run_configs(out):
+    for path, config in run_configs(out, broken):
         row: dict[str, Any] = {
             "experiment": config.get("experiment"),
             "variant": config.get("variant"),
@@ -211,15 +227,21 @@ def list_runs(out: str | Path) -> list[dict[str, Any]]:
             "path": str(path),
         }
         if (path / runmod.DONE).is_file():
-            done = json.loads((path / runmod.DONE).read_text())
+            try:
+                done = runmod.read_done(path)
+            except ValueError as exc:
+                if broken is None:
+                    raise
+                broken.append(str(exc))
+                continue
             row["steps"] = done.get("timesteps")
             own = done.get("eval", {}).get(config.get("variant"), {})
-            row["return"] = own.get("return")
-            row["performance"] = own.get("hidden_reward")
+            row["return"] = own.get("return") if isinstance(own, dict) else None
+            row["performance"] = own.get("hidden_reward") if isinstance(own, dict) else None
         elif (path / "progress.json").is_file():
             try:
                 row["steps"] = json.loads((path / "progress.json").read_text())["timesteps"]
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError, OSError):
                 pass
         rows.append(row)
     return rows

@@ -1,8 +1,10 @@
 """One run into one folder: ``<out>/<experiment>/<variant>/seed=<k>/``.
 
 The folder holds ``config.yaml`` (the resolved configuration), ``command.txt``, ``run.json``
-(versions, git commit, timings), ``model.zip`` (loadable with ``PPO.load``), ``ledger/`` (the Parquet
-tables), ``eval.json`` (evaluation episodes), ``initial_policy.npz`` (the policy's parameters before training),
+(versions, git commit, timings), ``model.zip`` (loadable with ``PPO.load``, which unpickles),
+``policy.npz`` (the trained policy's parameters, read without unpickling by :func:`load_model`),
+``ledger/`` (the Parquet tables), ``eval.json`` (evaluation episodes), ``initial_policy.npz`` (the
+policy's parameters before training),
 ``tensorboard/`` and, written last, ``DONE``. A run is
 complete exactly when ``DONE`` exists. Every file is written whole or not at all.
 """
@@ -28,6 +30,7 @@ from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 
 DONE = "DONE"
 INITIAL_POLICY = "initial_policy.npz"
+POLICY = "policy.npz"
 
 
 def save_parameters(module: Any, path: Path) -> None:
@@ -51,6 +54,60 @@ def load_parameters(path: Path) -> dict[str, Any]:
         return {k: data[k] for k in data.files}
 
 
+class UntrustedModel(ValueError):
+    """A run's model can be loaded only by unpickling, and the caller did not say it trusts it."""
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml``, parsed safely; an unreadable file is a ValueError naming it."""
+    file = path / "config.yaml"
+    try:
+        config = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: not a run's YAML config ({type(exc).__name__}); rerun the run") from None
+    if not isinstance(config, dict) or not isinstance(config.get("env"), dict):
+        raise ValueError(f"{file}: not a run's config (no env section); rerun the run")
+    return config
+
+
+def load_model(path: Path, trust_pickles: bool = False) -> Any:
+    """The trained SB3 PPO model of the run folder ``path``, for evaluation (``predict``, ``policy``).
+
+    Rebuilt from the run's ``config.yaml`` (parsed safely) with the weights of ``policy.npz`` (read
+    without unpickling): nothing in the folder can run code. A run without ``policy.npz`` (written by
+    an rledger before it) is loaded from ``model.zip`` with ``PPO.load`` only when ``trust_pickles``:
+    unpickling runs whatever code a crafted file holds."""
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+    from rledger.experiments.spec import ppo_kwargs
+
+    path = Path(path)
+    weights = path / POLICY
+    if not weights.is_file():
+        if trust_pickles:
+            return PPO.load(path / "model.zip", device="cpu")
+        raise UntrustedModel(
+            f"{path}: no {POLICY} (a run written before rledger saved one), and loading its model.zip "
+            "unpickles it, which runs any code the file holds; pass --trust-pickles "
+            "(trust_pickles=True) if you trust whoever made it, or rerun the run"
+        )
+    config = read_config(path)
+    env = make_vec_env(
+        config["env"]["id"], n_envs=config.get("n_envs", 1), env_kwargs=config["env"]["kwargs"]
+    )
+    model = PPO(config["policy"], env, device="cpu", **ppo_kwargs(config))
+    try:
+        params = load_parameters(weights)
+        model.policy.load_state_dict({k: th.as_tensor(v) for k, v in params.items()})
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{weights}: not this run's policy weights ({first}); rerun the run") from None
+    return model
+
+
 def run_dir(out: str | os.PathLike[str], experiment: str, variant: str, seed: int) -> Path:
     """``<out>/<experiment>/<variant>/seed=<seed>``; refuses names that would lead outside ``out``."""
     from rledger.experiments.spec import SpecError, is_name
@@ -69,12 +126,31 @@ def dump_config(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 
+def read_done(path: Path) -> dict[str, Any]:
+    """A complete run's summary (its ``DONE`` file); an unreadable one is a ValueError naming it."""
+    file = path / DONE
+    try:
+        done = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        done = None
+    if not isinstance(done, dict):
+        raise ValueError(
+            f"{file}: not a run's completion record; delete the run folder {path} (or pass --overwrite) "
+            "to rerun it"
+        )
+    return done
+
+
 def status(path: Path, config: dict[str, Any]) -> str:
-    """``"new"``, ``"done"`` (complete, same config), ``"conflict"`` (complete, other config) or
-    ``"partial"`` (started, never finished)."""
+    """``"new"``, ``"done"`` (complete, same config), ``"conflict"`` (complete, other config),
+    ``"broken"`` (a DONE marker that is not one) or ``"partial"`` (started, never finished)."""
     if not path.exists():
         return "new"
     if (path / DONE).is_file():
+        try:
+            read_done(path)
+        except ValueError:
+            return "broken"
         stored = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
         return "done" if stored == dump_config(config) else "conflict"
     return "partial"
@@ -158,6 +234,9 @@ def move_aside(path: Path) -> Path:
         dest = path.with_name(f"{path.name}.partial-{stamp}-{n}")
         n += 1
     path.rename(dest)
+    from rledger.ledger.writer import remove_temp_files
+
+    remove_temp_files(dest)  # an interrupted write's leftovers
     return dest
 
 
@@ -180,10 +259,12 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     th.set_num_threads(1)
     state = status(path, config)
     if state == "done" and not overwrite:
-        return json.loads((path / DONE).read_text())
+        return read_done(path)
     if state == "conflict" and not overwrite:
         raise FileExistsError(f"{path}: a complete run with another config; pass --overwrite to replace it")
-    if state in ("done", "conflict"):
+    if state == "broken" and not overwrite:
+        read_done(path)  # raises, naming the file
+    if state in ("done", "conflict", "broken"):
         shutil.rmtree(path)
     elif state == "partial":
         move_aside(path)
@@ -247,9 +328,14 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         )
     else:
         model.learn(config["total_timesteps"], callback=progress, tb_log_name="ppo")
-    tmp = path / ".model.tmp.zip"
-    model.save(tmp)
-    os.replace(tmp, path / "model.zip")
+    import io
+
+    from rledger.ledger import Ledger
+
+    buf = io.BytesIO()
+    model.save(buf)
+    atomic_write_bytes(path / "model.zip", buf.getvalue())
+    save_parameters(model.policy, path / POLICY)  # the same weights, loadable without unpickling
     evaluation = evaluate(model, config)
     atomic_write_json(path / "eval.json", evaluation)
     run_info = json.loads((path / "ledger" / "run.json").read_text())
@@ -266,6 +352,7 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         "eval": {v: e["summary"] for v, e in evaluation.items()},
     }
     (path / "progress.json").unlink(missing_ok=True)
+    Ledger(path / "ledger").check()  # every rollout whole in every table, or no DONE
     atomic_write_json(path / DONE, summary)  # last: the run is complete
     return summary
 

@@ -1,6 +1,6 @@
 """The reinforcement ledger: schema, writer and reader of the Parquet tables of a run."""
 
-from rledger.ledger.reader import Ledger
+from rledger.ledger.reader import Ledger, LedgerError
 from rledger.ledger.schema import COLUMNS, SCHEMA_VERSION, TABLES, Column, columns
 from rledger.ledger.writer import LedgerExistsError, LedgerWriter
 
@@ -10,6 +10,7 @@ __all__ = [
     "TABLES",
     "Column",
     "Ledger",
+    "LedgerError",
     "LedgerExistsError",
     "LedgerWriter",
     "columns",

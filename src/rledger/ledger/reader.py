@@ -10,11 +10,18 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from rledger.ledger import schema
+from rledger.ledger.writer import MANIFEST, part_name
 
 Filter = tuple[str, str, Any]
+
+
+class LedgerError(ValueError):
+    """A ledger file that cannot be read as what it should be; the message names the file."""
 
 
 class Ledger:
@@ -42,15 +49,74 @@ class Ledger:
     @property
     def run_info(self) -> dict[str, Any]:
         """The parsed run.json (configuration, seed, versions, schema version)."""
-        return json.loads((self.run_dir / "run.json").read_text())
+        path = self.run_dir / "run.json"
+        try:
+            info = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"{path}: not the ledger's JSON metadata ({exc}); rerun the run") from None
+        if not isinstance(info, dict):
+            raise LedgerError(f"{path}: not the ledger's JSON metadata (not an object); rerun the run")
+        return info
 
     @property
     def info_keys(self) -> tuple[str, ...]:
         return tuple(self.run_info.get("info_keys", ()))
 
     def files(self, table: str) -> list[Path]:
+        """The table's Parquet parts of the rollouts written whole (those with a manifest; every part in
+        a ledger written before manifests), each checked to hold the schema's columns and types."""
         schema.columns(table)  # validates the name
-        return sorted((self.run_dir / table).glob("part-*.parquet"))
+        parts = sorted((self.run_dir / table).glob("part-*.parquet"))
+        if (self.run_dir / MANIFEST).is_dir():
+            whole = {p.stem for p in (self.run_dir / MANIFEST).glob("part-*.json")}
+            parts = [p for p in parts if p.stem in whole]
+        expected = schema.arrow_schema(table, self.info_keys)
+        for part in parts:
+            _check_part(part, expected)
+        return parts
+
+    def check(self) -> int:
+        """Check that the ledger is whole: a manifest for every rollout run.json counts (0, 1, ... with
+        none missing or extra), each manifest's parts present with its row counts and the schema's
+        columns. Returns the number of rollouts; raises :class:`LedgerError` naming the first fault.
+        A ledger written before manifests is checked part by part (readable, the schema's columns)."""
+        n = self.run_info.get("rollouts_written")
+        if not isinstance(n, int) or n < 0:
+            raise LedgerError(f"{self.run_dir / 'run.json'}: rollouts_written is {n!r}, not a count")
+        folder = self.run_dir / MANIFEST
+        if not folder.is_dir():  # written before manifests: which parts a rollout has is not known
+            for table in schema.TABLES:
+                self.files(table)  # each part readable, with the schema's columns
+            return n
+        found = sorted(p.stem for p in folder.glob("part-*.json"))
+        expected = [part_name(k) for k in range(n)]
+        if found != expected:
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            raise LedgerError(
+                f"{folder}: run.json counts {n} rollouts, but the manifests of {missing[:3]} are missing"
+                f" and {extra[:3]} are extra; the ledger is not whole"
+            )
+        for stem in expected:
+            path = folder / f"{stem}.json"
+            try:
+                rows = json.loads(path.read_text())["rows"]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                rows = None
+            if not isinstance(rows, dict):
+                raise LedgerError(f"{path}: not a rollout manifest; the ledger is not whole")
+            for table, n_rows in rows.items():
+                part = self.run_dir / table / f"{stem}.parquet"
+                if table not in schema.TABLES or not part.is_file():
+                    raise LedgerError(
+                        f"{path}: lists {table}, but {part} is missing; the ledger is not whole"
+                    )
+                got = _check_part(part, schema.arrow_schema(table, self.info_keys))
+                if got != n_rows:
+                    raise LedgerError(
+                        f"{part}: {got} rows, its manifest says {n_rows}; the ledger is not whole"
+                    )
+        return n
 
     def table(
         self, table: str, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
@@ -73,9 +139,13 @@ class Ledger:
         for name, op, value in filters or ():
             term = _filter_expr(name, op, value)
             expr = term if expr is None else expr & term
-        return dataset.to_table(
-            columns=list(columns) if columns is not None else None, filter=expr
-        ).to_pandas()
+        try:
+            read = dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr)
+        except (pa.ArrowException, OSError) as exc:  # a part whose footer is whole but data is not
+            raise LedgerError(
+                f"{self.run_dir / table}: a part cannot be read ({exc}); rerun the run"
+            ) from None
+        return read.to_pandas()
 
     def transitions(
         self, columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None
@@ -183,6 +253,38 @@ class Ledger:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+_CHECKED_PARTS: dict[tuple[str, int, int, str], int] = {}  # (path, mtime, size, schema) -> rows
+
+
+def _check_part(part: Path, expected: pa.Schema) -> int:
+    """``part``'s row count, after checking that it is a readable Parquet file with exactly the
+    columns and types of ``expected``; raises :class:`LedgerError` naming the file. A file checked
+    before and unchanged since (same modification time and size) is not read again."""
+    try:
+        st = part.stat()
+    except OSError as exc:
+        raise LedgerError(f"{part}: cannot be read ({exc.strerror}); rerun the run") from None
+    key = (str(part), st.st_mtime_ns, st.st_size, str(expected))
+    if key in _CHECKED_PARTS:
+        return _CHECKED_PARTS[key]
+    try:
+        meta = pq.read_metadata(part)
+        got = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError) as exc:
+        raise LedgerError(f"{part}: not a readable Parquet part ({exc}); rerun the run") from None
+    if not got.equals(expected, check_metadata=False):
+        diff = sorted(set(got.names) ^ set(expected.names)) or [
+            f.name for f in expected if got.field(f.name).type != f.type
+        ]
+        raise LedgerError(
+            f"{part}: not a part of this ledger's table (columns or types differ: {diff[:5]}); remove it"
+        )
+    if len(_CHECKED_PARTS) > 1_000_000:
+        _CHECKED_PARTS.clear()
+    _CHECKED_PARTS[key] = meta.num_rows
+    return meta.num_rows
 
 
 def _filter_expr(name: str, op: str, value: Any) -> ds.Expression:

@@ -90,8 +90,12 @@ class LedgerSink:
             if self._failed:  # a rollout before this one failed: write nothing after it
                 return
             try:
+                rows = {}
                 for table, tbl in tables:
-                    writer.write_arrow(table, rollout, tbl() if callable(tbl) else tbl)
+                    arrow = tbl() if callable(tbl) else tbl
+                    writer.write_arrow(table, rollout, arrow)
+                    rows[table] = arrow.num_rows
+                writer.write_manifest(rollout, rows)  # after the parts: the rollout is whole
                 writer.update_run_info(info)
             except BaseException:
                 self._failed = True

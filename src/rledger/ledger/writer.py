@@ -1,4 +1,7 @@
-"""Streaming Parquet writer: one file per (table, rollout), written whole or not at all."""
+"""Streaming Parquet writer: one file per (table, rollout), written whole or not at all, and a
+rollout's manifest (``manifest/part-<rollout>.json``, its tables and their row counts) written after
+its tables: readers take a rollout's parts only when its manifest exists, so a rollout appears whole
+or not at all across its tables."""
 
 from __future__ import annotations
 
@@ -16,7 +19,22 @@ import pyarrow.parquet as pq
 
 from rledger.ledger import schema
 
-LEDGER_ENTRIES = (*schema.TABLES, "run.json")
+MANIFEST = "manifest"
+LEDGER_ENTRIES = (*schema.TABLES, MANIFEST, "run.json")
+
+
+def part_name(rollout: int) -> str:
+    """The file stem of a rollout's parts and manifest."""
+    return f"part-{rollout:06d}"
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write_bytes` left in ``folder`` and its
+    subfolders (``.<name>.<random>.tmp``); returns them."""
+    found = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()] if Path(folder).is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 class LedgerExistsError(FileExistsError):
@@ -64,6 +82,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -111,6 +134,7 @@ class LedgerWriter:
             return
         check_run_dir(self.run_dir, self.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(self.run_dir)  # left by an interrupted writer
         if self.overwrite:
             for entry in LEDGER_ENTRIES:
                 p = self.run_dir / entry
@@ -118,7 +142,7 @@ class LedgerWriter:
                     shutil.rmtree(p)
                 elif p.exists():
                     p.unlink()
-        for table in schema.TABLES:
+        for table in (*schema.TABLES, MANIFEST):
             (self.run_dir / table).mkdir(exist_ok=True)
         atomic_write_json(self.run_dir / "run.json", dict(run_info))
         self._opened = True
@@ -130,12 +154,19 @@ class LedgerWriter:
         """Write one rollout's rows of ``table`` from :meth:`arrow_table`'s result."""
         if not self._opened:
             raise RuntimeError("LedgerWriter.write_arrow called before open()")
-        path = self.run_dir / table / f"part-{rollout:06d}.parquet"
+        path = self.run_dir / table / f"{part_name(rollout)}.parquet"
         sink = pa.BufferOutputStream()
         # zstd level 1: the same size as the default level on these float columns, at half the time
         pq.write_table(tbl, sink, compression="zstd", compression_level=1, row_group_size=1 << 20)
         atomic_write_bytes(path, sink.getvalue().to_pybytes())
         return path
+
+    def write_manifest(self, rollout: int, rows: Mapping[str, int]) -> None:
+        """Mark rollout ``rollout`` whole: ``rows`` gives each table written for it and its row count.
+        Written after the rollout's parts (readers ignore parts without a manifest)."""
+        atomic_write_json(
+            self.run_dir / MANIFEST / f"{part_name(rollout)}.json", {"rollout": rollout, "rows": dict(rows)}
+        )
 
     def arrow_table(self, table: str, cols: Mapping[str, Any]) -> pa.Table:
         """``cols`` (every schema column of ``table`` mapped to an array) as an Arrow table with the

@@ -161,6 +161,7 @@ def sweep(
     workers: int = 2,
     overwrite: bool = False,
     show: bool = False,
+    trust_pickles: bool = False,
 ) -> pd.DataFrame:
     """Train every (setting, c, b, seed) through the experiment runner into
     ``<out>/reward_scale/<variant>/seed=<k>/`` (complete runs are skipped, interrupted ones rerun; a
@@ -173,10 +174,10 @@ def sweep(
     jobs = plan_runs(spec, out, overwrite)
     save_spec(spec, out)
     run_local(jobs, workers, command_line(), overwrite, show=show)
-    return compare_sweep(Path(out) / spec.name)
+    return compare_sweep(Path(out) / spec.name, trust_pickles)
 
 
-def compare_sweep(folder: str | Path) -> pd.DataFrame:
+def compare_sweep(folder: str | Path, trust_pickles: bool = False) -> pd.DataFrame:
     """Compare every complete run of the sweep in ``folder`` (``<out>/reward_scale``) with the
     baseline (c=1, b=0) of its setting and seed; writes and returns ``<folder>/sweep.csv``: one row
     per run with the actor's largest parameter difference (absolute and relative to the largest
@@ -186,11 +187,12 @@ def compare_sweep(folder: str | Path) -> pd.DataFrame:
     ``rollout0_*`` and ``first_minibatch_*`` columns compare the first rollout, whose data are
     identical in both runs (same seed, same policy before the first update): they isolate what c and
     b do to one update. Later rollouts collect different data once a sampled action differs, so the
-    end-of-run columns also include that amplification."""
+    end-of-run columns also include that amplification. ``trust_pickles``: see
+    :func:`~rledger.experiments.run.load_model`."""
     import pandas as pd
 
     from rledger.experiments.backends import run_configs
-    from rledger.experiments.run import DONE
+    from rledger.experiments.run import DONE, load_model
     from rledger.ledger import Ledger
 
     root = Path(folder)
@@ -203,7 +205,7 @@ def compare_sweep(folder: str | Path) -> pd.DataFrame:
 
     def policy(path: Path, env_id: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if path not in cache:
-            model = PPO.load(path / "model.zip", device="cpu")
+            model = load_model(path, trust_pickles)
             env = gym.make(env_id)
             probs = policy_table(model, env) if hasattr(env.unwrapped, "mdp") else np.zeros(0)
             cache[path] = (actor_params(model), probs)
@@ -255,16 +257,25 @@ def compare_sweep(folder: str | Path) -> pd.DataFrame:
     return table
 
 
-if __name__ == "__main__":  # python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity]
+if (
+    __name__ == "__main__"
+):  # python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity] [--trust-pickles]
     import sys
 
-    args = [a for a in sys.argv[1:] if a != "--identity"]
+    flags = {"--identity", "--trust-pickles"}
+    args = [a for a in sys.argv[1:] if a not in flags]
     if not args:
         sys.exit(
-            "usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity: the plain-SGD identity only]"
+            "usage: python -m rledger.probes.reward_scale OUT [TIMESTEPS] [--identity: the plain-SGD identity "
+            "only] [--trust-pickles: load models of runs without policy.npz by unpickling model.zip]"
         )
     if "--identity" not in sys.argv:
-        result = sweep(args[0], timesteps=int(args[1]) if len(args) > 1 else 16_384, show=True)
+        result = sweep(
+            args[0],
+            timesteps=int(args[1]) if len(args) > 1 else 16_384,
+            show=True,
+            trust_pickles="--trust-pickles" in sys.argv,
+        )
         print(
             result.groupby(["setting", "c", "b"])[
                 ["actor_rel_diff", "same_greedy_action", "clip_engaged"]

@@ -20,7 +20,14 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-from rledger.experiments.run import DONE, INITIAL_POLICY, command_line, load_parameters, run_dir
+from rledger.experiments.run import (
+    DONE,
+    INITIAL_POLICY,
+    command_line,
+    load_model,
+    load_parameters,
+    run_dir,
+)
 from rledger.experiments.spec import ProbeSpec, Spec, SpecError
 from rledger.ledger.runinfo import git_commit
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
@@ -35,10 +42,11 @@ from rledger.stats import clopper_pearson, decide, difference_bounds, summarize
 TAKES_OPTION = 0.5
 
 
-def trained_models(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, dict[int, tuple[Any, Path]]]:
-    """Per train variant: seed -> (model, run folder), from complete runs only."""
-    from stable_baselines3 import PPO
-
+def trained_models(
+    spec: Spec, probe: ProbeSpec, out: Path, trust_pickles: bool = False
+) -> dict[str, dict[int, tuple[Any, Path]]]:
+    """Per train variant: seed -> (model, run folder), from complete runs only (models loaded by
+    :func:`~rledger.experiments.run.load_model`)."""
     models: dict[str, dict[int, tuple[Any, Path]]] = {}
     for variant in spec.train:
         models[variant] = {}
@@ -46,7 +54,10 @@ def trained_models(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, dict[in
             path = run_dir(out, spec.name, variant, seed)
             if not (path / DONE).is_file():
                 raise SpecError(f"{path}: the run is not complete; run `rledger run` on the spec first")
-            models[variant][seed] = (PPO.load(path / "model.zip", device="cpu"), path)
+            try:
+                models[variant][seed] = (load_model(path, trust_pickles), path)
+            except ValueError as exc:  # UntrustedModel included
+                raise SpecError(str(exc)) from None
     return models
 
 
@@ -137,8 +148,8 @@ def learned_control(tidy: pd.DataFrame, probe: ProbeSpec, policy: str, condition
             "low": iv.low, "high": iv.high, "most": bool(k > n / 2)}  # fmt: skip
 
 
-def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
-    models = trained_models(spec, probe, out)
+def run_probe(spec: Spec, probe: ProbeSpec, out: Path, trust_pickles: bool = False) -> dict[str, Any]:
+    models = trained_models(spec, probe, out, trust_pickles)
     frames = []
     for condition in probe.conditions:
         kwargs = spec.env_kwargs_for(condition)
@@ -206,7 +217,7 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path) -> dict[str, Any]:
     return result
 
 
-def run_probes(spec: Spec, out: str | Path) -> list[dict[str, Any]]:
+def run_probes(spec: Spec, out: str | Path, trust_pickles: bool = False) -> list[dict[str, Any]]:
     if not spec.probes:
         raise SpecError("probes: the spec defines no probe; add a probes section (see docs/experiments.md)")
-    return [run_probe(spec, p, Path(out)) for p in spec.probes.values()]
+    return [run_probe(spec, p, Path(out), trust_pickles) for p in spec.probes.values()]

@@ -162,12 +162,15 @@ def model_probs(model: object, env: gym.Env) -> Callable[[int], np.ndarray]:
     return probs
 
 
-def tiebreak_table(run_dirs: list[tuple[int, str]], early_fraction: float = 0.15) -> pd.DataFrame:
+def tiebreak_table(
+    run_dirs: list[tuple[int, str]], early_fraction: float = 0.15, trust_pickles: bool = False
+) -> pd.DataFrame:
     """One row per (seed, arrow tile): final preferences of the trained model, early reinforcement
-    (the first ``early_fraction`` of rollouts), and the whole policy's class."""
+    (the first ``early_fraction`` of rollouts), and the whole policy's class. ``trust_pickles``: see
+    :func:`~rledger.experiments.run.load_model`."""
     from pathlib import Path
 
-    from stable_baselines3 import PPO
+    from rledger.experiments.run import load_model
 
     env = gym.make("rledger/BoatRace-v0")
     frames = []
@@ -175,7 +178,7 @@ def tiebreak_table(run_dirs: list[tuple[int, str]], early_fraction: float = 0.15
         ledger = Ledger(Path(path) / "ledger")
         n_rollouts = int(ledger.run_info["rollouts_written"])
         until = max(1, int(round(early_fraction * n_rollouts)))
-        model = PPO.load(Path(path) / "model.zip", device="cpu")
+        model = load_model(Path(path), trust_pickles)
         probs = model_probs(model, env)
         t = prediction_table(early_reinforcement(ledger, env, until), tile_preferences(env, probs))
         t.insert(0, "seed", seed)
