@@ -482,3 +482,16 @@ def test_full_disk_and_read_only_folder(small_tmpfs):
     assert (
         "\n" not in message and "Read-only file system" in message and str(small_tmpfs / "other") in message
     )
+
+
+def test_names_read_back_from_a_run_folder_stay_names(complete_run, tmp_path):
+    """A config.yaml whose experiment name would lead outside the report folder: the run is left out."""
+    from rledger.analysis.common import find_runs
+
+    good, bad = _two_runs(complete_run, tmp_path / "runs")
+    config = yaml.safe_load((bad / "config.yaml").read_text())
+    config["experiment"] = "../../outside"
+    (bad / "config.yaml").write_text(yaml.safe_dump(config))
+    broken: list[str] = []
+    assert [r.path for r in find_runs(tmp_path / "runs", broken=broken)] == [good]
+    assert "experiment '../../outside' is not a name" in broken[0]

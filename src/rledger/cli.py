@@ -115,6 +115,18 @@ def train(
         spec = validate(raw, "rledger train")
     except SpecError as exc:
         raise _Bad(str(exc).replace("env.id:", "--env:").replace("record.info_keys:", "--info-key:")) from exc
+    try:
+        from rledger.experiments.preflight import check_envs
+
+        check_envs(spec)
+    except SpecError as exc:
+        raise _Bad(
+            str(exc)
+            .replace("env.id:", "--env:")
+            .replace("record.info_keys:", "--info-key:")
+            .replace("ppo.batch_size:", "--batch-size:")
+            .replace("ppo.n_steps:", "--n-steps:")
+        ) from exc
     config = spec.run_config("default", seed)
     try:
         with console.status(f"training {env_id} for {timesteps} steps into {out}"):
@@ -155,6 +167,11 @@ def run(
     try:
         spec = load_spec(spec_path, list(overrides), seeds)
         jobs = plan_runs(spec, out, overwrite)
+        if backend == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise SpecError("--backend ray: Ray is not installed; pip install 'rledger[ray]'") from None
     except SpecError as exc:
         raise _Bad(str(exc)) from exc
     save_spec(spec, out)

@@ -47,6 +47,8 @@ def load_suite(path: str | Path) -> Suite:
         raw = load_yaml(p.read_text())
     except OSError as exc:
         raise SpecError(f"{p}: cannot read the suite ({exc.strerror or exc}); check the path") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a text (UTF-8) file; a suite is YAML") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):

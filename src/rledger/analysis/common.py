@@ -11,6 +11,7 @@ import pandas as pd
 
 from rledger.experiments.backends import run_configs
 from rledger.experiments.run import DONE, load_model, read_done
+from rledger.experiments.spec import is_name
 from rledger.ledger import Ledger
 from rledger.ledger.writer import atomic_write_bytes
 
@@ -98,6 +99,12 @@ def find_runs(
         if "reward" in config:
             continue
         try:
+            for key in ("experiment", "variant"):  # names read back become file names: one component
+                if not is_name(config.get(key)):
+                    raise ValueError(
+                        f"{path / 'config.yaml'}: {key} {config.get(key)!r} is not a name (letters, digits, "
+                        "'_', '.', '-'); rerun the run"
+                    )
             read_done(path)
             Ledger(path / "ledger").check()
             run = RunInfo(

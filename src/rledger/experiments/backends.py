@@ -33,7 +33,14 @@ class Job:
 
 
 def plan_runs(spec: Spec, out: str | Path, overwrite: bool) -> list[Job]:
-    """Every (train variant, seed) run with its folder's state; refuses conflicts unless ``overwrite``."""
+    """Every (train variant, seed) run with its folder's state; refuses conflicts unless ``overwrite``,
+    and a spec whose envs cannot be made or recorded (:func:`~rledger.experiments.preflight.check_envs`).
+    Writes nothing."""
+    from rledger.experiments.preflight import check_envs
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SpecError(f"--out: {out} exists and is not a folder; pass a folder")
+    check_envs(spec)
     jobs = []
     for variant in spec.train:
         for seed in spec.seeds:

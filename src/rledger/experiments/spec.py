@@ -7,6 +7,7 @@ Every error names the field path and the fix in one line, e.g.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,12 +246,15 @@ def _num(v: Any) -> bool:
 
 def _schedule_ok(v: Any) -> bool:
     if _num(v):
-        return v > 0
+        return math.isfinite(v) and v > 0
     m = re.fullmatch(r"lin_([0-9.eE+-]+)", str(v))
     try:
-        return m is not None and float(m.group(1)) > 0
+        return m is not None and math.isfinite(float(m.group(1))) and float(m.group(1)) > 0
     except ValueError:
         return False
+
+
+MAX_SEEDS = 10_000  # per spec: more is a typo (0-999999), not an experiment
 
 
 def parse_seeds(value: Any, path: str = "seeds") -> tuple[int, ...]:
@@ -268,9 +272,15 @@ def parse_seeds(value: Any, path: str = "seeds") -> tuple[int, ...]:
                 raise SpecError(
                     f"{path}: range {part.strip()!r} runs backwards; write it low-high, e.g. '0-9'"
                 )
+            if len(seeds) + b - a + 1 > MAX_SEEDS:
+                raise SpecError(
+                    f"{path}: {value!r} names more than {MAX_SEEDS:,} seeds; split the experiment"
+                )
             seeds += range(a, b + 1)
     else:
         raise SpecError(f"{path}: must be a list of integers or a range like '0-9' or '0,3,5', got {value!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise SpecError(f"{path}: {len(seeds):,} seeds, more than {MAX_SEEDS:,}; split the experiment")
     if any(s < 0 for s in seeds):
         raise SpecError(f"{path}: seeds must be >= 0, got {seeds}")
     if len(set(seeds)) != len(seeds):
@@ -376,6 +386,11 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(
             f"ppo.policy_kwargs.activation_fn: must be one of {ACTIVATIONS}, got {pk['activation_fn']!r}"
         )
+    if "net_arch" in pk:
+        _net_arch(pk["net_arch"])
+    for key in ("ortho_init", "share_features_extractor"):
+        if key in pk and not isinstance(pk[key], bool):
+            raise SpecError(f"ppo.policy_kwargs.{key}: must be true or false, got {pk[key]!r}")
     record = _mapping(raw.get("record"), "record")
     _unknown(record, {"tables", "every", "info_keys"}, "record")
     tables = tuple(record.get("tables", TABLES))
@@ -410,6 +425,26 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
         _variant_options(raw.get("variant_options"), variants), _tiebreak(raw.get("tiebreak")),
     )  # fmt: skip
+
+
+def _net_arch(value: Any) -> None:
+    """SB3's ``net_arch``: a list of layer widths (shared sizes for actor and critic) or a mapping
+    ``{pi: [...], vf: [...]}``."""
+
+    def widths(v: Any) -> bool:
+        return isinstance(v, list) and all(_int(w) and w >= 1 for w in v)
+
+    ok = widths(value) or (
+        isinstance(value, dict)
+        and value
+        and set(value) <= {"pi", "vf"}
+        and all(widths(v) for v in value.values())
+    )
+    if not ok:
+        raise SpecError(
+            "ppo.policy_kwargs.net_arch: must be a list of layer widths >= 1 such as [64, 64], or "
+            f"{{pi: [64, 64], vf: [64, 64]}}, got {value!r}"
+        )
 
 
 def _tiebreak(value: Any) -> TiebreakSpec | None:
@@ -644,6 +679,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, seeds: str |
         text = p.read_text()
     except OSError as exc:
         raise SpecError(f"{p}: cannot read the spec ({exc.strerror or exc}); check the path") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a text (UTF-8) file; a spec is YAML") from None
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -655,6 +692,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, seeds: str |
             raise SpecError(f"{p}: the spec must be a YAML mapping")
         raw = apply_overrides(raw, overrides)
     if seeds is not None:
+        parse_seeds(seeds, "--seeds")  # named as the user wrote it
+        if not isinstance(raw, dict):
+            raise SpecError(f"{p}: the spec must be a YAML mapping")
         raw = {**raw, "seeds": seeds}
     return validate(raw, str(p))
 
