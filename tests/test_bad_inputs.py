@@ -7,6 +7,7 @@ import pytest
 from bad_inputs import CASES, clean, run_case
 
 
+@pytest.mark.slow  # 80 processes, ~3 s each: run by CI after the default suite
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
 def test_bad_input(case, tmp_path):
     outcome = run_case(case, tmp_path)

@@ -361,7 +361,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     for vname, vkw in variants_raw.items():
         if not is_name(vname):
             raise SpecError(
-                f"variants.{vname}: variant names are letters, digits, '_', '.', '-' (not only dots)"
+                f"variants: {vname!r} is not a variant name (letters, digits, '_', '.', '-', not only dots)"
             )
         variants[vname] = _mapping(vkw, f"variants.{vname}")
     train_raw = raw.get("train", list(variants))
