@@ -495,3 +495,20 @@ def test_names_read_back_from_a_run_folder_stay_names(complete_run, tmp_path):
     broken: list[str] = []
     assert [r.path for r in find_runs(tmp_path / "runs", broken=broken)] == [good]
     assert "experiment '../../outside' is not a name" in broken[0]
+
+
+def test_analysis_scripts_load_no_pickles_unless_told(complete_run, tmp_path):
+    """`python analysis/reinforcement_maps.py ROOT`: a run without policy.npz is refused (exit 2, one
+    line) unless --trust-pickles; a broken run is left out with a line, or exit 2 under --strict."""
+    script = Path(__file__).parent.parent / "analysis" / "reinforcement_maps.py"
+    good, legacy = _two_runs(complete_run, tmp_path / "runs")
+    (legacy / "policy.npz").unlink()
+    cmd = [sys.executable, str(script), str(tmp_path / "runs"), "--out", str(tmp_path / "a")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "--trust-pickles" in result.stderr and "Traceback" not in result.stderr
+    assert subprocess.run([*cmd, "--trust-pickles"], capture_output=True, timeout=600).returncode == 0
+    _corrupt(legacy / "ledger/updates/part-000000.parquet", "garbage")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "left out" in result.stderr and "part-000000.parquet" in result.stderr
+    result = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "part-000000.parquet" in result.stderr

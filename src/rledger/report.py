@@ -58,7 +58,7 @@ INTRO = {
 }
 
 CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
-    ("probes", lambda root, out, runs: probes.run(root, out)),
+    ("probes", probes.run),
     ("reward_as_learning_rate", learning_rate.run),
     ("reward_scale", reward_scale.run),
     ("reinforcement_maps", gridmaps.run),

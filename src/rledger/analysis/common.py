@@ -168,19 +168,34 @@ def new_figure(*shape: int, width: float = 4.2, height: float = 3.4) -> tuple[An
 
 
 def script_main(claim_run: Any, doc: str) -> None:
-    """The command line of every ``analysis/*.py`` script: ``ROOT [--out DIR]`` (default
-    ``ROOT/analysis``); prints the findings and the files written; exit 2 on a missing ROOT."""
+    """The command line of every ``analysis/*.py`` script: ``ROOT [--out DIR] [--trust-pickles]
+    [--strict]`` (default ``ROOT/analysis``); prints the findings and the files written; exit 2 on a
+    missing ROOT, a broken run under ``--strict`` or a model that needs ``--trust-pickles``."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("root", type=Path, help="the --out folder of `rledger run` / `rledger probe`")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: ROOT/analysis]")
+    parser.add_argument(
+        "--trust-pickles",
+        action="store_true",
+        help="load runs without policy.npz from model.zip, which unpickles it (runs any code it holds)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 2 if any run's files cannot be read")
     args = parser.parse_args()
     if not args.root.is_dir():
         print(f"{args.root}: no such folder; pass the --out folder of rledger run", file=sys.stderr)
         sys.exit(2)
-    result = claim_run(args.root, args.out or args.root / "analysis")
+    broken: list[str] = []
+    try:
+        runs = find_runs(args.root, trust_pickles=args.trust_pickles, broken=None if args.strict else broken)
+        result = claim_run(args.root, args.out or args.root / "analysis", runs)
+    except ValueError as exc:  # a broken run under --strict, or a model that needs --trust-pickles
+        print(str(exc), file=sys.stderr)
+        sys.exit(2)
+    for message in broken:
+        print(f"left out: {message}", file=sys.stderr)
     for line in result.findings:
         print(line)
     for path in [*result.figures, *result.tables]:

@@ -250,7 +250,9 @@ def load_results(root: str | Path) -> list[tuple[str, dict[str, Any], pd.DataFra
     return out
 
 
-def run(root: str | Path, out: str | Path) -> ClaimResult:
+def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
+    """The probes' outcomes from their results under ``root`` (``runs`` is not needed: the probes
+    wrote what they measured)."""
     out = Path(out)
     result = ClaimResult("probes", "Probe outcomes")
     loaded = load_results(root)
