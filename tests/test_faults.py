@@ -512,3 +512,30 @@ def test_analysis_scripts_load_no_pickles_unless_told(complete_run, tmp_path):
     assert result.returncode == 0 and "left out" in result.stderr and "part-000000.parquet" in result.stderr
     result = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "part-000000.parquet" in result.stderr
+
+
+def test_a_killed_report_leaves_nothing_the_next_one_keeps(complete_run, tmp_path):
+    """`rledger report` killed (kill -9) while writing: its temporary folder is removed by the next
+    report, which writes the report whole; a temporary folder of a live process is kept."""
+    import shutil
+
+    _two_runs(complete_run, tmp_path / "runs")
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([*CLI, "report", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(
+        lambda: list(root.glob(".report-*")) or proc.poll() is not None, 120, "the report's temporary folder"
+    )
+    proc.kill()
+    proc.wait()
+    left = [p for p in root.glob(".report-*") if p.is_dir()]
+    if not left:  # the report finished before the kill: leave one as a killed report would
+        shutil.copytree(root / "report", root / f".report-{proc.pid}-abc")
+        shutil.rmtree(root / "report")
+    live = root / f".report-{os.getpid()}-mine"
+    live.mkdir()
+    result = subprocess.run(
+        [*CLI, "report", str(root), "--overwrite"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in root.glob(".report-*")] == [live.name]
+    assert (root / "report" / "report.html").is_file()

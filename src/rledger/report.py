@@ -9,9 +9,12 @@ appears whole or not at all; an existing report folder is replaced only with ``o
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -113,7 +116,8 @@ def build_report(
     if not runs and not probes.find_probes(root):
         raise ReportError(f"{root}: no complete runs (folders with a DONE marker) and no probe results found")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    remove_stale_report_folders(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-{os.getpid()}-"))
     follow_umask(tmp, directory=True)
     try:
         results = [fn(root, tmp / "figures", runs) for _, fn in CLAIMS]
@@ -124,7 +128,7 @@ def build_report(
         (tmp / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
         (tmp / MARKER).write_text("an rledger report: --overwrite may replace this folder\n")
         if out.exists():
-            old = out.with_name(f".{out.name}-old-{time.time_ns()}")
+            old = out.with_name(f".{out.name}-{os.getpid()}-old-{time.time_ns()}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
@@ -202,6 +206,20 @@ def _results_markdown(root: Path, out: Path, runs: list, results: list[ClaimResu
 MARKER = ".rledger-report"
 """Written into every report folder: ``--overwrite`` replaces only a folder that holds it."""
 _OLD_REPORT = {"report.md", "report.html", "results.json", "figures"}  # a report written before the marker
+
+
+def remove_stale_report_folders(out: Path) -> list[Path]:
+    """Delete the temporary folders (``.<out name>-<pid>-...`` beside ``out``) that a report killed
+    while writing left, those whose process is gone; returns them."""
+    from rledger.experiments.run import _alive
+
+    stale = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}-*-*"):
+        pid = p.name[len(out.name) + 2 :].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _alive({"pid": int(pid), "host": socket.gethostname()}):
+            shutil.rmtree(p, ignore_errors=True)
+            stale.append(p)
+    return stale
 
 
 def _check_out(out: Path, root: Path) -> None:
