@@ -354,6 +354,22 @@ def json_load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _train(out: Path, timesteps: int) -> list[str]:
+    """`rledger train` of CartPole into ``out``, rollouts of 256 steps."""
+    return [
+        *CLI,
+        "train",
+        "--env",
+        "CartPole-v1",
+        "--timesteps",
+        str(timesteps),
+        "--n-steps",
+        "256",
+        "--out",
+        str(out),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("after_rollouts", [1, 5, 9, 14])
 def test_killed_train_leaves_whole_rollouts_and_the_next_start_cleans_up(tmp_path, after_rollouts):
@@ -363,18 +379,7 @@ def test_killed_train_leaves_whole_rollouts_and_the_next_start_cleans_up(tmp_pat
     from rledger.ledger.writer import MANIFEST
 
     out = tmp_path / "run"
-    cmd = [
-        *CLI,
-        "train",
-        "--env",
-        "CartPole-v1",
-        "--timesteps",
-        "8192",
-        "--n-steps",
-        "256",
-        "--out",
-        str(out),
-    ]
+    cmd = _train(out, 8192)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for(
@@ -415,18 +420,7 @@ def test_file_size_limit_is_one_line_and_leaves_no_temp_file(tmp_path):
     """A real limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG): `rledger train`
     exits 2 with one line naming the file it was writing, and no temporary file is left."""
     out = tmp_path / "run"
-    cmd = [
-        *CLI,
-        "train",
-        "--env",
-        "CartPole-v1",
-        "--timesteps",
-        "4096",
-        "--n-steps",
-        "256",
-        "--out",
-        str(out),
-    ]
+    cmd = _train(out, 4096)
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(60_000)
     )
@@ -454,18 +448,7 @@ def test_full_disk_and_read_only_folder(small_tmpfs):
     """A real full filesystem (a 3 MB tmpfs), then the same filesystem read-only: one line naming the
     file, exit 2, no temporary file."""
     out = small_tmpfs / "run"
-    cmd = [
-        *CLI,
-        "train",
-        "--env",
-        "CartPole-v1",
-        "--timesteps",
-        "8192",
-        "--n-steps",
-        "256",
-        "--out",
-        str(out),
-    ]
+    cmd = _train(out, 8192)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stdout + result.stderr
     message = result.stderr.strip()
