@@ -53,3 +53,15 @@ def test_python_dash_m_knows_every_command():
         [sys.executable, "-m", "rledger.cli", "--help"], capture_output=True, text=True
     ).stdout
     assert main.commands and all(name in out for name in main.commands)
+
+
+def test_every_option_has_help_and_every_command_an_example():
+    import click
+
+    from rledger.cli import main
+
+    for name, cmd in main.commands.items():
+        missing = [p.opts[0] for p in cmd.params if isinstance(p, click.Option) and not p.help]
+        assert not missing, f"rledger {name}: options without help: {missing}"
+        text = CliRunner().invoke(main, [name, "--help"]).output
+        assert "Example" in text and f"rledger {name} " in text.split("Example", 1)[1], name

@@ -21,6 +21,9 @@ TRUST_PICKLES_HELP = (
 )
 
 
+WORKERS_HELP = "runs trained at once, one process and one torch thread each (at most your CPU cores)"
+
+
 class _Bad(click.ClickException):
     """Bad input: one line naming the field and the fix, exit code 2."""
 
@@ -71,14 +74,23 @@ def _terminate_as_interrupt() -> None:
 
 @main.command()
 @click.option("--env", "env_id", required=True, help="gymnasium env id, e.g. CartPole-v1")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="seed of the run (envs, policy, sampling)"
+)
 @click.option("--timesteps", type=click.IntRange(min=1), required=True, help="total env steps")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="run directory for the ledger")
-@click.option("--n-envs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--n-envs", type=click.IntRange(min=1), default=1, show_default=True, help="envs stepped together"
+)
 @click.option("--n-steps", type=click.IntRange(min=2), default=2048, show_default=True, help="PPO n_steps")
-@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=2), default=64, show_default=True, help="PPO minibatch size"
+)
 @click.option("--info-key", "info_keys", multiple=True, help="scalar info key to record (repeatable)")
-@click.option("--record-every", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--record-every", type=click.IntRange(min=1), default=1, show_default=True,
+    help="record the per-sample table every N-th rollout (the others every rollout)",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="replace an existing ledger in --out")
 def train(
     env_id: str,
@@ -93,7 +105,11 @@ def train(
     overwrite: bool,
 ) -> None:
     """One instrumented PPO run without a spec (SB3 defaults otherwise) into the run folder OUT
-    (ledger, model, evaluation, TensorBoard logs), then a summary of its ledger."""
+    (ledger, model, evaluation, TensorBoard logs), then a summary of its ledger.
+
+    \b
+    Example:
+      rledger train --env CartPole-v1 --timesteps 20000 --out runs/cartpole"""
     from rledger.experiments import SpecError, execute, validate
     from rledger.experiments.run import RunLocked, command_line
 
@@ -138,10 +154,16 @@ def train(
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+    help="folder of the experiments' run folders (OUT/<experiment>/<variant>/seed=<k>)",
+)  # fmt: skip
 @click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9 or 0,3,5")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help=WORKERS_HELP)
+@click.option(
+    "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="local: a process pool here; ray: one Ray task per run (OUT on a filesystem every node sees)",
+)  # fmt: skip
 @click.option(
     "--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)"
 )
@@ -159,7 +181,11 @@ def run(
     overrides: tuple[str, ...],
     overwrite: bool,
 ) -> None:
-    """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs."""
+    """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs.
+
+    \b
+    Example:
+      rledger run experiments/smoke.yaml --out runs --workers 2 --set ppo.learning_rate=1e-3"""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local, run_ray
     from rledger.experiments.backends import save_spec
     from rledger.experiments.run import RunLocked, command_line
@@ -193,9 +219,12 @@ def run(
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC_OR_RUN_DIR", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+    help="folder of the experiments' run folders (ignored when given an experiment folder)",
+)  # fmt: skip
 @click.option("--seeds", default=None, help="override the spec's seeds, e.g. 0-9")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help=WORKERS_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field")
 @click.option("--trust-pickles", is_flag=True, help=TRUST_PICKLES_HELP)
 def probe(
@@ -208,7 +237,12 @@ def probe(
 ) -> None:
     """Evaluate the probes of a spec (YAML) or of an experiment folder (OUT/<experiment>, which holds
     the spec it ran) on its trained runs, training missing ones first, and on the controls; write
-    tidy results, intervals and decisions under OUT/<experiment>/probes/."""
+    tidy results, intervals and decisions under OUT/<experiment>/probes/.
+
+    \b
+    Examples:
+      rledger probe experiments/probe_tamper.yaml --out runs --workers 2
+      rledger probe runs/probe_tamper"""
     from rledger.analysis.probes import gate_text, interval_text
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
     from rledger.experiments.backends import save_spec
@@ -257,7 +291,11 @@ def probe(
     "--strict", is_flag=True, help="exit 2 if any run's files cannot be read (default: leave it out, warn)"
 )
 def ls_runs(out: Path, strict: bool) -> None:
-    """List the runs under OUT with status, steps, return and performance."""
+    """List the runs under OUT with status, steps, return and performance.
+
+    \b
+    Example:
+      rledger ls runs"""
     if not out.is_dir():
         raise _Bad(f"{out}: no such folder; pass the --out folder of rledger run")
     skipped: list[str] = []
@@ -291,7 +329,11 @@ def _print_runs(rows: list[dict[str, object]]) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def summary(run_dir: Path) -> None:
-    """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder)."""
+    """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder).
+
+    \b
+    Example:
+      rledger summary runs/smoke/default/seed=0"""
     from rledger.ledger import LedgerError
 
     try:
@@ -365,7 +407,11 @@ def report(
     strict: bool,
 ) -> None:
     """Analyse the runs and probes under ROOT (the --out folder of `rledger run`/`probe`) into
-    report.md, a self-contained report.html, results.json and the figures with their CSVs."""
+    report.md, a self-contained report.html, results.json and the figures with their CSVs.
+
+    \b
+    Example:
+      rledger report runs --results docs/results.md"""
     from rledger.experiments.run import UntrustedModel, command_line
     from rledger.report import ReportError, build_report
 
@@ -409,14 +455,21 @@ def _print_verdicts(result: object) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True,
+    help="folder of the quickstart's runs; the report goes to OUT/report",
+)  # fmt: skip
 @click.option("--suite", "suite_path", type=click.Path(path_type=Path), default=None,
               help="suite file [default: experiments/quickstart.yaml shipped with rledger]")  # fmt: skip
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help=WORKERS_HELP)
 @click.option("--overwrite", is_flag=True, help="rerun runs whose config differs and replace the report")
 def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool) -> None:
     """Train the quickstart suite (boat race, held-out lagoon and tamper probes, few seeds), evaluate
-    its probes with their controls, and write the report: OUT/report/report.html."""
+    its probes with their controls, and write the report: OUT/report/report.html.
+
+    \b
+    Example:
+      rledger quickstart --out runs/quickstart --workers 2"""
     import time
 
     from rledger.experiments import SpecError, plan_runs, run_local
