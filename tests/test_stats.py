@@ -169,3 +169,34 @@ def test_sparse_data_get_an_interval_within_the_bounds() -> None:
     assert iv.low <= x.mean() <= iv.high and iv.high == 1.0 and iv.low >= -1.0
     unbounded = stats.interval(x)
     assert unbounded.high == np.inf and not np.isnan(unbounded.low)
+
+
+def test_nearly_degenerate_data_are_not_shown_equivalent() -> None:
+    """Eight seeds at exactly 0 and two within 0.001 (probe 6's PPO trained in the open lagoon):
+    Student's TOST alone calls this equivalent on the tiny spread (p ~ 1e-24), but a tenth of the
+    resamples have no spread and t* = inf, so the bootstrap-t TOST does not; the decision is
+    inconclusive. Data with a real spread inside the margin are still shown equivalent."""
+    d = np.array([0, 0, 0.00033, 0, 0, 0, 0, -0.001, 0, 0])
+    assert stats.tost_p(d, 0.1) < 1e-20
+    assert stats.bootstrap_tost_p(d, 0.1, seed=0) > 0.05
+    assert stats.decide(d, 0.1, bounds=(-1, 1)).outcome == "inconclusive"
+    spread = np.linspace(-0.03, 0.03, 10)
+    assert stats.bootstrap_tost_p(spread, 0.1) < 0.001
+    assert stats.decide(spread, 0.1).outcome == "no effect"
+
+
+def test_bootstrap_tost_matches_a_naive_loop() -> None:
+    x = np.array([0.02, -0.01, 0.05, 0.0, 0.03, -0.02, 0.04, 0.01, 0.0, 0.02])
+    n, b, margin = x.size, 3000, 0.05
+    idx = np.random.default_rng(7).integers(0, n, size=(b, n))
+    se = x.std(ddof=1) / np.sqrt(n)
+    hits_low = hits_high = 0
+    for row in idx:
+        xb = x[row]
+        sb = xb.std(ddof=1) / np.sqrt(n)
+        dev = xb.mean() - x.mean()
+        t = dev / sb if sb > 0 else (0.0 if abs(dev) < 1e-12 else np.sign(dev) * np.inf)
+        hits_low += t >= (x.mean() + margin) / se
+        hits_high += t <= (x.mean() - margin) / se
+    naive = max((1 + hits_low) / (1 + b), (1 + hits_high) / (1 + b))
+    assert stats.bootstrap_tost_p(x, margin, n_resamples=b, seed=7) == pytest.approx(naive, abs=1e-12)
