@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_reliability import TINY as RELIABILITY_TINY
 
 from rledger import Ledger
 
@@ -144,13 +145,7 @@ def test_killed_runner_leaves_no_worker_and_the_next_start_finishes(tmp_path, ho
 
 # --- files: corrupted, crafted, and what a killed writer leaves ------------------------------------
 
-TINY = {
-    "name": "tiny",
-    "env": {"id": "rledger/BoatRace-v0"},
-    "total_timesteps": 512,
-    "ppo": {"n_steps": 128, "batch_size": 64, "n_epochs": 1},
-    "eval": {"episodes": 1},
-}
+TINY = {**RELIABILITY_TINY, "total_timesteps": 512}  # four rollouts: parts 0-3 to corrupt
 
 
 @pytest.fixture(scope="module")

@@ -65,12 +65,10 @@ def _available_memory() -> int | None:
     return None
 
 
-def rollout_bytes(spec: Spec, variant: str, obs_bytes: int) -> int:
-    """An estimate of the memory one rollout of ``variant`` takes: its observations (kept twice: the
-    buffer and the per-sample replay) and per step the buffer's and the ledger's rows."""
-    ppo = spec.run_config(variant, 0)["ppo"]
-    steps = int(ppo.get("n_steps", 2048)) * spec.n_envs
-    return steps * (2 * obs_bytes + _STEP_BYTES + int(ppo.get("n_epochs", 10)) * _SAMPLE_BYTES)
+def rollout_bytes(steps: int, n_epochs: int, obs_bytes: int) -> int:
+    """An estimate of the memory one rollout of ``steps`` steps takes: its observations (kept twice:
+    the buffer and the per-sample replay) and per step the buffer's and the ledger's rows."""
+    return steps * (2 * obs_bytes + _STEP_BYTES + n_epochs * _SAMPLE_BYTES)
 
 
 def _obs_bytes(space: Any) -> int:
@@ -101,7 +99,7 @@ def check_envs(spec: Spec) -> None:
                     f"ppo.batch_size: {batch} is larger than a rollout (n_steps x n_envs = {rollout}); "
                     "lower it or raise ppo.n_steps"
                 )
-            need = rollout_bytes(spec, variant, _obs_bytes(env.observation_space))
+            need = rollout_bytes(rollout, int(ppo.get("n_epochs", 10)), _obs_bytes(env.observation_space))
             if available is not None and need > available:
                 raise SpecError(
                     f"ppo.n_steps: a rollout of n_steps x n_envs = {rollout:,} steps needs about "
