@@ -630,3 +630,110 @@ def test_identity_alone_is_reported(tmp_path):
     (folder / "identity.json").write_text(json.dumps({"c=3": v}))
     result = reward_scale.run(tmp_path / "runs", tmp_path / "out")
     assert len(result.findings) == 1 and "c=3" in result.findings[0] and "7.5e-09 apart" in result.findings[0]
+
+
+# --- one view across runs (rledger.Ledgers) against per-run results --------------------------------
+
+
+def test_ledgers_across_runs_equal_per_run_ledgers(root):
+    """Every table's rows and sums per (experiment, variant, seed) from the cross-run views equal
+    those of each run's own Ledger; info keys missing in a run read as NULL."""
+    from rledger import Ledger, Ledgers
+
+    runs = find_runs(root)
+    led = Ledgers(root)
+    table = led.runs_table()
+    labelled = {(r.experiment, r.variant, r.seed) for r in runs}
+    assert labelled <= set(map(tuple, table[["experiment", "variant", "seed"]].to_numpy().tolist()))
+    sums = {
+        "transitions": "count(*) AS n, sum(reward) AS s, sum(advantage) AS a",
+        "samples": "count(*) AS n, sum(pg_grad_norm) AS s, sum(adam_update_norm) AS a",
+        "updates": "count(*) AS n, sum(grad_norm) AS s, sum(approx_kl) AS a",
+        "episodes": 'count(*) AS n, sum("return") AS s, sum(length) AS a',
+    }
+    for name, agg in sums.items():
+        across = led.sql(f"SELECT experiment, variant, seed, {agg} FROM {name} GROUP BY ALL")
+        across = across.set_index(["experiment", "variant", "seed"])
+        for r in runs:
+            own = Ledger(r.path).sql(f"SELECT {agg} FROM {name}").iloc[0]
+            got = across.loc[(r.experiment, r.variant, r.seed)]
+            assert got.n == own.n, (name, r.path)
+            np.testing.assert_allclose([got.s, got.a], [own.s, own.a], rtol=1e-12, err_msg=name)
+    joined = led.sql(
+        "SELECT experiment, count(*) AS n FROM samples_x WHERE experiment IN ('fx_boat', 'fx_tamper') "
+        "GROUP BY ALL ORDER BY ALL"
+    )
+    assert joined.n.tolist() == [
+        sum(len(Ledger(r.path).samples(columns=["rollout"])) for r in runs if r.experiment == e)
+        for e in joined.experiment
+    ]
+    pressed = led.sql(
+        "SELECT experiment, count(pressed) AS n, count(*) AS m FROM episodes "
+        "WHERE experiment IN ('fx_boat', 'fx_tamper') GROUP BY ALL ORDER BY ALL"
+    )
+    assert pressed.n.tolist() == [0, pressed.m.iloc[1]]  # the boat race does not record `pressed`
+    led.close()
+
+
+def test_cross_run_analyses_equal_their_per_run_versions(root):
+    from rledger.analysis.common import ledgers
+
+    runs = find_runs(root)
+    a = curves.episode_curves(runs, bins=7)
+    b = pd.concat(
+        [
+            curves.episode_curve(r, 7).assign(experiment=r.experiment, variant=r.variant, seed=r.seed)
+            for r in runs
+        ]
+    )
+    b = b[a.columns].reset_index(drop=True)  # the same rows in the same order
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    led = ledgers(runs)
+    shares = learning_rate.variance_shares_all(led, phases=3)
+    clips = learning_rate.clip_share_all(led, phases=3)
+    led.close()
+    for r in runs:
+        sel = (shares.experiment == r.experiment) & (shares.variant == r.variant) & (shares.seed == r.seed)
+        own = learning_rate.variance_shares(r.ledger, phases=3)
+        got = shares[sel].drop(columns=["experiment", "variant", "seed"])
+        k = ["phase", "update", "term"]
+        pd.testing.assert_frame_equal(
+            got.sort_values(k).reset_index(drop=True), own.sort_values(k).reset_index(drop=True),
+            check_dtype=False, rtol=1e-9,
+        )  # fmt: skip
+        sel = (clips.experiment == r.experiment) & (clips.variant == r.variant) & (clips.seed == r.seed)
+        own = learning_rate.clip_share(r.ledger, phases=3)
+        got = clips[sel].drop(columns=["experiment", "variant", "seed"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, own, check_dtype=False)
+
+
+def test_ledgers_take_runs_in_progress_and_list_broken_ones(root, tmp_path):
+    import shutil
+
+    from rledger import Ledgers
+    from rledger.ledger import LedgerError
+
+    src = root / "fx_boat" / "default"
+    out = tmp_path / "runs" / "fx_boat" / "default"
+    for k in (0, 1, 2):
+        shutil.copytree(src / f"seed={k}", out / f"seed={k}")
+    # seed 1 in progress: no DONE, rollout 5's manifest not yet written
+    (out / "seed=1" / "DONE").unlink()
+    (out / "seed=1" / "ledger" / "manifest" / "part-000005.json").unlink()
+    # seed 2 broken: a part that is not Parquet
+    (out / "seed=2" / "ledger" / "samples" / "part-000000.parquet").write_bytes(b"garbage")
+    with pytest.raises(LedgerError, match="part-000000.parquet"):
+        Ledgers(tmp_path / "runs")
+    broken: list[str] = []
+    done = Ledgers(tmp_path / "runs", broken=broken)
+    assert done.runs_table().seed.tolist() == [0] and len(broken) == 1 and "seed=2" in broken[0]
+    broken = []
+    live = Ledgers(tmp_path / "runs", complete=False, broken=broken)
+    runs = live.runs_table().set_index("seed")
+    assert runs.index.tolist() == [0, 1] and runs.loc[1, "rollouts"] == 5
+    got = live.sql("SELECT seed, max(rollout) AS last FROM updates GROUP BY seed ORDER BY seed")
+    assert got["last"].tolist() == [int(runs.loc[0, "rollouts"]) - 1, 4]
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        Ledgers(tmp_path / "missing")
+    empty = Ledgers(tmp_path / "runs", experiment="nothing")
+    assert len(empty) == 0 and len(empty.sql("SELECT * FROM samples")) == 0

@@ -156,12 +156,13 @@ def test_complete_runs_are_skipped_and_conflicts_refused(smoke_out):
 
 
 def test_interrupted_run_restarts_from_scratch(tmp_path):
-    """Kill the runner mid-run; the rerun moves the partial folder aside and writes a whole ledger."""
+    """Kill the runner mid-run of a spec without checkpoints; the rerun moves the partial folder aside
+    and writes a whole ledger (resuming from a checkpoint: tests/test_resume.py)."""
     from rledger import Ledger
 
     out = tmp_path / "runs"
     args = [sys.executable, "-m", "rledger.cli", "run", str(SMOKE), "--out", str(out), "--seeds", "0",
-            "--set", "train=[absent]", "--set", "total_timesteps=20000"]  # fmt: skip
+            "--set", "train=[absent]", "--set", "total_timesteps=20000", "--set", "checkpoint_every=0"]  # fmt: skip
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -181,7 +182,7 @@ def test_interrupted_run_restarts_from_scratch(tmp_path):
     for part in run.rglob("part-*.parquet"):
         pq.read_table(part)
     res = CliRunner().invoke(main, ["run", str(SMOKE), "--out", str(out), "--seeds", "0", "--set", "train=[absent]",
-                                    "--set", "total_timesteps=20000"])  # fmt: skip
+                                    "--set", "total_timesteps=20000", "--set", "checkpoint_every=0"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (run / "DONE").is_file()
     aside = list(run.parent.glob("seed=0.partial-*"))

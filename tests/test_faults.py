@@ -23,6 +23,7 @@ SPEC = {
     "env": {"id": "rledger/BoatRace-v0"},
     "seeds": [0, 1],
     "total_timesteps": 6144,
+    "checkpoint_every": 0,  # interrupted runs start over (resuming: tests/test_resume.py)
     "ppo": {"n_steps": 128, "batch_size": 64, "n_epochs": 1},
     "eval": {"episodes": 1},
 }

@@ -11,10 +11,10 @@ import rledger.envs  # noqa: F401  (registers the rledger/ gymnasium ids)
 from rledger._version import __version__
 
 if TYPE_CHECKING:
-    from rledger.ledger import Ledger
+    from rledger.ledger import Ledger, Ledgers
     from rledger.ppo import InstrumentedPPO
 
-__all__ = ["InstrumentedPPO", "Ledger", "__version__"]
+__all__ = ["InstrumentedPPO", "Ledger", "Ledgers", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,8 +22,8 @@ def __getattr__(name: str) -> Any:
         from rledger.ppo import InstrumentedPPO
 
         return InstrumentedPPO
-    if name == "Ledger":
-        from rledger.ledger import Ledger
+    if name in ("Ledger", "Ledgers"):
+        import rledger.ledger
 
-        return Ledger
+        return getattr(rledger.ledger, name)
     raise AttributeError(f"module 'rledger' has no attribute {name!r}")

@@ -211,7 +211,9 @@ def run(
     except (SpecError, RunLocked) as exc:
         raise _Bad(str(exc)) from exc
     except KeyboardInterrupt:
-        console.print("interrupted: incomplete runs have no DONE marker and restart from scratch next time")
+        console.print(
+            "interrupted: incomplete runs have no DONE marker and resume from their last checkpoint next time"
+        )
         sys.exit(130)
     _print_runs([r for r in _list(out) if r["experiment"] == spec.name])
     console.print(f"{len(results)} runs complete")

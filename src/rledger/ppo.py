@@ -90,6 +90,51 @@ class InstrumentedPPO(PPO):
         # the recording machinery is not part of the model: model.zip stays loadable with PPO.load
         return [*super()._excluded_save_params(), "_recorder"]
 
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        path: Any,
+        env: Any = None,
+        device: Any = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        *,
+        ledger: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> InstrumentedPPO:
+        """SB3's ``load()``; with ``ledger=``, the loaded model records into it from its next
+        ``learn()`` (see :meth:`attach_ledger`): an existing ledger is continued, rollout numbering
+        and episode numbers going on where it stopped. Call ``learn(..., reset_num_timesteps=False)``
+        to continue the schedules too. A model.zip saved by plain PPO loads as well."""
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        if ledger is not None:
+            model.attach_ledger(ledger)
+        return model  # type: ignore[return-value]
+
+    def attach_ledger(self, ledger: str | os.PathLike[str], rollouts: int | None = None) -> None:
+        """Record into ``ledger`` (a ledger folder or a run folder holding one) from the next rollout on.
+
+        A folder holding a ledger is continued: it must have been recorded with this model's
+        ``record``, ``record_every`` and ``info_keys``, its first ``rollouts`` rollouts (default: all
+        that its run.json counts) must be whole, and the rollouts after them are removed when the
+        next ``learn()`` starts; numbering goes on from there, each env's episodes from its last
+        episode number + 1 (an episode running when the model was saved is not continued: SB3's
+        ``load`` resets the env). A missing or empty folder starts a new ledger. Nothing is written
+        here."""
+        from rledger.ledger.reader import continue_ledger
+
+        folder, keep, first_episode = continue_ledger(
+            ledger, self.record, self.record_every, self.info_keys, rollouts
+        )
+        recorder = Recorder(
+            folder, self.record, self.record_every, self.info_keys, False, self.background,
+            keep=keep, first_episode=first_episode,
+        )  # fmt: skip
+        recorder.setup_model(self)
+        self._recorder.close()
+        self._recorder = recorder
+
     @property
     def ledger_dir(self) -> str | None:
         sink = self._recorder.sink

@@ -42,7 +42,11 @@ class Recorder:
         info_keys: tuple[str, ...],
         overwrite: bool,
         background: bool,
+        keep: int | None = None,
+        first_episode: np.ndarray | None = None,
     ):
+        """``keep``: continue the ledger in ``ledger`` after its first ``keep`` rollouts (numbering goes
+        on from there); ``first_episode``: each env's first episode number (continuing a ledger)."""
         unknown = [t for t in record if t not in schema.TABLES]
         if unknown:
             raise ValueError(f"record: unknown tables {unknown}; choose from {list(schema.TABLES)}")
@@ -50,10 +54,11 @@ class Recorder:
             raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
         schema.check_info_keys(info_keys)
         self.record, self.record_every, self.info_keys = record, record_every, info_keys
-        self.sink = LedgerSink(ledger, info_keys, overwrite, background) if ledger is not None else None
+        self.sink = LedgerSink(ledger, info_keys, overwrite, background, keep) if ledger is not None else None
         self.run_info = RunMetadata(record, record_every, info_keys)
         self.engine: PerSampleEngine | None = None
-        self.rollout = 0  # rollouts trained so far
+        self.rollout = keep or 0  # rollouts trained so far (numbered in the ledger)
+        self._first_episode = first_episode
         self.arrays: RolloutArrays | None = None
         self._episodes: EpisodeTracker | None = None
         self._pending_episodes: list[dict[str, Any]] = []
@@ -87,6 +92,9 @@ class Recorder:
         """At each learn(): episodes running in an env that learn() reset are dropped; run.json."""
         if self._episodes is None:
             self._episodes = EpisodeTracker(model.n_envs, self.info_keys)
+            if self._first_episode is not None:
+                n = min(model.n_envs, len(self._first_episode))
+                self._episodes.episode[:n] = self._first_episode[:n]
         if env_reset or not self._started:
             self._episodes.abandon_running()
             self._state_ids = initial_state_ids(model.env)
@@ -98,6 +106,31 @@ class Recorder:
 
     def _info(self, model: Any) -> dict[str, Any]:
         return self.run_info(model, self.engine.path if self.engine is not None else None, self.rollout)
+
+    def state(self) -> dict[str, Any]:
+        """What continues across rollouts, as copies (a checkpoint between two rollouts): the rollout
+        count, each env's running episode, the state ids of the observations the policy sees next."""
+        ep = self._episodes
+        return {
+            "rollout": self.rollout,
+            "started": self._started,
+            "episodes": None
+            if ep is None
+            else {k: getattr(ep, k).copy() for k in ("episode", "ret", "length", "sums")},
+            "state_ids": None if self._state_ids is None else self._state_ids.copy(),
+            "info_state_ids": self._info_state_ids,
+        }
+
+    def restore(self, state: dict[str, Any], n_envs: int) -> None:
+        """Take :meth:`state`'s result back (before ``learn()``, whose env must not be reset)."""
+        self.rollout = int(state["rollout"])
+        self._started = bool(state["started"])
+        if state["episodes"] is not None:
+            self._episodes = EpisodeTracker(n_envs, self.info_keys)
+            for k, v in state["episodes"].items():
+                getattr(self._episodes, k)[...] = v
+        self._state_ids = None if state["state_ids"] is None else np.array(state["state_ids"])
+        self._info_state_ids = bool(state["info_state_ids"])
 
     # ------------------------------------------------------------------ collection
     def start_rollout(self, n_rollout_steps: int, n_envs: int) -> None:

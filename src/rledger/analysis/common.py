@@ -12,7 +12,7 @@ import pandas as pd
 from rledger.experiments.backends import run_configs
 from rledger.experiments.run import DONE, load_model, read_done
 from rledger.experiments.spec import is_name
-from rledger.ledger import Ledger
+from rledger.ledger import Ledger, Ledgers
 from rledger.ledger.writer import atomic_write_bytes
 
 
@@ -125,6 +125,12 @@ def find_runs(
         runs.append(run)
     runs.sort(key=lambda r: (r.experiment, r.variant, r.seed))
     return runs
+
+
+def ledgers(runs: list[RunInfo]) -> Ledgers:
+    """The runs' ledgers as one DuckDB database (:class:`rledger.Ledgers`), labelled by experiment,
+    variant and seed."""
+    return Ledgers.of((r.experiment, r.variant, r.seed, r.path) for r in runs)
 
 
 def group_runs(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:

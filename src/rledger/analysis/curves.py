@@ -16,7 +16,7 @@ from rledger.analysis.common import (
     ClaimResult,
     RunInfo,
     find_runs,
-    group_runs,
+    ledgers,
     new_figure,
     save_csv,
     save_figure,
@@ -43,6 +43,45 @@ def episode_curve(run: RunInfo, bins: int = 20) -> pd.DataFrame:
     return long[["step", "metric", "value", "episodes"]]
 
 
+def episode_curves(runs: list[RunInfo], bins: int = 20) -> pd.DataFrame:
+    """:func:`episode_curve` of every run, in one DuckDB query over their ledgers
+    (:class:`rledger.Ledgers`): tidy (experiment, variant, seed, step, metric, value, episodes)."""
+    cols = ["experiment", "variant", "seed", "step", "metric", "value", "episodes"]
+    if not runs:
+        return pd.DataFrame(columns=cols)
+    led = ledgers(runs)
+    # a run's length: its timesteps, or its config's budget when run.json has none (as episode_curve)
+    budget = pd.DataFrame(
+        {"experiment": [r.experiment for r in runs], "variant": [r.variant for r in runs],
+         "seed": [r.seed for r in runs], "budget": [int(r.config["total_timesteps"]) for r in runs]}
+    )  # fmt: skip
+    led.con.register("_budget", budget)
+    has_perf = PERFORMANCE in set(led.sql("SELECT * FROM episodes LIMIT 0").columns)
+    perf = f', avg("{PERFORMANCE}") AS performance' if has_perf else ""
+    df = led.sql(
+        f"""WITH r AS (SELECT experiment, variant, seed, steps_per_rollout AS per,
+                   GREATEST(1, CASE WHEN num_timesteps > 0 THEN num_timesteps ELSE budget END) AS total
+                   FROM runs JOIN _budget USING (experiment, variant, seed))
+            SELECT experiment, variant, seed, ANY_VALUE(total) AS total,
+                   LEAST(CAST(floor((rollout + 1) * per * {bins} / total) AS INTEGER), {bins - 1}) AS bin,
+                   avg("return") AS "return"{perf}, count(*) AS episodes
+            FROM episodes JOIN r USING (experiment, variant, seed)
+            GROUP BY experiment, variant, seed, bin ORDER BY experiment, variant, seed, bin"""
+    )
+    led.close()
+    df["step"] = ((df["bin"] + 1) * df["total"] / bins).round().astype(np.int64)
+    df = df.drop(columns=["bin", "total"])
+    long = df.melt(
+        id_vars=["experiment", "variant", "seed", "step", "episodes"], var_name="metric", value_name="value"
+    )
+    # a run that does not record the performance key has no such metric (not a NaN row)
+    long = long[~((long.metric == "performance") & long.value.isna())]
+    # rows as episode_curve gives them, run after run: return's slices, then performance's
+    order = long.metric.map({"return": 0, "performance": 1})
+    long = long.assign(_m=order).sort_values(["experiment", "variant", "seed", "_m", "step"], kind="stable")
+    return long[cols].reset_index(drop=True)
+
+
 def plot_curves(table: pd.DataFrame, metric: str, ax: object = None) -> object:
     import seaborn as sns
 
@@ -60,15 +99,10 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, bi
     out = Path(out)
     runs = find_runs(root) if runs is None else runs
     result = ClaimResult("learning_curves", "Learning curves")
-    frames = []
-    for (exp, variant), group in group_runs(runs).items():
-        for r in group:
-            frames.append(episode_curve(r, bins).assign(experiment=exp, variant=variant, seed=r.seed))
-    if not frames:
+    table = episode_curves(runs, bins)
+    if table.empty:
         result.findings.append("No complete runs were found.")
         return result
-    table = pd.concat(frames, ignore_index=True)
-    table = table[["experiment", "variant", "seed", "step", "metric", "value", "episodes"]]
     result.tables.append(save_csv(table, out / "curves.csv"))
     for exp, g in table.groupby("experiment"):
         metrics = [m for m in ("return", "performance") if m in set(g.metric)]

@@ -21,11 +21,12 @@ from rledger.analysis.common import (
     RunInfo,
     find_runs,
     group_runs,
+    ledgers,
     new_figure,
     save_csv,
     save_figure,
 )
-from rledger.ledger import Ledger
+from rledger.ledger import Ledger, Ledgers
 
 UPDATE_COLUMNS = ("pg_grad_norm", "adam_update_norm")
 TERMS = {
@@ -82,6 +83,50 @@ def loglog_counts(ledger: Ledger, column: str, bins_per_decade: int = 20) -> pd.
     )
 
 
+KEYS = ["experiment", "variant", "seed"]
+_RUN_PHASE = "LEAST(CAST(floor(rollout * {phases} / GREATEST(rollouts, 1)) AS INTEGER), {last})"
+_WITH_RUNS = "FROM samples JOIN (SELECT experiment, variant, seed, rollouts FROM runs) USING (experiment, variant, seed)"
+
+
+def variance_shares_all(led: Ledgers, phases: int = 5) -> pd.DataFrame:
+    """:func:`variance_shares` of every run of ``led`` in one DuckDB query per update column: tidy
+    (experiment, variant, seed, phase, update, term, r2, n)."""
+    phase = _RUN_PHASE.format(phases=phases, last=phases - 1)
+    frames = []
+    for col in UPDATE_COLUMNS:
+        r2s = ", ".join(f'regr_r2(ln({col}), {expr}) AS "{name}"' for name, expr in TERMS.items())
+        df = led.sql(
+            f"""SELECT experiment, variant, seed, {phase} AS phase, count(*) AS n, {r2s} {_WITH_RUNS}
+                WHERE {_VALID.format(col=col)} GROUP BY ALL ORDER BY experiment, variant, seed, phase"""
+        )
+        long = df.melt(id_vars=[*KEYS, "phase", "n"], var_name="term", value_name="r2")
+        long.insert(4, "update", col)
+        frames.append(long)
+    out = pd.concat(frames, ignore_index=True)
+    return out[[*KEYS, "phase", "update", "term", "r2", "n"]]
+
+
+def clip_share_all(led: Ledgers, phases: int = 5) -> pd.DataFrame:
+    """:func:`clip_share` of every run of ``led``: (experiment, variant, seed, phase, clipped_share, n)."""
+    phase = _RUN_PHASE.format(phases=phases, last=phases - 1)
+    return led.sql(
+        f"""SELECT experiment, variant, seed, {phase} AS phase, avg(clipped::INT) AS clipped_share,
+            count(*) AS n {_WITH_RUNS} GROUP BY ALL ORDER BY experiment, variant, seed, phase"""
+    )
+
+
+def loglog_counts_all(led: Ledgers, column: str, bins_per_decade: int = 20) -> pd.DataFrame:
+    """:func:`loglog_counts` summed over the seeds of each (experiment, variant) of ``led``."""
+    if column not in UPDATE_COLUMNS:
+        raise ValueError(f"column: {column!r} is not one of {UPDATE_COLUMNS}")
+    w = 1.0 / bins_per_decade
+    return led.sql(
+        f"""SELECT experiment, variant, (floor(log10(abs(advantage_used)) / {w}) + 0.5) * {w} AS x,
+                   (floor(log10({column}) / {w}) + 0.5) * {w} AS y, count(*) AS count
+            FROM samples WHERE {_VALID.format(col=column)} GROUP BY ALL ORDER BY ALL"""
+    )
+
+
 def plot_loglog(counts: pd.DataFrame, column: str, ax: object = None) -> object:
     """Hexbin of pre-binned log-log counts (``loglog_counts``), count on a log colour scale."""
     if ax is None:
@@ -118,22 +163,17 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
     out = Path(out)
     runs = find_runs(root) if runs is None else runs
     result = ClaimResult("reward_as_learning_rate", "Reward as a per-sample learning rate")
-    share_rows, clip_rows, count_rows = [], [], []
-    for (exp, variant), group in group_runs(runs).items():
-        for r in group:
-            key = {"experiment": exp, "variant": variant, "seed": r.seed}
-            ledger = r.ledger
-            share_rows.append(variance_shares(ledger, phases).assign(**key))
-            clip_rows.append(clip_share(ledger, phases).assign(**key))
-            for col in UPDATE_COLUMNS:
-                count_rows.append(loglog_counts(ledger, col).assign(update=col, **key))
-            ledger.close()
-    if not share_rows:
+    led = ledgers(runs)
+    if not len(led) or not len(led.sql("SELECT 1 FROM samples LIMIT 1")):
+        led.close()
         result.findings.append("No complete runs with a samples table were found.")
         return result
-    shares = pd.concat(share_rows, ignore_index=True)
-    clips = pd.concat(clip_rows, ignore_index=True)
-    counts = pd.concat(count_rows, ignore_index=True)
+    shares = variance_shares_all(led, phases)
+    clips = clip_share_all(led, phases)
+    counts = pd.concat(
+        [loglog_counts_all(led, col).assign(update=col) for col in UPDATE_COLUMNS], ignore_index=True
+    )
+    led.close()
     counts = counts.groupby(["experiment", "variant", "update", "x", "y"], as_index=False)["count"].sum()
     result.tables += [
         save_csv(shares, out / "reward_lr_variance_shares.csv"),

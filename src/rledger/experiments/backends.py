@@ -114,7 +114,7 @@ def run_local(
 ) -> list[dict[str, Any]]:
     """Run the jobs that are not complete in a pool of ``workers`` processes (one torch thread each),
     with a progress display. Ctrl-C (or SIGTERM through the CLI) stops the workers and cancels pending
-    runs; started runs stay incomplete (no DONE) and are restarted from scratch next time. Workers end
+    runs; started runs stay incomplete (no DONE) and resume from their last checkpoint next time. Workers end
     with the runner, even when it is killed (:func:`die_with_parent`). Runs that another runner is writing (their lock is held) are
     skipped; :class:`~rledger.experiments.run.RunLocked` names them once the others are done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
+from rledger.experiments import checkpoint
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 
 DONE = "DONE"
@@ -141,6 +142,24 @@ def read_done(path: Path) -> dict[str, Any]:
     return done
 
 
+# config keys that change how a run is carried out, not what it computes: a complete run whose config
+# differs only in them is the same run
+RUNNER_KEYS = ("checkpoint_every",)
+
+
+def _identity(config: dict[str, Any]) -> str:
+    return dump_config({k: v for k, v in config.items() if k not in RUNNER_KEYS})
+
+
+def same_config(path: Path, config: dict[str, Any]) -> bool:
+    """Whether the run folder's ``config.yaml`` is ``config`` (up to :data:`RUNNER_KEYS`)."""
+    try:
+        stored = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(stored, dict) and _identity(stored) == _identity(config)
+
+
 def status(path: Path, config: dict[str, Any]) -> str:
     """``"new"``, ``"done"`` (complete, same config), ``"conflict"`` (complete, other config),
     ``"broken"`` (a DONE marker that is not one) or ``"partial"`` (started, never finished)."""
@@ -151,8 +170,7 @@ def status(path: Path, config: dict[str, Any]) -> str:
             read_done(path)
         except ValueError:
             return "broken"
-        stored = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
-        return "done" if stored == dump_config(config) else "conflict"
+        return "done" if same_config(path, config) else "conflict"
     return "partial"
 
 
@@ -264,13 +282,20 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         raise FileExistsError(f"{path}: a complete run with another config; pass --overwrite to replace it")
     if state == "broken" and not overwrite:
         read_done(path)  # raises, naming the file
+    resumed = None
+    if state == "partial" and not overwrite and same_config(path, config):
+        resumed = checkpoint.read(path)  # None: no usable checkpoint, the run starts over
     if state in ("done", "conflict", "broken"):
         shutil.rmtree(path)
-    elif state == "partial":
+    elif state == "partial" and resumed is None:
         move_aside(path)
-    path.mkdir(parents=True)
-    atomic_write_bytes(path / "config.yaml", dump_config(config).encode())
-    atomic_write_bytes(path / "command.txt", (command + "\n").encode())
+    if resumed is None:
+        path.mkdir(parents=True)
+        atomic_write_bytes(path / "config.yaml", dump_config(config).encode())
+        atomic_write_bytes(path / "command.txt", (command + "\n").encode())
+    else:
+        with open(path / "command.txt", "a") as fh:  # the resuming command, after the first
+            fh.write(command + "\n")
     t0 = time.time()
     opening = config.get("opening")
     reward = config.get("reward")  # training's reward mapped to scale * r + offset
@@ -288,7 +313,7 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         config["policy"],
         env,
         seed=config["seed"],
-        ledger=path / "ledger",
+        ledger=path / "ledger" if resumed is None else None,
         record=config["record"]["tables"],
         record_every=config["record"]["every"],
         info_keys=tuple(config["record"]["info_keys"]),
@@ -296,20 +321,32 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         device="cpu",
         **ppo_kwargs(config),
     )
-    if config.get("zero_critic"):  # the value head starts at zero (and stays there with vf_coef 0)
-        with th.no_grad():
-            model.policy.value_net.weight.zero_()
-            model.policy.value_net.bias.zero_()
-    # the policy's parameters before any update (the probes' trained-input gate compares against them)
-    save_parameters(model.policy, path / INITIAL_POLICY)
+    every = config.get("checkpoint_every", 0)
+    if resumed is not None:  # the ledger cut back to the checkpoint, then its state
+        model.attach_ledger(path / "ledger", rollouts=resumed["rollouts"])
+        checkpoint.resume(model, resumed)
+    else:
+        if config.get("zero_critic"):  # the value head starts at zero (and stays there with vf_coef 0)
+            with th.no_grad():
+                model.policy.value_net.weight.zero_()
+                model.policy.value_net.bias.zero_()
+        # the policy's parameters before any update (the probes' trained-input gate compares against them)
+        save_parameters(model.policy, path / INITIAL_POLICY)
+    phase = resumed["phase"] if resumed is not None else 0
+    skip = resumed["rollouts"] if resumed is not None else None
     progress = _Progress(path / "progress.json", config["total_timesteps"])
-    if opening:
+    total = config["total_timesteps"]
+    if opening and phase == 0:
         # the opening variant first, under the full run's schedules (learning rate, clip range) ...
         model.learn(
-            config["total_timesteps"],
-            callback=CallbackList([progress, _StopAt(opening["timesteps"])]),
+            total - model.num_timesteps,
+            callback=CallbackList(
+                [progress, _StopAt(opening["timesteps"]), checkpoint.Checkpointer(path, every, 0, skip)]
+            ),
+            reset_num_timesteps=resumed is None,
             tb_log_name="ppo",
         )
+        phase, skip = 1, None
         # ... then the run's own variant, continuing the same model and ledger
         model.set_env(
             make_vec_env(
@@ -320,14 +357,19 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
                 wrapper_class=wrapper,
             )
         )
+    if phase == 1 or resumed is not None:  # continuing: the same schedules, no env reset
         model.learn(
-            config["total_timesteps"] - model.num_timesteps,
-            callback=progress,
+            total - model.num_timesteps,
+            callback=CallbackList([progress, checkpoint.Checkpointer(path, every, phase, skip)]),
             reset_num_timesteps=False,
             tb_log_name="ppo",
         )
     else:
-        model.learn(config["total_timesteps"], callback=progress, tb_log_name="ppo")
+        model.learn(
+            total,
+            callback=CallbackList([progress, checkpoint.Checkpointer(path, every, 0)]),
+            tb_log_name="ppo",
+        )
     import io
 
     from rledger.ledger import Ledger
@@ -354,6 +396,7 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     (path / "progress.json").unlink(missing_ok=True)
     Ledger(path / "ledger").check()  # every rollout whole in every table, or no DONE
     atomic_write_json(path / DONE, summary)  # last: the run is complete
+    (path / checkpoint.CHECKPOINT).unlink(missing_ok=True)
     return summary
 
 

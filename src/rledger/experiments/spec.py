@@ -153,6 +153,8 @@ class Spec:
     variant_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the boat-race tie-break's early windows (shares of training), the primary one named before the run
     tiebreak: TiebreakSpec | None = None
+    # rollouts between two checkpoints of a run (0: none); an interrupted run resumes from its last
+    checkpoint_every: int = 10
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -183,6 +185,7 @@ class Spec:
                 if self.opening is not None
                 else {}
             ),
+            "checkpoint_every": self.checkpoint_every,
             "eval": {
                 "episodes": self.eval.episodes,
                 "deterministic": self.eval.deterministic,
@@ -207,6 +210,7 @@ TOP_KEYS = {
     "opening",
     "variant_options",
     "tiebreak",
+    "checkpoint_every",
 }
 POLICIES = ("MlpPolicy",)
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
@@ -414,6 +418,12 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(
             f"eval.variants: must be a list of variant names from {sorted(variants)}, got {ev_variants!r}"
         )
+    checkpoint_every = raw.get("checkpoint_every", Spec.checkpoint_every)
+    if not _int(checkpoint_every) or checkpoint_every < 0:
+        raise SpecError(
+            f"checkpoint_every: must be an integer >= 0 (rollouts between checkpoints; 0: none), got "
+            f"{checkpoint_every!r}"
+        )
     probes = {
         name: _probe(name, body, variants, tuple(train_raw))
         for name, body in _mapping(raw.get("probes"), "probes").items()
@@ -424,6 +434,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
         copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
         _variant_options(raw.get("variant_options"), variants), _tiebreak(raw.get("tiebreak")),
+        checkpoint_every,
     )  # fmt: skip
 
 

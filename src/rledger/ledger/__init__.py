@@ -1,6 +1,7 @@
 """The reinforcement ledger: schema, writer and reader of the Parquet tables of a run."""
 
 from rledger.ledger.reader import Ledger, LedgerError
+from rledger.ledger.runs import Ledgers
 from rledger.ledger.schema import COLUMNS, SCHEMA_VERSION, TABLES, Column, columns
 from rledger.ledger.writer import LedgerExistsError, LedgerWriter
 
@@ -12,6 +13,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerExistsError",
+    "Ledgers",
     "LedgerWriter",
     "columns",
 ]

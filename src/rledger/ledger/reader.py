@@ -75,20 +75,29 @@ class Ledger:
             _check_part(part, expected)
         return parts
 
-    def check(self) -> int:
+    def check(self, rollouts: int | None = None) -> int:
         """Check that the ledger is whole: a manifest for every rollout run.json counts (0, 1, ... with
         none missing or extra), each manifest's parts present with its row counts and the schema's
         columns. Returns the number of rollouts; raises :class:`LedgerError` naming the first fault.
-        A ledger written before manifests is checked part by part (readable, the schema's columns)."""
+        A ledger written before manifests is checked part by part (readable, the schema's columns).
+        ``rollouts``: check only the first ``rollouts`` (at most as many as run.json counts)."""
         n = self.run_info.get("rollouts_written")
         if not isinstance(n, int) or n < 0:
             raise LedgerError(f"{self.run_dir / 'run.json'}: rollouts_written is {n!r}, not a count")
+        if rollouts is not None:
+            if not 0 <= rollouts <= n:
+                raise LedgerError(
+                    f"{self.run_dir}: holds {n} rollouts (run.json), not the {rollouts} asked for"
+                )
+            n = rollouts
         folder = self.run_dir / MANIFEST
         if not folder.is_dir():  # written before manifests: which parts a rollout has is not known
             for table in schema.TABLES:
                 self.files(table)  # each part readable, with the schema's columns
             return n
         found = sorted(p.stem for p in folder.glob("part-*.json"))
+        if rollouts is not None:
+            found = [f for f in found if f < part_name(n)]
         expected = [part_name(k) for k in range(n)]
         if found != expected:
             missing = sorted(set(expected) - set(found))
@@ -178,7 +187,9 @@ class Ledger:
                 if files:
                     # the exact files, never a glob: a run folder's name may hold glob characters
                     listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-                    con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
+                    con.execute(
+                        f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
+                    )
                 else:
                     cols = ", ".join(
                         f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
@@ -253,6 +264,52 @@ class Ledger:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def continue_ledger(
+    path: str | os.PathLike[str],
+    record: Sequence[str],
+    record_every: int,
+    info_keys: Sequence[str],
+    keep: int | None = None,
+) -> tuple[Path, int | None, Any]:
+    """Where a model continues recording (``InstrumentedPPO.attach_ledger``): ``(folder, keep,
+    first_episode)``. ``path`` is a ledger folder or a run folder holding one in ``ledger/``; a
+    missing or empty folder starts a new ledger (``keep`` None). An existing ledger must have been
+    recorded with the same tables, ``record_every`` and info keys, and be whole up to ``keep``
+    rollouts (default: all it counts); ``first_episode`` gives each env's next episode number."""
+    import numpy as np
+
+    given = Path(path)
+    folder = given / "ledger" if (given / "ledger" / "run.json").is_file() else given
+    if not (folder / "run.json").is_file():
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise FileExistsError(
+                f"ledger: {given} is not a ledger (no run.json) and not empty; pass a ledger folder, a run "
+                "folder, or a new folder"
+            )
+        return folder, None, None
+    led = Ledger(folder)
+    info = led.run_info
+    for name, mine in (
+        ("tables", list(record)),
+        ("record_every", record_every),
+        ("info_keys", list(info_keys)),
+    ):
+        if info.get(name) != mine:
+            raise ValueError(
+                f"ledger: {folder} was recorded with {name}={info.get(name)!r}, this model records "
+                f"{mine!r}; continue it with the same settings, or pass a new folder"
+            )
+    keep = led.check(keep)
+    first = led.sql(
+        "SELECT env, MAX(episode) + 1 AS next FROM (SELECT env, episode, rollout FROM transitions "
+        f"UNION ALL SELECT env, episode, rollout FROM episodes) WHERE rollout < {int(keep)} GROUP BY env"
+    )
+    led.close()
+    first_episode = np.zeros(int(first.env.max()) + 1 if len(first) else 0, dtype=np.int64)
+    first_episode[first.env.to_numpy(dtype=np.int64)] = first.next.to_numpy(dtype=np.int64)
+    return folder, keep, first_episode
 
 
 _CHECKED_PARTS: dict[tuple[str, int, int, str], int] = {}  # (path, mtime, size, schema) -> rows

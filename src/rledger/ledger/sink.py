@@ -36,8 +36,9 @@ class LedgerSink:
         info_keys: tuple[str, ...] = (),
         overwrite: bool = False,
         background: bool = True,
+        keep: int | None = None,
     ):
-        self.writer = LedgerWriter(run_dir, info_keys, overwrite)
+        self.writer = LedgerWriter(run_dir, info_keys, overwrite, keep)
         self.info_keys = tuple(info_keys)
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
@@ -105,6 +106,20 @@ class LedgerSink:
             self._jobs.append(self.submit(write))
         else:
             write()
+
+    def after_written(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once every rollout handed over so far is in the ledger: in the background thread
+        after them, or now without one. Not called after a failed write (its error is raised by the
+        next :meth:`raise_error` or :meth:`sync`)."""
+
+        def job() -> None:
+            if not self._failed:
+                fn()
+
+        if self.background:
+            self._jobs.append(self.submit(job))
+        else:
+            job()
 
     def raise_error(self) -> None:
         """Raise an error of the background thread now (it stops the run); drop finished jobs."""

@@ -109,6 +109,23 @@ def check_run_dir(run_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     return path
 
 
+def cut_back(run_dir: Path, keep: int) -> list[Path]:
+    """Remove the parts and manifests of rollouts ``>= keep`` (and an interrupted write's temporary
+    files) from the ledger in ``run_dir``: a ledger continued from a checkpoint taken after ``keep``
+    rollouts. Returns the removed files."""
+    removed = remove_temp_files(run_dir)
+    for folder in (*schema.TABLES, MANIFEST):
+        for p in sorted((run_dir / folder).glob("part-*.*")):
+            try:
+                rollout = int(p.name.split(".")[0].removeprefix("part-"))
+            except ValueError:
+                continue
+            if rollout >= keep:
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 class LedgerWriter:
     """Writes the four ledger tables of one run as Parquet part files.
 
@@ -116,15 +133,23 @@ class LedgerWriter:
     it on the training thread), ``write_arrow(table, rollout, tbl)`` encodes them to
     ``<run_dir>/<table>/part-<rollout>.parquet`` (the background thread's share); the file is written
     under a temporary name and renamed, so a reader sees it whole or not at all.
+
+    ``keep``: continue the ledger already in ``run_dir`` after its first ``keep`` rollouts; :meth:`open`
+    removes the rollouts after them (:func:`cut_back`). The caller checks that it is this run's ledger.
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], info_keys: tuple[str, ...] = (), overwrite: bool = False
+        self,
+        run_dir: str | os.PathLike[str],
+        info_keys: tuple[str, ...] = (),
+        overwrite: bool = False,
+        keep: int | None = None,
     ):
         schema.check_info_keys(info_keys)
-        self.run_dir = check_run_dir(run_dir, overwrite)
+        self.run_dir = Path(run_dir) if keep is not None else check_run_dir(run_dir, overwrite)
         self.info_keys = tuple(info_keys)
         self.overwrite = overwrite
+        self.keep = keep
         self._opened = False
 
     def open(self, run_info: Mapping[str, Any]) -> None:
@@ -132,10 +157,13 @@ class LedgerWriter:
         if self._opened:
             atomic_write_json(self.run_dir / "run.json", dict(run_info))
             return
-        check_run_dir(self.run_dir, self.overwrite)
+        if self.keep is None:
+            check_run_dir(self.run_dir, self.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         remove_temp_files(self.run_dir)  # left by an interrupted writer
-        if self.overwrite:
+        if self.keep is not None:
+            cut_back(self.run_dir, self.keep)
+        elif self.overwrite:
             for entry in LEDGER_ENTRIES:
                 p = self.run_dir / entry
                 if p.is_dir():
