@@ -92,6 +92,14 @@ def _terminate_as_interrupt() -> None:
     help="record the per-sample table every N-th rollout (the others every rollout)",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="replace an existing ledger in --out")
+@click.option(
+    "--track",
+    is_flag=True,
+    help="stream each run's TensorBoard scalars to Weights & Biases (needs `pip install wandb`)",
+)
+@click.option(
+    "--wandb-project", default="rledger", show_default=True, help="the W&B project --track logs to"
+)  # fmt: skip
 def train(
     env_id: str,
     seed: int,
@@ -103,6 +111,8 @@ def train(
     info_keys: tuple[str, ...],
     record_every: int,
     overwrite: bool,
+    track: bool,
+    wandb_project: str,
 ) -> None:
     """One instrumented PPO run without a spec (SB3 defaults otherwise) into the run folder OUT
     (ledger, model, evaluation, TensorBoard logs), then a summary of its ledger.
@@ -117,6 +127,7 @@ def train(
         raise _Bad(
             f"--out: {out} exists and is not empty; pass --overwrite to replace it or choose another path"
         )
+    project = _tracking(track, wandb_project)
     raw = {
         "name": "train",
         "env": {"id": env_id},
@@ -146,7 +157,7 @@ def train(
     config = spec.run_config("default", seed)
     try:
         with console.status(f"training {env_id} for {timesteps} steps into {out}"):
-            execute(config, out, command_line(), overwrite=overwrite)
+            execute(config, out, command_line(), overwrite=overwrite, track=project)
     except RunLocked as exc:
         raise _Bad(str(exc)) from exc
     _print_summary(Ledger(out / "ledger"))
@@ -171,6 +182,14 @@ def train(
     "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field (repeatable)"
 )
 @click.option("--overwrite", is_flag=True, help="rerun complete runs whose config differs from the spec")
+@click.option(
+    "--track",
+    is_flag=True,
+    help="stream each run's TensorBoard scalars to Weights & Biases (needs `pip install wandb`)",
+)
+@click.option(
+    "--wandb-project", default="rledger", show_default=True, help="the W&B project --track logs to"
+)  # fmt: skip
 def run(
     spec_path: Path,
     out: Path,
@@ -180,6 +199,8 @@ def run(
     ray_address: str | None,
     overrides: tuple[str, ...],
     overwrite: bool,
+    track: bool,
+    wandb_project: str,
 ) -> None:
     """Run the experiment SPEC (YAML): every train variant x seed, skipping complete runs.
 
@@ -190,6 +211,7 @@ def run(
     from rledger.experiments.backends import save_spec
     from rledger.experiments.run import RunLocked, command_line
 
+    project = _tracking(track, wandb_project)
     try:
         spec = load_spec(spec_path, list(overrides), seeds)
         jobs = plan_runs(spec, out, overwrite)
@@ -205,9 +227,9 @@ def run(
     console.print(f"{spec.name}: {len(jobs)} runs ({done} complete) -> {out / spec.name}")
     try:
         if backend == "local":
-            results = run_local(jobs, workers, command_line(), overwrite)
+            results = run_local(jobs, workers, command_line(), overwrite, track=project)
         else:
-            results = run_ray(jobs, ray_address, command_line(), overwrite)
+            results = run_ray(jobs, ray_address, command_line(), overwrite, track=project)
     except (SpecError, RunLocked) as exc:
         raise _Bad(str(exc)) from exc
     except KeyboardInterrupt:
@@ -285,6 +307,20 @@ def probe(
             )  # fmt: skip
         console.print(table)
     console.print("Verdicts (Holm-adjusted, with the gates and controls): rledger report " + str(out))
+
+
+def _tracking(track: bool, project: str) -> str | None:
+    """The W&B project of --track, after checking that wandb can be imported (nothing is written
+    before); None without --track."""
+    if not track:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise _Bad("--track: Weights & Biases is not installed; pip install wandb (then `wandb login`)")
+    if not project.strip():
+        raise _Bad("--wandb-project: must not be empty")
+    return project
 
 
 @main.command(name="ls")

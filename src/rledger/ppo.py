@@ -50,6 +50,11 @@ class InstrumentedPPO(PPO):
         of a ``learn()`` call hands its steps over in parts while it trains); ``learn()`` waits for it
         before it returns, and :meth:`sync_ledger` does so on demand. ``False``: all of it inside
         ``train()``. The ledger is the same either way.
+    :param summaries: per-rollout summaries of the recorded samples to SB3's logger, so TensorBoard
+        (``tensorboard_log``) shows them: ``ledger/r2_log_update_on_log_abs_advantage``,
+        ``ledger/clipped_share``, ``ledger/self_reinforcement/action_<a>``
+        (:mod:`rledger.ledger.summary`). Computed in the background thread; a rollout's values appear
+        in the log dump after its samples are written (usually the next iteration's).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class InstrumentedPPO(PPO):
         info_keys: Iterable[str] = (),
         overwrite: bool = False,
         background: bool = True,
+        summaries: bool = True,
         **kwargs: Any,
     ):
         if kwargs.get("rollout_buffer_class") is not None:
@@ -70,10 +76,11 @@ class InstrumentedPPO(PPO):
                 "rollout_buffer_class: InstrumentedPPO uses its own indexed rollout buffer; leave it unset"
             )
         self.record, self.record_every, self.info_keys = tuple(record), record_every, tuple(info_keys)
-        self.background = bool(background)
+        self.background, self.summaries = bool(background), bool(summaries)
         self._recorder = Recorder(
-            ledger, self.record, record_every, self.info_keys, overwrite, self.background
-        )
+            ledger, self.record, record_every, self.info_keys, overwrite, self.background,
+            summaries=self.summaries,
+        )  # fmt: skip
         super().__init__(policy, env, *args, **kwargs)
 
     def _setup_model(self) -> None:
@@ -129,7 +136,7 @@ class InstrumentedPPO(PPO):
         )
         recorder = Recorder(
             folder, self.record, self.record_every, self.info_keys, False, self.background,
-            keep=keep, first_episode=first_episode,
+            keep=keep, first_episode=first_episode, summaries=getattr(self, "summaries", True),
         )  # fmt: skip
         recorder.setup_model(self)
         self._recorder.close()
@@ -156,9 +163,11 @@ class InstrumentedPPO(PPO):
     def learn(self, *args: Any, **kwargs: Any) -> InstrumentedPPO:
         """SB3's ``learn()``; returns once every trained rollout is in the ledger."""
         try:
-            return super().learn(*args, **kwargs)
+            super().learn(*args, **kwargs)
         finally:
             self._recorder.close()
+        self._recorder.log_remaining(self.logger, self.num_timesteps)
+        return self
 
     def sync_ledger(self) -> None:
         """Wait until the background thread has written every rollout trained so far, and stop it.

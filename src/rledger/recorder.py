@@ -21,7 +21,7 @@ import torch as th
 from gymnasium import spaces
 
 from rledger.collection import EpisodeTracker, RolloutArrays, initial_state_ids, next_state_ids, obs_hash_rows
-from rledger.ledger import schema
+from rledger.ledger import schema, summary
 from rledger.ledger.runinfo import RunMetadata
 from rledger.ledger.sink import LedgerSink
 from rledger.persample import LossTerms, PerSampleEngine, clip_coefs
@@ -44,6 +44,7 @@ class Recorder:
         background: bool,
         keep: int | None = None,
         first_episode: np.ndarray | None = None,
+        summaries: bool = True,
     ):
         """``keep``: continue the ledger in ``ledger`` after its first ``keep`` rollouts (numbering goes
         on from there); ``first_episode``: each env's first episode number (continuing a ledger)."""
@@ -54,11 +55,16 @@ class Recorder:
             raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
         schema.check_info_keys(info_keys)
         self.record, self.record_every, self.info_keys = record, record_every, info_keys
-        self.sink = LedgerSink(ledger, info_keys, overwrite, background, keep) if ledger is not None else None
+        self.sink = (
+            LedgerSink(ledger, info_keys, overwrite, background, keep, summaries)
+            if ledger is not None
+            else None
+        )
         self.run_info = RunMetadata(record, record_every, info_keys)
         self.engine: PerSampleEngine | None = None
         self.rollout = keep or 0  # rollouts trained so far (numbered in the ledger)
         self._first_episode = first_episode
+        self._steps_at: dict[int, int] = {}  # rollout -> timesteps when its train() ended
         self.arrays: RolloutArrays | None = None
         self._episodes: EpisodeTracker | None = None
         self._pending_episodes: list[dict[str, Any]] = []
@@ -316,6 +322,8 @@ class Recorder:
         if self.sink is None:
             return
         recording = self._recording
+        self._steps_at[rollout] = int(model.num_timesteps)
+        summary.record(logger, self.sink.take_summaries())  # of rollouts the thread has finished
         self.sink.write_rollout(
             rollout,
             self._info(model),
@@ -323,6 +331,8 @@ class Recorder:
             samples=samples if recording and "samples" in self.record else None,
             updates=self._updates if recording and "updates" in self.record else None,
             episodes=episodes if "episodes" in self.record else None,
+            n_envs=model.n_envs,
+            discrete=isinstance(model.action_space, spaces.Discrete),
         )
         self._transitions = None
 
@@ -335,6 +345,15 @@ class Recorder:
     def sync(self) -> None:
         if self.sink is not None:
             self.sink.sync()
+
+    def log_remaining(self, logger: Any, step: int) -> None:
+        """After a ``learn()`` that ended normally (and :meth:`sync`): the summaries of its last
+        rollouts, which no later iteration's log dump carries, recorded and dumped at ``step``."""
+        if self.sink is None:
+            return
+        for found in self.sink.take_summaries():  # each at the timesteps its rollout ended at
+            summary.record(logger, [found])
+            logger.dump(step=self._steps_at.get(int(found["ledger/rollout"]), step))
 
     def _transition_columns(self, model: Any, episode_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Transitions of the rollout just collected (read before get() flattens the buffer)."""

@@ -74,8 +74,10 @@ def save_spec(spec: Spec, out: str | Path) -> None:
     )
 
 
-def _worker(config: dict[str, Any], path: str, command: str, overwrite: bool) -> dict[str, Any]:
-    return runmod.execute(config, Path(path), command, overwrite)
+def _worker(
+    config: dict[str, Any], path: str, command: str, overwrite: bool, track: str | None = None
+) -> dict[str, Any]:
+    return runmod.execute(config, Path(path), command, overwrite, track)
 
 
 def die_with_parent(parent: int) -> None:
@@ -110,7 +112,12 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def run_local(
-    jobs: list[Job], workers: int, command: str, overwrite: bool, show: bool = True
+    jobs: list[Job],
+    workers: int,
+    command: str,
+    overwrite: bool,
+    show: bool = True,
+    track: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the jobs that are not complete in a pool of ``workers`` processes (one torch thread each),
     with a progress display. Ctrl-C (or SIGTERM through the CLI) stops the workers and cancels pending
@@ -134,7 +141,7 @@ def run_local(
         ) as pool:
             try:
                 for job in todo:
-                    fut = pool.submit(_worker, job.config, str(job.path), command, overwrite)
+                    fut = pool.submit(_worker, job.config, str(job.path), command, overwrite, track)
                     total = job.config["total_timesteps"]
                     bars[fut] = (
                         job,
@@ -174,7 +181,9 @@ def run_local(
     return results
 
 
-def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool) -> list[dict[str, Any]]:
+def run_ray(
+    jobs: list[Job], address: str | None, command: str, overwrite: bool, track: str | None = None
+) -> list[dict[str, Any]]:
     """One Ray task per job, on the cluster at ``address`` or a new local one. The output folder must
     be visible to every node (a shared filesystem)."""
     try:
@@ -189,7 +198,7 @@ def run_ray(jobs: list[Job], address: str | None, command: str, overwrite: bool)
         started = True
     try:
         task = ray.remote(num_cpus=1)(_worker)
-        refs = [task.remote(j.config, str(j.path.resolve()), command, overwrite) for j in todo]
+        refs = [task.remote(j.config, str(j.path.resolve()), command, overwrite, track) for j in todo]
         while refs:
             ready, refs = ray.wait(refs, num_returns=1, timeout=None)
             results.extend(ray.get(ready))

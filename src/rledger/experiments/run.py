@@ -258,11 +258,40 @@ def move_aside(path: Path) -> Path:
     return dest
 
 
-def execute(config: dict[str, Any], path: Path, command: str, overwrite: bool = False) -> dict[str, Any]:
+def execute(
+    config: dict[str, Any], path: Path, command: str, overwrite: bool = False, track: str | None = None
+) -> dict[str, Any]:
     """Train, save, evaluate and mark one run complete, holding the run's lock (:func:`run_lock`).
-    Returns the run's summary."""
-    with run_lock(path):
+    Returns the run's summary. ``track``: a Weights & Biases project to stream the run's TensorBoard
+    scalars to (:func:`tracking`)."""
+    with run_lock(path), tracking(track, config, path):
         return _execute(config, path, command, overwrite)
+
+
+@contextlib.contextmanager
+def tracking(project: str | None, config: dict[str, Any], path: Path) -> Iterator[None]:
+    """With a project name: a W&B run (``wandb.init(sync_tensorboard=True)``, as CleanRL and rl-zoo
+    do it) named ``<experiment>/<variant>/seed=<k>``, grouped by experiment and variant, holding the
+    run's config; it mirrors the TensorBoard scalars (SB3's and the ledger's summaries) and ends with
+    the run. ``wandb`` is imported only here."""
+    if project is None:
+        yield
+        return
+    import wandb
+
+    run = wandb.init(
+        project=project,
+        name=f"{config['experiment']}/{config['variant']}/seed={config['seed']}",
+        group=f"{config['experiment']}/{config['variant']}",
+        config=config,
+        sync_tensorboard=True,
+        dir=str(path.parent),
+        reinit="finish_previous",
+    )
+    try:
+        yield
+    finally:
+        run.finish()
 
 
 def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) -> dict[str, Any]:

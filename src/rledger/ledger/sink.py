@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rledger.ledger import schema
+from rledger.ledger import schema, summary
 from rledger.ledger.writer import LedgerWriter
 
 T = TypeVar("T")
@@ -37,8 +37,12 @@ class LedgerSink:
         overwrite: bool = False,
         background: bool = True,
         keep: int | None = None,
+        summaries: bool = True,
     ):
         self.writer = LedgerWriter(run_dir, info_keys, overwrite, keep)
+        self.summaries = summaries
+        self._summaries: list[dict[str, float]] = []  # computed, not yet taken
+        self._lock = threading.Lock()
         self.info_keys = tuple(info_keys)
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
@@ -68,18 +72,32 @@ class LedgerSink:
         samples: list[Columns | Future[Columns]] | None = None,
         updates: list[dict[str, Any]] | None = None,
         episodes: list[dict[str, Any]] | None = None,
+        n_envs: int = 1,
+        discrete: bool = False,
     ) -> None:
         """One rollout's tables (None: not recorded; ``samples``: pieces in order, futures included)
-        and the run's metadata after it."""
+        and the run's metadata after it; with ``summaries``, the rollout's summary
+        (:mod:`rledger.ledger.summary`) for :meth:`take_summaries`."""
         writer = self.writer
         tables: list[tuple[str, Any]] = []
+        actions = None
         if transitions is not None:
             # copies: some columns are views of the rollout buffer, which the next rollout refills
             cols = {k: np.array(v, copy=True) for k, v in transitions.items()}
+            actions = cols["action"] if discrete else None
             tables.append(("transitions", writer.arrow_table("transitions", cols)))
         if samples is not None:
             pieces = samples
-            tables.append(("samples", lambda: writer.arrow_table("samples", sample_columns(combine(pieces)))))
+
+            def samples_table() -> Any:
+                cols = sample_columns(combine(pieces))
+                if self.summaries:
+                    found = summary.rollout_summary(rollout, cols, actions, n_envs)
+                    with self._lock:
+                        self._summaries.append(found)
+                return writer.arrow_table("samples", cols)
+
+            tables.append(("samples", samples_table))
         if updates is not None:
             tables.append(("updates", writer.arrow_table("updates", rows_to_columns(updates, "updates", ()))))
         if episodes:
@@ -106,6 +124,12 @@ class LedgerSink:
             self._jobs.append(self.submit(write))
         else:
             write()
+
+    def take_summaries(self) -> list[dict[str, float]]:
+        """The rollout summaries computed since the last call, oldest first."""
+        with self._lock:
+            out, self._summaries = self._summaries, []
+        return out
 
     def after_written(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once every rollout handed over so far is in the ledger: in the background thread
