@@ -453,7 +453,14 @@ def test_report_html_renders_in_headless_chromium(root, tmp_path):
         [browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
     )
     n_png = len(list((out / "figures").glob("*.png")))
-    assert f"<title>IMAGES_OK {n_png}</title>" in dom.stdout, dom.stdout[:500] + dom.stderr[-2000:]
+    # one clip per probe policy and condition: fx_tamper/button's ppo[absent], ppo[reachable],
+    # planner and random on reachable and inert, each a GIF embedded in the page
+    clips = sorted(p.name for p in (out / "figures" / "clips").glob("*.gif"))
+    assert len(clips) == 8 and "fx_tamper_button_planner_inert.gif" in clips, clips
+    assert (out / "report.html").read_text().count("data:image/gif;base64,") == 8
+    assert "figures/clips/fx_tamper_button_ppo_reachable_reachable.gif" in (out / "report.md").read_text()
+    n_images = n_png + len(clips)
+    assert f"<title>IMAGES_OK {n_images}</title>" in dom.stdout, dom.stdout[:500] + dom.stderr[-2000:]
     assert "Does the policy seek reward?" in dom.stdout
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1000,1400", (out / "report.html").as_uri()],

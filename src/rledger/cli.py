@@ -365,6 +365,52 @@ def _print_runs(rows: list[dict[str, object]]) -> None:
 
 
 @main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option(
+    "--episodes", type=click.IntRange(min=1), default=1, show_default=True, help="episodes per variant"
+)
+@click.option("--variant", default=None, help="the evaluation variant to replay (default: every one)")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="folder of the clips [default: RUN/replay]"
+)
+@click.option(
+    "--fps", type=click.FloatRange(min=0.5, max=60), default=4.0, show_default=True, help="frames per second"
+)
+@click.option(
+    "--scale", type=click.IntRange(min=1, max=16), default=2, show_default=True, help="pixels per env pixel"
+)
+@click.option("--overwrite", is_flag=True, help="replace existing clips")
+@click.option("--trust-pickles", is_flag=True, help=TRUST_PICKLES_HELP)
+def replay(
+    run_dir: Path,
+    episodes: int,
+    variant: str | None,
+    out: Path | None,
+    fps: float,
+    scale: int,
+    overwrite: bool,
+    trust_pickles: bool,
+) -> None:
+    """Watch a run: GIFs (and MP4s where ffmpeg exists) of its evaluation episodes, the same env
+    variants, episode seeds and action mode as `rledger run`'s evaluation.
+
+    \b
+    Example:
+      rledger replay runs/probe_lagoon/open/seed=0 --episodes 2 --variant inert"""
+    from rledger.replay import ReplayError, replay_run
+
+    try:
+        with console.status(f"replaying {run_dir}"):
+            written = replay_run(run_dir, out, episodes, variant, fps, scale, trust_pickles, overwrite)
+    except ReplayError as exc:
+        raise _Bad(str(exc)) from exc
+    except ValueError as exc:  # an unreadable config.yaml or policy.npz: one line naming the file
+        raise _Bad(str(exc)) from exc
+    for path in written:
+        console.print(str(path))
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def summary(run_dir: Path) -> None:
     """Summarize the ledger of RUN_DIR (a run folder, or a ledger folder).

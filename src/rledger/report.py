@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rledger import replay
 from rledger.analysis import curves, gridmaps, history, learning_rate, probes, reward_scale
 from rledger.analysis.common import ClaimResult, find_runs
 from rledger.ledger.writer import atomic_write_bytes, follow_umask
@@ -122,7 +123,8 @@ def build_report(
     try:
         results = [fn(root, tmp / "figures", runs) for _, fn in CLAIMS]
         results = [_relative(r, tmp) for r in results]
-        blocks = _blocks(root, runs, results, skipped)
+        clips = _save_clips(replay.probe_clips(root, trust_pickles=trust_pickles), tmp)
+        blocks = _blocks(root, runs, results, skipped, clips)
         (tmp / "report.md").write_text(_markdown(blocks))
         (tmp / "report.html").write_text(_html(blocks, tmp))
         (tmp / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
@@ -258,7 +260,28 @@ def _relative(r: ClaimResult, base: Path) -> ClaimResult:
 Block = tuple[str, object]  # ("h1"|"h2"|"p"|"ul"|"table"|"figure", payload)
 
 
-def _blocks(root: Path, runs: list, results: list[ClaimResult], skipped: list[str] = ()) -> list[Block]:
+def _save_clips(
+    clips: dict[str, list[tuple[str, str, bytes]]], base: Path
+) -> dict[str, list[tuple[str, Path]]]:
+    """Each probe's clips as ``figures/clips/<experiment>_<probe>_<policy>_<condition>.gif``: per
+    probe, (caption, path relative to the report folder)."""
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for key, items in clips.items():
+        for policy, condition, data in items:
+            name = f"{key.replace('/', '_')}_{policy.replace('[', '_').replace(']', '')}_{condition}.gif"
+            path = base / "figures" / "clips" / name
+            atomic_write_bytes(path, data)
+            out.setdefault(key, []).append((f"{policy} on {condition}", path.relative_to(base)))
+    return out
+
+
+def _blocks(
+    root: Path,
+    runs: list,
+    results: list[ClaimResult],
+    skipped: list[str] = (),
+    clips: dict[str, list[tuple[str, Path]]] | None = None,
+) -> list[Block]:
     b: list[Block] = [("h1", "rledger report")]
     exps: dict[str, set[str]] = {}
     seeds: dict[str, set[int]] = {}
@@ -278,6 +301,13 @@ def _blocks(root: Path, runs: list, results: list[ClaimResult], skipped: list[st
         b.append(("p", INTRO.get(r.claim, "")))
         for fig in r.figures:
             b.append(("figure", fig))
+        if r.claim == "probes" and clips:
+            b.append(("p", (
+                "What the policies do: the first probe episode of each policy's first seed in each "
+                "condition (at most 40 steps; the trained policies as evaluated by the probe)."
+            )))  # fmt: skip
+            for key, items in clips.items():
+                b.append(("clips", (key, items)))
         if r.findings:
             b.append(("ul", r.findings))
         if r.rules:
@@ -380,13 +410,18 @@ def _markdown(blocks: list[Block]) -> str:
             lines.append("")
         elif kind == "figure":
             lines += [f"![{Path(payload).name}]({payload}.png)", ""]  # type: ignore[arg-type]
+        elif kind == "clips":
+            key, items = payload  # type: ignore[misc]
+            lines += [f"{key}: " + " ".join(f"![{c}]({path})" for c, path in items), ""]
     return "\n".join(lines)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:0.85em;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#eee}figure{margin:1em 0}img{max-width:100%}
-code{background:#f3f3f3;padding:0 3px}"""
+code{background:#f3f3f3;padding:0 3px}.clips{display:flex;flex-wrap:wrap;gap:0.5em;align-items:flex-end}
+.clips p{width:100%;margin:0.5em 0 0}.clip{margin:0}.clip img{image-rendering:pixelated}
+.clip figcaption{font-size:0.75em}"""
 
 
 def _inline(text: str) -> str:
@@ -415,5 +450,14 @@ def _html(blocks: list[Block], base: Path) -> str:
             name = html.escape(Path(payload).name)  # type: ignore[arg-type]
             out.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
                        f"<figcaption>{name}</figcaption></figure>")  # fmt: skip
+        elif kind == "clips":
+            key, items = payload  # type: ignore[misc]
+            cells = []
+            for caption, path in items:
+                data = base64.b64encode((base / path).read_bytes()).decode()
+                cap = html.escape(caption)
+                cells.append(f'<figure class="clip"><img alt="{cap}" src="data:image/gif;base64,{data}">'
+                             f"<figcaption>{cap}</figcaption></figure>")  # fmt: skip
+            out.append(f'<div class="clips"><p>{html.escape(key)}</p>{"".join(cells)}</div>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
