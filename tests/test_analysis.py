@@ -744,3 +744,19 @@ def test_ledgers_take_runs_in_progress_and_list_broken_ones(root, tmp_path):
         Ledgers(tmp_path / "missing")
     empty = Ledgers(tmp_path / "runs", experiment="nothing")
     assert len(empty) == 0 and len(empty.sql("SELECT * FROM samples")) == 0
+
+
+def test_cross_run_maps_equal_per_run_maps(root):
+    runs = [r for r in find_runs(root) if r.is_gridworld]
+    tables = gridmaps.ledger_tables(runs, early_fraction=0.3, late_fraction=0.25)
+    assert set(tables) == {(r.experiment, r.variant, r.seed) for r in runs}
+    for r in runs:
+        got = gridmaps.maps_from(r, tables[(r.experiment, r.variant, r.seed)])
+        want = gridmaps.run_maps(r, early_fraction=0.3, late_fraction=0.25)
+        for kind in ("early", "total", "policy"):
+            pd.testing.assert_frame_equal(
+                got[kind].reset_index(drop=True),
+                want[kind].reset_index(drop=True),
+                check_dtype=False,
+                rtol=1e-9,
+            )

@@ -21,6 +21,7 @@ from rledger.analysis.common import (
     RunInfo,
     find_runs,
     group_runs,
+    ledgers,
     new_figure,
     save_csv,
     save_figure,
@@ -107,6 +108,70 @@ def plot_arrows(env: gym.Env, values: pd.DataFrame, value: str, ax: object = Non
     return ax
 
 
+def _windows(n: int, early_fraction: float, late_fraction: float) -> tuple[int, int]:
+    """(early_until, late_from) of a run of ``n`` rollouts."""
+    return max(1, int(round(early_fraction * n))), min(n - 1, int(round((1 - late_fraction) * n)))
+
+
+def ledger_tables(
+    runs: list[RunInfo], early_fraction: float = 0.2, late_fraction: float = 0.2
+) -> dict[tuple[str, str, int], dict[str, pd.DataFrame]]:
+    """What :func:`run_maps` reads from each run's ledger, for every run at once (two DuckDB queries
+    over :class:`rledger.Ledgers`): per (experiment, variant, seed), ``early`` and ``total``
+    reinforcement per (state_id, action) (``reinforcement``, ``n``) and ``visits`` per state late in
+    training, with ``early_until``."""
+    led = ledgers(runs)
+    table = led.runs_table()
+    wins = [_windows(int(n), early_fraction, late_fraction) for n in table.rollouts]
+    cuts = table[["experiment", "variant", "seed"]].assign(
+        early_until=[w[0] for w in wins], late_from=[w[1] for w in wins]
+    )
+    led.con.register("_cuts", cuts)
+    keys = "experiment, variant, seed"
+    sr = led.sql(
+        f"""SELECT {keys}, state_id, CAST(action[1] AS INTEGER) AS action,
+                   SUM(self_reinforcement) FILTER (WHERE rollout < early_until) AS early,
+                   COUNT(*) FILTER (WHERE rollout < early_until) AS n_early,
+                   SUM(self_reinforcement) AS total, COUNT(*) AS n_total
+            FROM samples_x JOIN _cuts USING ({keys}) GROUP BY ALL ORDER BY {keys}, state_id, action"""
+    )
+    visits = led.sql(
+        f"""SELECT {keys}, state_id, COUNT(*) AS visits FROM transitions JOIN _cuts USING ({keys})
+            WHERE rollout >= late_from GROUP BY ALL ORDER BY {keys}, state_id"""
+    )
+    led.close()
+    out: dict[tuple[str, str, int], dict[str, pd.DataFrame]] = {}
+    for row in cuts.itertuples():
+        key = (row.experiment, row.variant, int(row.seed))
+        mine = sr[(sr.experiment == key[0]) & (sr.variant == key[1]) & (sr.seed == key[2])]
+        early = mine[mine.n_early > 0]
+        v = visits[(visits.experiment == key[0]) & (visits.variant == key[1]) & (visits.seed == key[2])]
+        out[key] = {
+            "early": pd.DataFrame({
+                "state_id": early.state_id.to_numpy("int64"), "action": early.action.to_numpy("int64"),
+                "reinforcement": early.early.to_numpy("float64"), "n": early.n_early.to_numpy("int64"),
+            }),
+            "total": pd.DataFrame({
+                "state_id": mine.state_id.to_numpy("int64"), "action": mine.action.to_numpy("int64"),
+                "reinforcement": mine.total.to_numpy("float64"), "n": mine.n_total.to_numpy("int64"),
+            }),
+            "visits": v[["state_id", "visits"]].reset_index(drop=True),
+            "early_until": pd.DataFrame({"early_until": [int(row.early_until)]}),
+        }  # fmt: skip
+    return out
+
+
+def maps_from(run: RunInfo, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """:func:`run_maps`'s tables from :func:`ledger_tables`'s part for ``run`` and its model."""
+    env = make_env(run)
+    cells = state_cells(env)
+    early = by_cell(tables["early"], cells, "reinforcement")
+    total = by_cell(tables["total"], cells, "reinforcement")
+    policy = policy_by_cell(policy_table(run.model(), env), tables["visits"], cells)
+    until = int(tables["early_until"].early_until.iloc[0])
+    return {"early": early.assign(until_rollout=until), "total": total, "policy": policy}
+
+
 def run_maps(
     run: RunInfo, early_fraction: float = 0.2, late_fraction: float = 0.2
 ) -> dict[str, pd.DataFrame]:
@@ -114,9 +179,7 @@ def run_maps(
     env = make_env(run)
     cells = state_cells(env)
     ledger = run.ledger
-    n = int(ledger.run_info["rollouts_written"])
-    early_until = max(1, int(round(early_fraction * n)))
-    late_from = min(n - 1, int(round((1 - late_fraction) * n)))
+    early_until, late_from = _windows(int(ledger.run_info["rollouts_written"]), early_fraction, late_fraction)
     early = by_cell(reinforcement_by_state(ledger, early_until), cells, "reinforcement")
     total = by_cell(reinforcement_by_state(ledger), cells, "reinforcement")
     policy = policy_by_cell(policy_table(run.model(), env), late_visits(ledger, late_from), cells)
@@ -130,9 +193,11 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     runs = find_runs(root) if runs is None else runs
     result = ClaimResult("reinforcement_maps", "Reinforcement maps")
     frames = []
-    for (exp, variant), group in group_runs([r for r in runs if r.is_gridworld]).items():
+    grid = [r for r in runs if r.is_gridworld]
+    tables = ledger_tables(grid) if grid else {}
+    for (exp, variant), group in group_runs(grid).items():
         for i, r in enumerate(group):
-            maps = run_maps(r)
+            maps = maps_from(r, tables[(r.experiment, r.variant, r.seed)])
             key = {"experiment": exp, "variant": variant, "seed": r.seed}
             for kind in ("early", "total"):
                 frames.append(maps[kind].rename(columns={"reinforcement": "value"}).assign(kind=kind, **key))
