@@ -396,6 +396,42 @@ CASES: list[Case] = [
         expect="--trust-pickles",
     ),
     Case(
+        "checkpoint_every negative", _run(), {"s.yaml": spec(checkpoint_every=-1)}, expect="checkpoint_every"
+    ),
+    Case(
+        "checkpoint_every not a number",
+        _run(),
+        {"s.yaml": spec(checkpoint_every="often")},
+        expect="checkpoint_every",
+    ),  # fmt: skip
+    Case(
+        "--track without wandb installed",
+        [*_run(), "--track"],
+        {"s.yaml": spec()},
+        expect="--track",
+        hide="wandb",
+    ),  # fmt: skip
+    Case("replay of a folder that is no run", ["replay", "{d}/dir"], {"dir/x": ""}, expect="dir"),
+    Case(
+        "replay of an unknown variant",
+        ["replay", "{d}/runs/tiny/default/seed=0", "--variant", "nope"],
+        setup="one_run",
+        expect="--variant",
+    ),  # fmt: skip
+    Case(
+        "replay over existing clips",
+        ["replay", "{d}/runs/tiny/default/seed=0", "--out", "{d}/clips"],
+        {"clips/default-episode0.gif": "mine"},
+        setup="one_run",
+        expect="--overwrite",
+    ),  # fmt: skip
+    Case(
+        "replay of a run without policy.npz",
+        ["replay", "{d}/runs/tiny/default/seed=0"],
+        setup="legacy_run",
+        expect="--trust-pickles",
+    ),  # fmt: skip
+    Case(
         "quickstart with a missing suite",
         ["quickstart", "--suite", "{d}/nope.yaml", "--out", "{d}/out"],
         expect="nope.yaml",

@@ -680,6 +680,16 @@ def test_ledgers_across_runs_equal_per_run_ledgers(root):
     )
     assert pressed.n.tolist() == [0, pressed.m.iloc[1]]  # the boat race does not record `pressed`
     led.close()
+    # runs given as a list, labelled as the caller says (seed 7 here: the folder's name is not used)
+    r = runs[0]
+    mixed = Ledgers.of([("mine", "x", 7, r.path / "ledger"), (r.experiment, r.variant, r.seed, r.path)])
+    got = mixed.sql(
+        "SELECT experiment, seed, count(*) AS n, sum(pg_grad_norm) AS s FROM samples GROUP BY ALL ORDER BY ALL"
+    )
+    own = Ledger(r.path).sql("SELECT count(*) AS n, sum(pg_grad_norm) AS s FROM samples").iloc[0]
+    assert got.seed.tolist() == sorted([7, r.seed], key=lambda k: "mine" if k == 7 else r.experiment)
+    assert got.n.tolist() == [own.n, own.n] and np.allclose(got.s, own.s)
+    mixed.close()
 
 
 def test_cross_run_analyses_equal_their_per_run_versions(root):

@@ -92,6 +92,9 @@ KILL_POINTS = {
     "in evaluation": ("plain", lambda r: (r / "model.zip").is_file()),
     "in the opening": ("opening", lambda r: _checkpoint_rollouts(r) == 3 and _manifests(r) >= 4),
     "after the opening": ("opening", lambda r: _checkpoint_rollouts(r) == 9 and _manifests(r) >= 10),
+    # killed between checkpoints, then a rollout before the checkpoint loses its manifest: the
+    # checkpoint cannot be continued, and the run starts over
+    "with a broken ledger": ("plain", lambda r: _checkpoint_rollouts(r) == 6 and _manifests(r) >= 8),
 }
 
 
@@ -128,7 +131,9 @@ def test_killed_run_resumes_to_the_uninterrupted_ledger(tmp_path, uninterrupted,
         except ProcessLookupError:
             pass
     assert not (run / "DONE").exists()
-    had_checkpoint = (run / CHECKPOINT).is_file()
+    if point == "with a broken ledger":
+        (run / "ledger" / "manifest" / "part-000002.json").unlink()
+    had_checkpoint = (run / CHECKPOINT).is_file() and point != "with a broken ledger"
     time.sleep(0.5)  # the pool worker dies with the runner (PR_SET_PDEATHSIG)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -314,10 +314,12 @@ def _tracking(track: bool, project: str) -> str | None:
     before); None without --track."""
     if not track:
         return None
-    import importlib.util
-
-    if importlib.util.find_spec("wandb") is None:
-        raise _Bad("--track: Weights & Biases is not installed; pip install wandb (then `wandb login`)")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise _Bad(
+            "--track: Weights & Biases is not installed; pip install wandb (then `wandb login`)"
+        ) from None
     if not project.strip():
         raise _Bad("--wandb-project: must not be empty")
     return project

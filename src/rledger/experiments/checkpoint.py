@@ -79,6 +79,21 @@ def read(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def ledger_continues(ledger: Path, config: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether the run's ledger can be continued from the checkpoint: recorded as the config says and
+    whole up to the checkpoint's rollouts (otherwise the run starts over)."""
+    from rledger.ledger.reader import continue_ledger
+
+    record = config["record"]
+    try:
+        _, keep, _ = continue_ledger(
+            ledger, record["tables"], record["every"], record["info_keys"], state["rollouts"]
+        )
+    except (ValueError, OSError):  # LedgerError included
+        return False
+    return keep == state["rollouts"]
+
+
 def resume(model: Any, state: dict[str, Any]) -> None:
     """Put a checkpoint's state into ``model``, freshly built with the run's config and its ledger
     attached at the checkpoint's rollouts. The random states last, just before ``learn()``."""

@@ -286,7 +286,6 @@ def tracking(project: str | None, config: dict[str, Any], path: Path) -> Iterato
         config=config,
         sync_tensorboard=True,
         dir=str(path.parent),
-        reinit="finish_previous",
     )
     try:
         yield
@@ -314,6 +313,8 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     resumed = None
     if state == "partial" and not overwrite and same_config(path, config):
         resumed = checkpoint.read(path)  # None: no usable checkpoint, the run starts over
+        if resumed is not None and not checkpoint.ledger_continues(path / "ledger", config, resumed):
+            resumed = None
     if state in ("done", "conflict", "broken"):
         shutil.rmtree(path)
     elif state == "partial" and resumed is None:

@@ -128,20 +128,36 @@ class Ledgers:
         return self._con
 
     def _union(self, table: str) -> str:
-        """One SELECT per run with its labels as constants (cheap: no per-row path parsing), joined
-        BY NAME: runs with different info keys give NULL where a key is missing."""
-        parts = []
+        """The runs' parts of ``table`` as one SELECT per (experiment, variant), labels as constants
+        and ``seed`` from the ``seed=<k>`` folder (DuckDB's hive partitioning, per file, not per row);
+        a run whose path does not allow that (an ``=`` elsewhere in it, or a folder not named after
+        its seed) gets a SELECT of its own. Joined ``UNION ALL BY NAME``: runs with different info
+        keys give NULL where a key is missing."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        alone: list[tuple[dict[str, Any], list[str]]] = []
         for labels, ledger in self._runs:
-            files = ledger.files(table)
             n = labels["rollouts"]
-            files = [f for f in files if int(f.stem.removeprefix("part-")) < n]
+            files = [str(f) for f in ledger.files(table) if int(f.stem.removeprefix("part-")) < n]
             if not files:
                 continue
-            listed = ", ".join(_quote(str(f)) for f in files)
-            parts.append(
-                f"SELECT {_quote(labels['experiment'])} AS experiment, {_quote(labels['variant'])} AS "
-                f"variant, {int(labels['seed'])} AS seed, * FROM read_parquet([{listed}], hive_partitioning = false)"
+            run = ledger.run_dir.parent
+            if run.name == f"seed={labels['seed']}" and "=" not in str(run.parent) + ledger.run_dir.name:
+                groups.setdefault((labels["experiment"], labels["variant"]), []).extend(files)
+            else:
+                alone.append((labels, files))
+
+        def select(experiment: str, variant: str, files: list[str], seed: int | None) -> str:
+            listed = ", ".join(_quote(f) for f in files)
+            seed_sql = "CAST(seed AS BIGINT)" if seed is None else str(int(seed))
+            hive = "true" if seed is None else "false"
+            rest = "* EXCLUDE (seed)" if seed is None else "*"
+            return (
+                f"SELECT {_quote(experiment)} AS experiment, {_quote(variant)} AS variant, {seed_sql} AS "
+                f"seed, {rest} FROM read_parquet([{listed}], hive_partitioning = {hive})"
             )
+
+        parts = [select(e, v, files, None) for (e, v), files in groups.items()]
+        parts += [select(lab["experiment"], lab["variant"], files, lab["seed"]) for lab, files in alone]
         if parts:
             return " UNION ALL BY NAME ".join(parts)
         cols = ", ".join(

@@ -10,7 +10,8 @@ ledger's background thread builds that table, so they cost the training thread n
   analysis's per-phase figure, ``regr_r2`` there);
 - ``clipped_share``: the share of samples whose policy-loss gradient clipping zeroed;
 - ``self_reinforcement/action_<a>``: the sum of ``self_reinforcement`` over the samples of action
-  ``a`` (discrete actions; every action seen in the rollout);
+  ``a`` (every action seen in the rollout; for ``Discrete`` action spaces, when transitions are
+  recorded, which hold the actions);
 - ``rollout``: the rollout they describe (the ledger's numbering).
 """
 
