@@ -24,6 +24,7 @@ from rledger import InstrumentedPPO
 INSERTIONS = {
     "train": {
         "start": "self._recorder.start_train(self)",
+        "null": "self._permute_rollout_advantages()",  # the advantage-permutation null, off by default
         "minibatch": (
             "self._recorder.minibatch(epoch, approx_kl_div, pg_losses[-1], value_losses[-1], "
             "entropy_losses[-1], clip_fraction, len(advantages))"

@@ -55,6 +55,13 @@ class InstrumentedPPO(PPO):
         ``ledger/clipped_share``, ``ledger/self_reinforcement/action_<a>``
         (:mod:`rledger.ledger.summary`). Computed in the background thread; a rollout's values appear
         in the log dump after its samples are written (usually the next iteration's).
+    :param permute_advantages: the advantage-permutation null, a different training (off by
+        default, when training is bitwise SB3's): at the start of every ``train()``, after the ledger
+        has read the rollout's transitions (whose ``advantage`` stays the GAE the env's rewards gave),
+        the rollout's advantages are permuted across all its samples (steps x envs) by a generator of
+        its own, seeded from ``seed``; their values stay, their link to the actions that earned them
+        is cut. The value targets (``returns``) are not permuted, and neither SB3's random draws nor
+        the minibatches change: a permuted run is paired with the real run of the same seed.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class InstrumentedPPO(PPO):
         overwrite: bool = False,
         background: bool = True,
         summaries: bool = True,
+        permute_advantages: bool = False,
         **kwargs: Any,
     ):
         if kwargs.get("rollout_buffer_class") is not None:
@@ -77,6 +85,8 @@ class InstrumentedPPO(PPO):
             )
         self.record, self.record_every, self.info_keys = tuple(record), record_every, tuple(info_keys)
         self.background, self.summaries = bool(background), bool(summaries)
+        self.permute_advantages = bool(permute_advantages)
+        self._permutation_rng: np.random.Generator | None = None
         self._recorder = Recorder(
             ledger, self.record, record_every, self.info_keys, overwrite, self.background,
             summaries=self.summaries,
@@ -95,7 +105,18 @@ class InstrumentedPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         # the recording machinery is not part of the model: model.zip stays loadable with PPO.load
-        return [*super()._excluded_save_params(), "_recorder"]
+        return [*super()._excluded_save_params(), "_recorder", "_permutation_rng"]
+
+    def _permute_rollout_advantages(self) -> None:
+        """The advantage-permutation null (``permute_advantages``); nothing when it is off."""
+        if not self.permute_advantages:
+            return
+        if self._permutation_rng is None:
+            self._permutation_rng = np.random.default_rng([0 if self.seed is None else self.seed, 0x9E3779B9])
+        adv = self.rollout_buffer.advantages
+        # a new array: the ledger's transitions hold a view of the old one (the GAE), copied later
+        order = self._permutation_rng.permutation(adv.size)
+        self.rollout_buffer.advantages = adv.reshape(-1)[order].reshape(adv.shape)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -294,6 +315,7 @@ class InstrumentedPPO(PPO):
         Update policy using the currently gathered rollout buffer.
         """
         self._recorder.start_train(self)  # rledger
+        self._permute_rollout_advantages()  # rledger: the advantage-permutation null; off by default
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update optimizer learning rate

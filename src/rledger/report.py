@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rledger import replay
-from rledger.analysis import curves, gridmaps, history, learning_rate, probes, reward_scale
+from rledger.analysis import curves, gridmaps, history, learning_rate, null, probes, reward_scale
 from rledger.analysis.common import ClaimResult, find_runs
 from rledger.ledger.writer import atomic_write_bytes, follow_umask
 
@@ -58,6 +58,12 @@ INTRO = {
         "policies and environments say when a probe cannot tell: the policy's input does not differ between "
         "the conditions before it takes the option, or the inputs that show the option were never trained."
     ),
+    "null": (
+        "The same boat-race runs trained twice from each seed: as PPO is, and with every rollout's "
+        "advantages permuted across its samples before the update (same values, same minibatches, but "
+        "an advantage no longer belongs to the action that earned it). The null against which the "
+        "learning-rate and history figures are read; predictions written in the spec before the runs."
+    ),
     "learning_curves": "Return and hidden performance over training, mean over seeds with a 95% bootstrap band.",
 }
 
@@ -67,6 +73,7 @@ CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
     ("reward_scale", reward_scale.run),
     ("reinforcement_maps", gridmaps.run),
     ("history", history.run),
+    ("null", null.run),
     ("learning_curves", curves.run),
 ]
 

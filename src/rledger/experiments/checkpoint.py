@@ -50,6 +50,9 @@ def capture(model: Any, phase: int) -> dict[str, Any]:
         "last_episode_starts": copy.deepcopy(model._last_episode_starts),
         "env": pickle.dumps(model.env, protocol=pickle.HIGHEST_PROTOCOL),
         "recorder": model._recorder.state(),
+        "permutation_rng": None
+        if model._permutation_rng is None
+        else copy.deepcopy(model._permutation_rng.bit_generator.state),
         "rng": {
             "torch": th.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -107,6 +110,9 @@ def resume(model: Any, state: dict[str, Any]) -> None:
     model._last_obs = state["last_obs"]
     model._last_episode_starts = state["last_episode_starts"]
     model._recorder.restore(state["recorder"], env.num_envs)
+    if state.get("permutation_rng") is not None:  # the advantage-permutation null's generator
+        model._permutation_rng = np.random.default_rng()
+        model._permutation_rng.bit_generator.state = state["permutation_rng"]
     from collections import deque
 
     model.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=model._stats_window_size)

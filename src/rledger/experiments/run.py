@@ -349,6 +349,7 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         info_keys=tuple(config["record"]["info_keys"]),
         tensorboard_log=str(path / "tensorboard"),
         device="cpu",
+        permute_advantages=bool(config.get("permute_advantages", False)),
         **ppo_kwargs(config),
     )
     every = config.get("checkpoint_every", 0)

@@ -174,6 +174,7 @@ class Spec:
             # only when set, so that the config of a run without them is as it always was
             **({"reward": dict(options["reward"])} if "reward" in options else {}),
             **({"zero_critic": True} if options.get("zero_critic") else {}),
+            **({"permute_advantages": True} if options.get("permute_advantages") else {}),
             "record": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.record).items()},
             **(
                 {
@@ -494,7 +495,7 @@ def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[st
         if variant not in variants:
             raise SpecError(f"{path}: not a variant; variants: {sorted(variants)}")
         body = _mapping(body, path)
-        _unknown(body, {"ppo", "reward", "zero_critic"}, path)
+        _unknown(body, {"ppo", "reward", "zero_critic", "permute_advantages"}, path)
         options: dict[str, Any] = {}
         if "ppo" in body:
             options["ppo"] = _ppo(body["ppo"], f"{path}.ppo")
@@ -513,10 +514,11 @@ def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[st
                 "scale": float(reward.get("scale", 1.0)),
                 "offset": float(reward.get("offset", 0.0)),
             }
-        if "zero_critic" in body:
-            if not isinstance(body["zero_critic"], bool):
-                raise SpecError(f"{path}.zero_critic: must be true or false, got {body['zero_critic']!r}")
-            options["zero_critic"] = body["zero_critic"]
+        for flag in ("zero_critic", "permute_advantages"):
+            if flag in body:
+                if not isinstance(body[flag], bool):
+                    raise SpecError(f"{path}.{flag}: must be true or false, got {body[flag]!r}")
+                options[flag] = body[flag]
         out[variant] = options
     return out
 
