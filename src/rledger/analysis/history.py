@@ -159,7 +159,12 @@ def tiebreak_section(runs: list[RunInfo], out: Path, result: ClaimResult, n_resa
         return
     table = pd.concat(tables, ignore_index=True)
     opened = {(r.experiment, r.variant) for r in boat if r.config.get("opening")}
-    result.findings += history_intervention(table, opened)
+    # the intervention compares training histories under the same learning rule: runs of the
+    # advantage-permutation null (the null section reads them) are not a history without an opening
+    permuted = {(r.experiment, r.variant) for r in boat if r.config.get("permute_advantages")}
+    result.findings += history_intervention(
+        table[[k not in permuted for k in zip(table.experiment, table.variant, strict=True)]], opened
+    )
     result.tables.append(save_csv(table.drop(columns=["cell"]), out / "history_tiebreak.csv"))
     flat = [{k: (v if not isinstance(v, (list, dict)) else str(v)) for k, v in s.items()} for s in summaries]
     result.tables.append(save_csv(pd.DataFrame(flat), out / "history_tiebreak_summary.csv"))

@@ -188,15 +188,21 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
         plot_shares(shares[(shares.experiment == exp) & (shares.variant == variant)], axes[0, 2])
         fig.suptitle(f"{exp} / {variant}: update size against |advantage| (unclipped samples)")
         result.figures.append(save_figure(fig, out / f"reward_lr_{exp}_{variant}"))
-    pooled = shares[shares["update"] == "pg_grad_norm"].groupby("term").r2.mean()
-    pooled_adam = shares[shares["update"] == "adam_update_norm"].groupby("term").r2.mean()
+    # the pooled figures are PPO's as it is: runs of the advantage-permutation null (figures of their
+    # own above; the null section compares them) are left out
+    permuted = {(r.experiment, r.variant) for r in runs if r.config.get("permute_advantages")}
+    real = shares[[k not in permuted for k in zip(shares.experiment, shares.variant, strict=True)]]
+    pooled = real[real["update"] == "pg_grad_norm"].groupby("term").r2.mean()
+    pooled_adam = real[real["update"] == "adam_update_norm"].groupby("term").r2.mean()
     result.findings.append(
-        "Across runs and phases, the mean R² of log pg_grad_norm is "
+        ("Leaving out the advantage-permutation null's runs, across" if permuted else "Across")
+        + " runs and phases, the mean R² of log pg_grad_norm is "
         + ", ".join(f"{pooled[t]:.2f} on {t}" for t in TERMS)
         + "; of log adam_update_norm "
         + ", ".join(f"{pooled_adam[t]:.2f} on {t}" for t in TERMS)
         + "."
     )
+    clips = clips[[k not in permuted for k in zip(clips.experiment, clips.variant, strict=True)]]
     result.findings.append(
         f"Samples zeroed by clipping: {clips.clipped_share.mean():.1%} on average "
         f"(range {clips.clipped_share.min():.1%} to {clips.clipped_share.max():.1%} over phases and runs)."

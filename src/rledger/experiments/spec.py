@@ -485,10 +485,12 @@ def _ppo(value: Any, path: str) -> dict[str, Any]:
 
 
 def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``variant_options: {VARIANT: {ppo: {...}, reward: {scale: c, offset: b}, zero_critic: true}}``:
-    PPO settings that override the spec's ``ppo`` for that variant's runs; the env's reward mapped to
-    ``c * r + b`` in training (``rledger.envs.wrappers.AffineReward``; evaluation sees the env's own);
-    the value head's weights and bias set to zero at the start (they stay there with ``vf_coef: 0``)."""
+    """``variant_options: {VARIANT: {ppo: {...}, reward: {scale: c, offset: b}, zero_critic: true,
+    permute_advantages: true}}``: PPO settings that override the spec's ``ppo`` for that variant's runs;
+    the env's reward mapped to ``c * r + b`` in training (``rledger.envs.wrappers.AffineReward``;
+    evaluation sees the env's own); the value head's weights and bias set to zero at the start (they
+    stay there with ``vf_coef: 0``); the advantage-permutation null (``InstrumentedPPO``'s
+    ``permute_advantages``)."""
     out: dict[str, dict[str, Any]] = {}
     for variant, body in _mapping(value, "variant_options").items():
         path = f"variant_options.{variant}"
