@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -72,6 +73,17 @@ def _terminate_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def _track_options(fn: Any) -> Any:
+    """--track and --wandb-project (rledger run, rledger train)."""
+    fn = click.option(
+        "--wandb-project", default="rledger", show_default=True, help="the W&B project --track logs to"
+    )(fn)
+    return click.option(
+        "--track", is_flag=True,
+        help="stream each run's TensorBoard scalars to Weights & Biases (needs `pip install wandb`)",
+    )(fn)  # fmt: skip
+
+
 @main.command()
 @click.option("--env", "env_id", required=True, help="gymnasium env id, e.g. CartPole-v1")
 @click.option(
@@ -92,14 +104,7 @@ def _terminate_as_interrupt() -> None:
     help="record the per-sample table every N-th rollout (the others every rollout)",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="replace an existing ledger in --out")
-@click.option(
-    "--track",
-    is_flag=True,
-    help="stream each run's TensorBoard scalars to Weights & Biases (needs `pip install wandb`)",
-)
-@click.option(
-    "--wandb-project", default="rledger", show_default=True, help="the W&B project --track logs to"
-)  # fmt: skip
+@_track_options
 def train(
     env_id: str,
     seed: int,
@@ -182,14 +187,7 @@ def train(
     "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a spec field (repeatable)"
 )
 @click.option("--overwrite", is_flag=True, help="rerun complete runs whose config differs from the spec")
-@click.option(
-    "--track",
-    is_flag=True,
-    help="stream each run's TensorBoard scalars to Weights & Biases (needs `pip install wandb`)",
-)
-@click.option(
-    "--wandb-project", default="rledger", show_default=True, help="the W&B project --track logs to"
-)  # fmt: skip
+@_track_options
 def run(
     spec_path: Path,
     out: Path,

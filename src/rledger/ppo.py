@@ -53,8 +53,8 @@ class InstrumentedPPO(PPO):
     :param summaries: per-rollout summaries of the recorded samples to SB3's logger, so TensorBoard
         (``tensorboard_log``) shows them: ``ledger/r2_log_update_on_log_abs_advantage``,
         ``ledger/clipped_share``, ``ledger/self_reinforcement/action_<a>``
-        (:mod:`rledger.ledger.summary`). Computed in the background thread; a rollout's values appear
-        in the log dump after its samples are written (usually the next iteration's).
+        (:mod:`rledger.ledger.summary`). Computed in the background thread, and written to SB3's
+        TensorBoard output at the timesteps each rollout ended at, once its samples are written.
     :param permute_advantages: the advantage-permutation null, a different training (off by
         default, when training is bitwise SB3's): at the start of every ``train()``, after the ledger
         has read the rollout's transitions (whose ``advantage`` stays the GAE the env's rewards gave),

@@ -323,7 +323,8 @@ class Recorder:
             return
         recording = self._recording
         self._steps_at[rollout] = int(model.num_timesteps)
-        summary.record(logger, self.sink.take_summaries())  # of rollouts the thread has finished
+        # the rollouts whose samples the thread has written since
+        summary.write(logger, self.sink.take_summaries(), self._steps_at, int(model.num_timesteps))
         self.sink.write_rollout(
             rollout,
             self._info(model),
@@ -348,12 +349,9 @@ class Recorder:
 
     def log_remaining(self, logger: Any, step: int) -> None:
         """After a ``learn()`` that ended normally (and :meth:`sync`): the summaries of its last
-        rollouts, which no later iteration's log dump carries, recorded and dumped at ``step``."""
-        if self.sink is None:
-            return
-        for found in self.sink.take_summaries():  # each at the timesteps its rollout ended at
-            summary.record(logger, [found])
-            logger.dump(step=self._steps_at.get(int(found["ledger/rollout"]), step))
+        rollouts, which no later ``train()`` writes."""
+        if self.sink is not None:
+            summary.write(logger, self.sink.take_summaries(), self._steps_at, step)
 
     def _transition_columns(self, model: Any, episode_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Transitions of the rollout just collected (read before get() flattens the buffer)."""

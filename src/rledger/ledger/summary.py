@@ -1,8 +1,8 @@
-"""Per-rollout summaries of the ledger, for SB3's logger (TensorBoard, and W&B through it).
+"""Per-rollout summaries of the ledger, for SB3's TensorBoard output (and W&B through it).
 
 Computed from a rollout's ``samples`` columns (and the actions of its ``transitions``) where the
-ledger's background thread builds that table, so they cost the training thread nothing but the
-``logger.record`` calls. Keys (all under ``ledger/``):
+ledger's background thread builds that table, so they cost the training thread only their writing;
+each rollout's at the timesteps it ended at (:func:`write`). Keys (all under ``ledger/``):
 
 - ``r2_log_update_on_log_abs_advantage``: R^2 of the one-variable least-squares fit of
   ``ln(pg_grad_norm)`` on ``ln|advantage_used|`` over the rollout's samples that are not clipped,
@@ -59,9 +59,20 @@ def r2(x: np.ndarray, y: np.ndarray) -> float:
     return float((x @ y) ** 2 / (sxx * syy))
 
 
-def record(logger: Any, summaries: list[dict[str, float]]) -> None:
-    """Put summaries into SB3's ``logger`` (the newest rollout's values win within one dump); not to
-    its stdout table or text log."""
+def write(logger: Any, summaries: list[dict[str, float]], steps: dict[int, int], default_step: int) -> None:
+    """Write each summary to the TensorBoard outputs of SB3's ``logger`` at the timesteps its rollout
+    ended at (``steps``: rollout -> timesteps; ``default_step`` when unknown), one dump per rollout,
+    through a second SB3 ``Logger`` on the same output formats: SB3's own values and the timing of
+    its dumps are left alone, and no rollout's values replace another's."""
+    if not summaries:
+        return
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+
+    formats = [f for f in getattr(logger, "output_formats", []) if isinstance(f, TensorBoardOutputFormat)]
+    if not formats:
+        return
+    side = Logger(folder=None, output_formats=formats)
     for summary in summaries:
         for key, value in summary.items():
-            logger.record(key, value, exclude=("stdout", "log"))
+            side.record(key, value)
+        side.dump(step=steps.get(int(summary["ledger/rollout"]), default_step))
