@@ -362,6 +362,7 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png")))
     assert "fx_tamper/button" in md and ("supports" in md or "contradicts" in md or "inconclusive" in md)
+    assert "null_permuted.yaml) has not been run" in md  # no null runs in the fixture: said, not hidden
     results = json.loads((out / "results.json").read_text())
     assert [r["claim"] for r in results] == [
         "probes",
@@ -369,6 +370,7 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
         "reward_scale",
         "reinforcement_maps",
         "history",
+        "null",
         "learning_curves",
     ]
     before = (out / "report.md").stat().st_mtime_ns
