@@ -186,21 +186,13 @@ class Ledger:
                 files = self.files(table)
                 if files:
                     # the exact files, never a glob: a run folder's name may hold glob characters
-                    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                    listed = ", ".join(sql_string(str(f)) for f in files)
                     con.execute(
                         f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
                     )
                 else:
-                    cols = ", ".join(
-                        f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
-                        for f in schema.arrow_schema(table, self.info_keys)
-                    )
-                    con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE FALSE")
-            con.execute(
-                "CREATE VIEW samples_x AS SELECT s.*, tr.episode, tr.state_id, tr.action, tr.reward, "
-                'tr.advantage, tr.value, tr."return" FROM samples s JOIN transitions tr '
-                "USING (rollout, t, env)"
-            )
+                    con.execute(f"CREATE VIEW {table} AS {empty_select(table, self.info_keys)}")
+            con.execute(samples_x_view(("rollout", "t", "env")))
             self._con = con
         return self._con
 
@@ -359,6 +351,30 @@ def _filter_expr(name: str, op: str, value: Any) -> ds.Expression:
     if op not in ops:
         raise ValueError(f"filter ({name!r}, {op!r}, ...): unknown operator; use one of {list(ops)}")
     return ops[op]()
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def empty_select(table: str, info_keys: Sequence[str], labels: Sequence[tuple[str, str]] = ()) -> str:
+    """A SELECT of no rows with ``table``'s columns and types, after the ``labels`` (name, DuckDB type)."""
+    cols = [f"CAST(NULL AS {t}) AS {name}" for name, t in labels]
+    cols += [
+        f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
+        for f in schema.arrow_schema(table, tuple(info_keys))
+    ]
+    return f"SELECT {', '.join(cols)} WHERE FALSE"
+
+
+def samples_x_view(keys: Sequence[str]) -> str:
+    """The ``samples_x`` view: samples joined with the transition each came from, on ``keys``."""
+    return (
+        "CREATE VIEW samples_x AS SELECT s.*, tr.episode, tr.state_id, tr.action, tr.reward, "
+        'tr.advantage, tr.value, tr."return" FROM samples s JOIN transitions tr '
+        f"USING ({', '.join(keys)})"
+    )
 
 
 def _duck_type(t: Any) -> str:

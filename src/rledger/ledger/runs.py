@@ -18,14 +18,10 @@ import duckdb
 import pandas as pd
 
 from rledger.ledger import schema
-from rledger.ledger.reader import Ledger, LedgerError, _duck_type
+from rledger.ledger.reader import Ledger, LedgerError, empty_select, samples_x_view, sql_string
 from rledger.ledger.writer import part_name
 
 KEYS = ("experiment", "variant", "seed")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class Ledgers:
@@ -119,11 +115,7 @@ class Ledgers:
             con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
             for table in schema.TABLES:
                 con.execute(f"CREATE VIEW {table} AS {self._union(table)}")
-            con.execute(
-                "CREATE VIEW samples_x AS SELECT s.*, tr.episode, tr.state_id, tr.action, tr.reward, "
-                'tr.advantage, tr.value, tr."return" FROM samples s JOIN transitions tr '
-                "USING (experiment, variant, seed, rollout, t, env)"
-            )
+            con.execute(samples_x_view((*KEYS, "rollout", "t", "env")))
             self._con = con
         return self._con
 
@@ -147,12 +139,12 @@ class Ledgers:
                 alone.append((labels, files))
 
         def select(experiment: str, variant: str, files: list[str], seed: int | None) -> str:
-            listed = ", ".join(_quote(f) for f in files)
+            listed = ", ".join(sql_string(f) for f in files)
             seed_sql = "CAST(seed AS BIGINT)" if seed is None else str(int(seed))
             hive = "true" if seed is None else "false"
             rest = "* EXCLUDE (seed)" if seed is None else "*"
             return (
-                f"SELECT {_quote(experiment)} AS experiment, {_quote(variant)} AS variant, {seed_sql} AS "
+                f"SELECT {sql_string(experiment)} AS experiment, {sql_string(variant)} AS variant, {seed_sql} AS "
                 f"seed, {rest} FROM read_parquet([{listed}], hive_partitioning = {hive})"
             )
 
@@ -160,12 +152,8 @@ class Ledgers:
         parts += [select(lab["experiment"], lab["variant"], files, lab["seed"]) for lab, files in alone]
         if parts:
             return " UNION ALL BY NAME ".join(parts)
-        cols = ", ".join(
-            f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema.arrow_schema(table, ())
-        )
-        return (
-            f"SELECT CAST(NULL AS VARCHAR) AS experiment, CAST(NULL AS VARCHAR) AS variant, "
-            f"CAST(NULL AS BIGINT) AS seed, {cols} WHERE FALSE"
+        return empty_select(
+            table, (), (("experiment", "VARCHAR"), ("variant", "VARCHAR"), ("seed", "BIGINT"))
         )
 
     def sql(self, query: str) -> pd.DataFrame:

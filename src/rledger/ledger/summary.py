@@ -61,18 +61,17 @@ def r2(x: np.ndarray, y: np.ndarray) -> float:
 
 def write(logger: Any, summaries: list[dict[str, float]], steps: dict[int, int], default_step: int) -> None:
     """Write each summary to the TensorBoard outputs of SB3's ``logger`` at the timesteps its rollout
-    ended at (``steps``: rollout -> timesteps; ``default_step`` when unknown), one dump per rollout,
-    through a second SB3 ``Logger`` on the same output formats: SB3's own values and the timing of
-    its dumps are left alone, and no rollout's values replace another's."""
-    if not summaries:
-        return
+    ended at (``steps``: rollout -> timesteps, whose entries are taken out; ``default_step`` when
+    unknown), one dump per rollout, through a second SB3 ``Logger`` on the same output formats: SB3's
+    own values and the timing of its dumps are left alone, and no rollout's values replace another's."""
+    at = [steps.pop(int(summary["ledger/rollout"]), default_step) for summary in summaries]
     from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
     formats = [f for f in getattr(logger, "output_formats", []) if isinstance(f, TensorBoardOutputFormat)]
-    if not formats:
+    if not summaries or not formats:
         return
     side = Logger(folder=None, output_formats=formats)
-    for summary in summaries:
+    for summary, step in zip(summaries, at, strict=True):
         for key, value in summary.items():
             side.record(key, value)
-        side.dump(step=steps.get(int(summary["ledger/rollout"]), default_step))
+        side.dump(step=step)
