@@ -238,6 +238,12 @@ CASES: list[Case] = [
     ),  # fmt: skip
     Case("unknown table", _run(), {"s.yaml": spec(record={"tables": ["gradients"]})}, expect="record.tables"),
     Case("record.every 0", _run(), {"s.yaml": spec(record={"every": 0})}, expect="record.every"),
+    Case(
+        "momentum with checkpoints",
+        _run(),
+        {"s.yaml": spec(record={"tables": ["samples", "momentum"]})},
+        expect="record.tables: momentum cannot be resumed",
+    ),
     Case("eval.episodes -1", _run(), {"s.yaml": spec(eval={"episodes": -1})}, expect="eval.episodes"),
     Case(
         "eval of an unknown variant",

@@ -24,6 +24,7 @@ class StepTape:
     model: Any
     before: list[dict[str, th.Tensor]] = field(default_factory=list)
     after: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    grads: list[dict[str, th.Tensor]] = field(default_factory=list)  # as the step used them (clipped)
 
     def install(self) -> StepTape:
         opt = self.model.policy.optimizer
@@ -32,6 +33,9 @@ class StepTape:
 
         def step(*args: Any, **kwargs: Any) -> Any:
             self.before.append({n: p.detach().clone() for n, p in self.model.policy.named_parameters()})
+            self.grads.append(
+                {n: p.grad.clone() for n, p in self.model.policy.named_parameters() if p.grad is not None}
+            )
             out = original(*args, **kwargs)
             snap = {}
             for p, st in opt.state.items():
@@ -56,8 +60,16 @@ def _sample_inputs(model: Any, flat: np.ndarray) -> tuple[Any, th.Tensor]:
     return o, act
 
 
-def naive_samples(model: Any, tape: StepTape, samples: pd.DataFrame, updates: pd.DataFrame) -> pd.DataFrame:
-    """Recompute the per-sample columns of rollout 0 (the rollout still in the buffer)."""
+def naive_samples(
+    model: Any,
+    tape: StepTape,
+    samples: pd.DataFrame,
+    updates: pd.DataFrame,
+    vectors: list[dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """Recompute the per-sample columns of rollout 0 (the rollout still in the buffer). ``vectors``:
+    append, per optimizer step, its samples' float64 gradients ``s``, ``pg``, ``g`` ``(B, n)`` (the
+    trainable parameters flat in ``names`` order) and its clip factor."""
     buf = model.rollout_buffer
     n_steps = buf.buffer_size
     ups = updates[(updates.rollout == 0) & ~updates.stopped_early].reset_index(drop=True)
@@ -96,6 +108,7 @@ def naive_samples(model: Any, tape: StepTape, samples: pd.DataFrame, updates: pd
                     group,
                     clip_range,
                     clip_vf,
+                    vectors,
                 )
             )
     return pd.concat(out, ignore_index=True)
@@ -116,7 +129,22 @@ def _float64_preprocessing():
         sb3_policies.preprocess_obs = original
 
 
-def _one_step(model, policy64, names, params, tape, j, up, samples, buf, n_steps, group, clip_range, clip_vf):
+def _one_step(
+    model,
+    policy64,
+    names,
+    params,
+    tape,
+    j,
+    up,
+    samples,
+    buf,
+    n_steps,
+    group,
+    clip_range,
+    clip_vf,
+    vectors=None,
+):
     """Reference columns of the samples of optimizer step ``j`` (update row ``up``)."""
     out: list[pd.DataFrame] = []
     if True:  # keeps the body's indentation of the per-step loop it came from
@@ -180,6 +208,8 @@ def _one_step(model, policy64, names, params, tape, j, up, samples, buf, n_steps
         total = g.sum(0)
         grad_norm = total.norm()
         clip_coef = min(1.0, model.max_grad_norm / (float(grad_norm) + 1e-6))
+        if vectors is not None:
+            vectors.append({"names": names, "s": s, "pg": gpg, "g": g, "clip_coef": clip_coef})
         # the step's per-coordinate scale: Adam's fresh-gradient factor, from the state the step
         # left, or plain SGD's learning rate
         st = tape.after[j]

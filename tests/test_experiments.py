@@ -51,6 +51,11 @@ def write_spec(tmp_path: Path, **changes) -> Path:
         ({"seeds": "a-b"}, "seeds: must be a list of integers or a range"),
         ({"eval.variants": ["nope"]}, "eval.variants: must be a list of variant names"),
         ({"record.tables": ["samples", "bogus"]}, "record.tables: must be a subset"),
+        (
+            {"record.tables": ["transitions", "momentum"]},
+            "record.tables: momentum is computed with the samples",
+        ),
+        ({"record.tables": ["samples", "momentum"]}, "record.tables: momentum cannot be resumed"),
     ],
 )
 def test_bad_spec_exit_2_nothing_written(tmp_path, changes, message):
@@ -257,3 +262,31 @@ def test_every_shipped_spec_parses():
         spec = load_spec(path)
         for variant in spec.variants:
             gym.make(spec.env_id, **spec.env_kwargs_for(variant)).reset(seed=0)
+
+
+def test_runner_records_the_momentum_table(tmp_path):
+    """A spec asking for the momentum table (with checkpoints off) writes it beside the samples."""
+    from rledger import Ledger
+
+    spec = write_spec(
+        tmp_path,
+        **{
+            "record.tables": ["transitions", "samples", "updates", "episodes", "momentum"],
+            "checkpoint_every": 0,
+        },
+    )
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--seeds", "0"])
+    assert res.exit_code == 0, res.output
+    done = sorted(out.rglob("DONE"))
+    assert len(done) == 2  # the two variants of seed 0
+    for d in done:
+        ledger = Ledger(d.parent)
+        samples, mom = ledger.samples(), ledger.table("momentum")
+        assert len(mom) == len(samples) > 0
+        assert ledger.run_info["momentum_horizon"] == 197
+        assert ledger.check() == ledger.run_info["rollouts_written"]
+        fresh = samples.adam_update_norm.to_numpy()
+        moved = fresh > 0  # the last rollout's learning rate is 0 on lin_3e-4: no step moves
+        ratio = mom.momentum_update_norm.to_numpy()[moved] / fresh[moved]
+        assert moved.mean() > 0.5 and (ratio >= 1 - 1e-5).all() and ratio.max() > 1.5

@@ -29,7 +29,7 @@ from rledger.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
 from rledger.ledger import schema
 from rledger.recorder import Recorder
 
-ALL_TABLES = schema.TABLES
+ALL_TABLES = schema.DEFAULT_TABLES
 
 
 class InstrumentedPPO(PPO):
@@ -39,7 +39,9 @@ class InstrumentedPPO(PPO):
 
     :param ledger: run directory to write the ledger to (``None``: record nothing).
     :param record: which tables to write, a subset of
-        ``("transitions", "samples", "updates", "episodes")``; default all.
+        ``("transitions", "samples", "updates", "episodes", "momentum")``; default all but
+        ``momentum``, the momentum-propagated attribution (:mod:`rledger.persample.momentum`), which
+        needs ``samples``, ``record_every=1`` and Adam or AdamW with one parameter group.
     :param record_every: write transitions, samples and updates for every Nth rollout only
         (episodes are always written).
     :param info_keys: scalar ``info`` keys copied into ``transitions`` (per step) and ``episodes``
@@ -62,6 +64,9 @@ class InstrumentedPPO(PPO):
         its own, seeded from ``seed``; their values stay, their link to the actions that earned them
         is cut. The value targets (``returns``) are not permuted, and neither SB3's random draws nor
         the minibatches change: a permuted run is paired with the real run of the same seed.
+    :param momentum_horizon: with ``momentum`` recorded, the most optimizer steps counted per sample
+        (the end of each ``learn()`` call bounds it too); default: until ``beta1^n <= 1e-9`` (197 steps
+        at Adam's default ``beta1``). The buffer it needs grows with it.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class InstrumentedPPO(PPO):
         background: bool = True,
         summaries: bool = True,
         permute_advantages: bool = False,
+        momentum_horizon: int | None = None,
         **kwargs: Any,
     ):
         if kwargs.get("rollout_buffer_class") is not None:
@@ -87,9 +93,10 @@ class InstrumentedPPO(PPO):
         self.background, self.summaries = bool(background), bool(summaries)
         self.permute_advantages = bool(permute_advantages)
         self._permutation_rng: np.random.Generator | None = None
+        self.momentum_horizon = momentum_horizon
         self._recorder = Recorder(
             ledger, self.record, record_every, self.info_keys, overwrite, self.background,
-            summaries=self.summaries,
+            summaries=self.summaries, momentum_horizon=momentum_horizon,
         )  # fmt: skip
         super().__init__(policy, env, *args, **kwargs)
 
@@ -158,6 +165,7 @@ class InstrumentedPPO(PPO):
         recorder = Recorder(
             folder, self.record, self.record_every, self.info_keys, False, self.background,
             keep=keep, first_episode=first_episode, summaries=getattr(self, "summaries", True),
+            momentum_horizon=getattr(self, "momentum_horizon", None),
         )  # fmt: skip
         recorder.setup_model(self)
         self._recorder.close()
@@ -185,6 +193,7 @@ class InstrumentedPPO(PPO):
         """SB3's ``learn()``; returns once every trained rollout is in the ledger."""
         try:
             super().learn(*args, **kwargs)
+            self._recorder.end_learn()
         finally:
             self._recorder.close()
         self._recorder.log_remaining(self.logger, self.num_timesteps)

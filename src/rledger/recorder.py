@@ -45,15 +45,23 @@ class Recorder:
         keep: int | None = None,
         first_episode: np.ndarray | None = None,
         summaries: bool = True,
+        momentum_horizon: int | None = None,
     ):
         """``keep``: continue the ledger in ``ledger`` after its first ``keep`` rollouts (numbering goes
-        on from there); ``first_episode``: each env's first episode number (continuing a ledger)."""
+        on from there); ``first_episode``: each env's first episode number (continuing a ledger);
+        ``momentum_horizon``: see :class:`rledger.InstrumentedPPO`."""
         unknown = [t for t in record if t not in schema.TABLES]
         if unknown:
             raise ValueError(f"record: unknown tables {unknown}; choose from {list(schema.TABLES)}")
         if not isinstance(record_every, int) or record_every < 1:
             raise ValueError(f"record_every: must be an integer >= 1, got {record_every!r}")
         schema.check_info_keys(info_keys)
+        if "momentum" in record and ("samples" not in record or record_every != 1):
+            raise ValueError(
+                "record: the momentum table is computed with the samples: record 'samples' too, with "
+                f"record_every=1 (got record={list(record)}, record_every={record_every})"
+            )
+        self.momentum_horizon = momentum_horizon
         self.record, self.record_every, self.info_keys = record, record_every, info_keys
         self.sink = (
             LedgerSink(ledger, info_keys, overwrite, background, keep, summaries)
@@ -93,6 +101,9 @@ class Recorder:
         if "samples" in self.record and self.sink is not None:
             self.engine = PerSampleEngine(model.policy, model.policy.optimizer, model.action_space)
             self.engine.validate()
+            if "momentum" in self.record:
+                tracker = self.engine.enable_momentum(self.momentum_horizon)
+                self.run_info.momentum_horizon = tracker.horizon
 
     def setup_learn(self, model: Any, total_timesteps: int, env_reset: bool) -> None:
         """At each learn(): episodes running in an env that learn() reset are dropped; run.json."""
@@ -334,8 +345,16 @@ class Recorder:
             episodes=episodes if "episodes" in self.record else None,
             n_envs=model.n_envs,
             discrete=isinstance(model.action_space, spaces.Discrete),
+            momentum=self.engine.momentum if self.engine is not None else None,
         )
         self._transitions = None
+
+    def end_learn(self) -> None:
+        """A ``learn()`` call ended normally: the momentum attribution's last steps are counted to
+        here, and their rows written (after every rollout handed over)."""
+        tracker = self.engine.momentum if self.engine is not None else None
+        if tracker is not None and self.sink is not None:
+            self.sink.end_momentum(tracker)
 
     # ------------------------------------------------------------------ the end of learn()
     def close(self) -> None:

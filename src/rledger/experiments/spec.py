@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rledger.ledger.schema import TABLES, check_info_keys
+from rledger.ledger.schema import DEFAULT_TABLES, TABLES, check_info_keys
 
 
 class SpecError(ValueError):
@@ -48,7 +48,7 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class RecordSpec:
-    tables: tuple[str, ...] = TABLES
+    tables: tuple[str, ...] = DEFAULT_TABLES
     every: int = 1
     info_keys: tuple[str, ...] = ()
 
@@ -398,7 +398,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
             raise SpecError(f"ppo.policy_kwargs.{key}: must be true or false, got {pk[key]!r}")
     record = _mapping(raw.get("record"), "record")
     _unknown(record, {"tables", "every", "info_keys"}, "record")
-    tables = tuple(record.get("tables", TABLES))
+    tables = tuple(record.get("tables", DEFAULT_TABLES))
     if not set(tables) <= set(TABLES):
         raise SpecError(f"record.tables: must be a subset of {list(TABLES)}, got {list(tables)}")
     every = record.get("every", 1)
@@ -425,6 +425,17 @@ def validate(raw: Any, source: str = "spec") -> Spec:
             f"checkpoint_every: must be an integer >= 0 (rollouts between checkpoints; 0: none), got "
             f"{checkpoint_every!r}"
         )
+    if "momentum" in tables:
+        if "samples" not in tables or every != 1:
+            raise SpecError(
+                "record.tables: momentum is computed with the samples: list samples too and leave "
+                f"record.every at 1 (got tables {list(tables)}, every {every})"
+            )
+        if checkpoint_every != 0:
+            raise SpecError(
+                "record.tables: momentum cannot be resumed from a checkpoint (its last steps wait for "
+                "later ones); set checkpoint_every: 0 beside it"
+            )
     probes = {
         name: _probe(name, body, variants, tuple(train_raw))
         for name, body in _mapping(raw.get("probes"), "probes").items()

@@ -74,6 +74,7 @@ class RunMetadata:
         self._versions: dict[str, str] | None = None
         self._commit: tuple[str | None] | None = None
         self.total_timesteps: int | None = None
+        self.momentum_horizon: int | None = None  # the momentum table's, when it is recorded
 
     def __call__(self, model: Any, per_sample_path: str | None, rollouts_written: int) -> dict[str, Any]:
         env_id = None
@@ -102,4 +103,5 @@ class RunMetadata:
             "rollouts_written": rollouts_written,
             "num_timesteps": int(model.num_timesteps),
             "total_timesteps": self.total_timesteps,
+            **({"momentum_horizon": self.momentum_horizon} if self.momentum_horizon is not None else {}),
         }

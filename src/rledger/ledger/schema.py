@@ -20,6 +20,16 @@ Notation used in the definitions, for one minibatch of ``B`` samples at Adam ste
   lr`` and ``P = 1``.
 - Sample ``i``'s fresh contribution to the parameter update of step ``k`` is
   ``u_i = -scale_k * c * P * g_i`` (the momentum carried over from earlier steps is not part of it).
+- Through Adam's first moment the same gradient moves the parameters again at every later step
+  ``s``, by ``beta1**(s-k) * a_s * c * g_i`` with ``a_s = scale_s * P_s`` (step ``s``'s own learning
+  rate and second moment). Summed over the ``n`` steps counted, the factor is
+  ``D_k = sum_{s=k}^{k+n-1} beta1**(s-k) * a_s`` (computed backwards, ``E_s = a_s + beta1 * E_{s+1}``),
+  with ``n = min(momentum_horizon, steps left in the learn() call)``: the horizon is the end of the
+  `learn()` call, bounded by `momentum_horizon` (run.json; by default the smallest ``n`` with
+  ``beta1**n <= 1e-9``, 197 steps at ``beta1 = 0.9``). Each later step's gradient and second moment
+  are held as recorded: the attribution is first order in the sample's own gradient; what a changed
+  parameter does to later gradients (weight decay's term included) is not counted. Sample ``i``'s
+  momentum-total update is ``U_i = -c * D_k * g_i``.
 """
 
 from __future__ import annotations
@@ -31,7 +41,10 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 2
 
-TABLES = ("transitions", "samples", "updates", "episodes")
+TABLES = ("transitions", "samples", "updates", "episodes", "momentum")
+
+DEFAULT_TABLES = ("transitions", "samples", "updates", "episodes")
+"""What ``InstrumentedPPO`` and the runner record unless told otherwise (``momentum`` is asked for)."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,53 @@ COLUMNS: tuple[Column, ...] = (
         BOOL,
         "flag",
         "approx_kl exceeded 1.5 * target_kl at this minibatch; training stopped before stepping.",
+    ),
+    # ------------------------------------------------------------------ momentum
+    _c("momentum", "rollout", I32, "index", "Rollout index; with epoch, minibatch, t, env joins `samples`."),
+    _c("momentum", "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
+    _c("momentum", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+    _c("momentum", "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
+    _c("momentum", "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    _c(
+        "momentum",
+        "momentum_update_norm",
+        F32,
+        "parameter change",
+        """||U_i|| = c * ||D_k * g_i||: the norm of the sample's total contribution to the parameters'
+        change through Adam's first moment over the steps counted (all three loss terms). At least
+        `adam_update_norm`, which is its first step's share.""",
+    ),
+    _c(
+        "momentum",
+        "pg_momentum_update_norm",
+        F32,
+        "parameter change",
+        "c * ||D_k * g_i^pg||: the policy-gradient term's share of U_i; 0 when clipped.",
+    ),
+    _c(
+        "momentum",
+        "momentum_self_reinforcement",
+        F32,
+        "nats",
+        """First-order change of log pi(a_i|s_i), at the parameters of step k, caused by the policy-loss
+        part of the sample's total contribution: s_i . (-c * D_k * g_i^pg) = c * A_i * r_i / B *
+        sum(D_k * s_i^2). The momentum-total counterpart of `self_reinforcement`.""",
+    ),
+    _c(
+        "momentum",
+        "momentum_steps",
+        I32,
+        "steps",
+        "n, the optimizer steps counted (k to k + n - 1): the horizon or the steps left in `learn()`.",
+    ),
+    _c(
+        "momentum",
+        "momentum_cut",
+        F64,
+        "fraction",
+        """beta1**n: the share of the gradient's first-moment weight that the steps counted leave out
+        (the end of `learn()` or the horizon cut it off; (1 - beta1) * sum_{j<n} beta1**j = 1 - beta1**n
+        is applied).""",
     ),
     # ------------------------------------------------------------------ episodes
     _c("episodes", "rollout", I32, "index", "Rollout during which the episode ended."),

@@ -22,6 +22,7 @@ import numpy as np
 
 from rledger.ledger import schema, summary
 from rledger.ledger.writer import LedgerWriter
+from rledger.persample.momentum import MomentumTracker
 
 T = TypeVar("T")
 Columns = dict[str, np.ndarray]
@@ -74,10 +75,13 @@ class LedgerSink:
         episodes: list[dict[str, Any]] | None = None,
         n_envs: int = 1,
         discrete: bool = False,
+        momentum: MomentumTracker | None = None,
     ) -> None:
         """One rollout's tables (None: not recorded; ``samples``: pieces in order, futures included)
         and the run's metadata after it; with ``summaries``, the rollout's summary
-        (:mod:`rledger.ledger.summary`) for :meth:`take_summaries`."""
+        (:mod:`rledger.ledger.summary`) for :meth:`take_summaries`. ``momentum``: then the momentum
+        rows of every rollout up to this one whose steps are all counted (:meth:`end_momentum` writes
+        the rest)."""
         writer = self.writer
         tables: list[tuple[str, Any]] = []
         actions = None
@@ -116,6 +120,8 @@ class LedgerSink:
                     rows[table] = arrow.num_rows
                 writer.write_manifest(rollout, rows)  # after the parts: the rollout is whole
                 writer.update_run_info(info)
+                if momentum is not None:
+                    self._write_momentum(momentum, rollout)
             except BaseException:
                 self._failed = True
                 raise
@@ -124,6 +130,37 @@ class LedgerSink:
             self._jobs.append(self.submit(write))
         else:
             write()
+
+    def _write_momentum(self, tracker: MomentumTracker, through: int | None) -> None:
+        """The momentum rows of the rollouts all of whose steps are counted: each rollout's part, then
+        its manifest lists it (the rollout's other tables are already whole)."""
+        for rollout, cols in tracker.take(through).items():
+            typed = {
+                c.name: cols[c.name].astype(c.dtype.to_pandas_dtype(), copy=False)
+                for c in schema.columns("momentum")
+            }
+            arrow = self.writer.arrow_table("momentum", typed)
+            self.writer.write_arrow("momentum", rollout, arrow)
+            self.writer.add_to_manifest(rollout, "momentum", arrow.num_rows)
+
+    def end_momentum(self, tracker: MomentumTracker) -> None:
+        """After every rollout handed over: the momentum attribution's pending steps counted to the end
+        of the ``learn()`` call, and their rows written."""
+
+        def job() -> None:
+            if self._failed:
+                return
+            try:
+                tracker.end_learn()
+                self._write_momentum(tracker, None)
+            except BaseException:
+                self._failed = True
+                raise
+
+        if self.background:
+            self._jobs.append(self.submit(job))
+        else:
+            job()
 
     def take_summaries(self) -> list[dict[str, float]]:
         """The rollout summaries computed since the last call, oldest first."""

@@ -196,6 +196,14 @@ class LedgerWriter:
             self.run_dir / MANIFEST / f"{part_name(rollout)}.json", {"rollout": rollout, "rows": dict(rows)}
         )
 
+    def add_to_manifest(self, rollout: int, table: str, rows: int) -> None:
+        """List one more table in a whole rollout's manifest (a table written after the rollout's
+        others: ``momentum``), after its part is written."""
+        path = self.run_dir / MANIFEST / f"{part_name(rollout)}.json"
+        manifest = json.loads(path.read_text())
+        manifest["rows"][table] = int(rows)
+        atomic_write_json(path, manifest)
+
     def arrow_table(self, table: str, cols: Mapping[str, Any]) -> pa.Table:
         """``cols`` (every schema column of ``table`` mapped to an array) as an Arrow table with the
         schema's types. Numeric arrays are referenced, not copied: they must not change until written."""

@@ -57,6 +57,7 @@ from rledger.persample.loss import (
     loss_coefficients,
     sgd_step_factor,
 )
+from rledger.persample.momentum import MomentumTracker, default_horizon
 from rledger.persample.replay import Replayer
 from rledger.persample.slots import StepBuffers
 
@@ -119,6 +120,34 @@ class PerSampleEngine:
         self._epochs_hint = 1
         self._flush_every: int | None = None
         self._done: list[Columns | Future[Columns]] = []
+        self.momentum: MomentumTracker | None = None
+
+    def enable_momentum(self, horizon: int | None = None) -> MomentumTracker:
+        """Compute the ``momentum`` table too (:mod:`rledger.persample.momentum`), counting at most
+        ``horizon`` steps per sample (default: until ``beta1^n <= 1e-9``). Needs the batched mode:
+        Adam or AdamW with one parameter group, a policy of the linear path."""
+        if self.path != "linear" or not batched_supported(self.optimizer):
+            raise UnsupportedPolicyError(
+                "record: the momentum table needs Adam or AdamW with one parameter group and a policy "
+                f"of Linear layers (this one: {type(self.optimizer).__name__} with "
+                f"{len(self.optimizer.param_groups)} parameter group(s), {self.path} path); leave "
+                "'momentum' out of record"
+            )
+        beta1 = float(self.optimizer.param_groups[0]["betas"][0])
+        if horizon is None:
+            horizon = default_horizon(beta1)
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"momentum_horizon: must be an integer >= 1, got {horizon!r}")
+        sizes = [p.numel() for p in self._opt_params]
+        shapes = [tuple(p.shape) for p in self._opt_params]
+        names = list(self._opt_names)
+
+        def per_param(flat: Tensor) -> dict[str, Tensor]:
+            parts = flat.split(sizes, dim=1)
+            return {n: x.reshape(flat.shape[0], *sh) for n, x, sh in zip(names, parts, shapes, strict=True)}
+
+        self.momentum = MomentumTracker(beta1, horizon, per_param)
+        return self.momentum
 
     def validate(self) -> None:
         """Run the generic path once on a dummy batch so that a policy it cannot handle fails now."""
@@ -310,7 +339,7 @@ class PerSampleEngine:
         assert self._fetch is not None and self._replayer is not None and self._parts is not None
         # now: the rollout buffer is refilled while the flush runs
         obs, act = buf.gather(self._fetch, self.max_grad_norm)
-        args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act)
+        args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act, self.momentum)
         if self._submit is None:
             self._done.append(buf.flush(*args))
             return

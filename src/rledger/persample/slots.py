@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rledger.persample.gram import linear_gram
 from rledger.persample.loss import LossTerms, Parts, adam_step_factor, clip_coefs, columns, loss_coefficients
+from rledger.persample.momentum import MomentumChunk, MomentumTracker
 from rledger.persample.replay import Replayer
 
 MAX_BUFFER_ELEMENTS = 1 << 24
@@ -126,27 +127,41 @@ class StepBuffers:
         betas: tuple[float, float],
         obs: Any,
         act: Tensor,
+        tracker: MomentumTracker | None = None,
     ) -> dict[str, np.ndarray]:
         """Columns of the buffered steps (``m * batch`` rows, in recording order), given their
-        observations and actions from :meth:`gather`; empties the buffers (also on error)."""
+        observations and actions from :meth:`gather`; empties the buffers (also on error).
+        ``tracker``: also hand the steps' replay to the momentum attribution."""
         try:
-            return self._flush(replayer, parts, eps, betas, obs, act)
+            return self._flush(replayer, parts, eps, betas, obs, act, tracker)
         finally:
             self.m = 0
             self.busy = False
 
     def _flush(
-        self, replayer: Replayer, parts: Parts, eps: float, betas: tuple[float, float], obs: Any, act: Tensor
+        self,
+        replayer: Replayer,
+        parts: Parts,
+        eps: float,
+        betas: tuple[float, float],
+        obs: Any,
+        act: Tensor,
+        tracker: MomentumTracker | None,
     ) -> dict[str, np.ndarray]:
         m, b = self.m, self.batch
         replayer.set_parts(parts)
+        if tracker is not None:
+            tracker.layers = list(
+                zip(replayer.linear_names, replayer.linears, replayer.supports, strict=True)
+            )
+            tracker.k, tracker.ent_part = parts.k, parts.ent_part
         width = sum(ly.in_features + (parts.k + 2) * ly.out_features for ly in replayer.linears)
         chunk = max(1, REPLAY_CHUNK_ELEMENTS // max(1, b * width))
         pieces = []
         for lo in range(0, m, chunk):
             hi = min(m, lo + chunk)
             sub_obs, sub_act = th.utils._pytree.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], (obs, act))
-            pieces.append(self._chunk_columns(replayer, parts, eps, betas, lo, hi, sub_obs, sub_act))
+            pieces.append(self._chunk_columns(replayer, parts, eps, betas, lo, hi, sub_obs, sub_act, tracker))
         cols = {name: th.cat([p[name] for p in pieces]) for name in pieces[0]}
         out = {name: col.reshape(-1).numpy().copy() for name, col in cols.items()}
         out["t"] = self.t.reshape(-1)
@@ -166,6 +181,7 @@ class StepBuffers:
         hi: int,
         obs: Any,
         act: Tensor,
+        tracker: MomentumTracker | None = None,
     ) -> dict[str, Tensor]:
         k = parts.k
         terms = self.terms[lo:hi]
@@ -178,10 +194,20 @@ class StepBuffers:
         )  # fmt: skip
         params = self._per_param(self.p[lo:hi])
         inputs, d_out, d_direct = replayer.output_grads(params, obs, act)
-        fac = self._factors(lo, hi, eps, betas)
+        fac, flat = self._factors(lo, hi, eps, betas)
         layers = list(zip(replayer.linear_names, replayer.linears, replayer.supports, strict=True))
         gram = linear_gram(layers, inputs, d_out, d_direct, fac, k)
         clip = th.from_numpy(self.clip[lo:hi])[:, None]
+        if tracker is not None:
+            b = self.batch
+            keys = {
+                "rollout": np.repeat(self.keys[lo:hi, 0:1], b, 1).astype(np.int32),
+                "epoch": np.repeat(self.keys[lo:hi, 1:2], b, 1).astype(np.int16),
+                "minibatch": np.repeat(self.keys[lo:hi, 2:3], b, 1).astype(np.int32),
+                "t": self.t[lo:hi],
+                "env": self.env[lo:hi],
+            }
+            tracker.add(MomentumChunk(keys, flat, inputs, d_out, d_direct, coef, alpha, ent_logp, clip))
         return {
             "advantage_used": terms[:, 0],
             "ratio": terms[:, 1],
@@ -191,12 +217,17 @@ class StepBuffers:
 
     def _factors(
         self, lo: int, hi: int, eps: float, betas: tuple[float, float]
-    ) -> dict[str, tuple[Tensor, Tensor]]:
-        """``F = scale * P`` and ``F**2`` per parameter (by name) and step, ``(S, *shape)``."""
+    ) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
+        """``F = scale * P`` and ``F**2`` per parameter (by name) and step, ``(S, *shape)``, and ``F``
+        flat ``(S, n_params)``."""
         step, lr = th.from_numpy(self.step[lo:hi]), th.from_numpy(self.lr[lo:hi])
         f = adam_step_factor(self.v[lo:hi], step, lr, betas, eps)
         f1, f2 = self._per_param(f), self._per_param(f.square())
-        return {name: (f1[name], f2[name]) for name in self.names}
+        return {name: (f1[name], f2[name]) for name in self.names}, f
+
+    def per_param(self, flat: Tensor) -> dict[str, Tensor]:
+        """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
+        return self._per_param(flat)
 
     def _per_param(self, flat: Tensor) -> dict[str, Tensor]:
         """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""

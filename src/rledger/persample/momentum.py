@@ -1,0 +1,203 @@
+"""Momentum-propagated attribution: what a sample's gradient moves through Adam's first moment, in total.
+
+A gradient term ``g`` that enters Adam's first moment at step ``k`` moves the parameters at every
+later step ``s >= k`` by ``beta1^(s-k) a_s * g`` (elementwise), where
+``a_s = lr_s (1 - beta1) / (1 - beta1^s) / (sqrt(v_hat_s) + eps)`` is step ``s``'s fresh-gradient
+factor (:func:`rledger.persample.loss.adam_step_factor`, the ``F`` of the ``samples`` table). Summed
+over the steps counted, the factor is
+
+    D_k = sum_{s=k}^{k+n-1} beta1^(s-k) a_s,    n = min(horizon, steps left in the learn() call)
+
+which the backward recurrence ``E_s = a_s + beta1 E_{s+1}`` gives as ``D_k = E_k - beta1^n E_{k+n}``.
+The ``momentum`` table's columns are the ``samples`` table's Adam-scaled columns with ``D_k`` in
+place of ``a_k`` (the same Gram identities, :mod:`rledger.persample.gram`). The attribution holds each
+later step's gradient and second moment as recorded: it is first order in the sample's own gradient,
+and what a changed parameter does to later gradients (weight decay's term among them) is not counted.
+
+:class:`MomentumTracker` streams: each buffered step's replay outputs wait until ``horizon`` later
+steps have their factors (or the ``learn()`` call ends), then their rows are computed and the step's
+data dropped. It holds at most about ``horizon`` steps plus one flush's worth: memory is bounded in
+run length. The result does not depend on how steps arrive in pieces (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch import Tensor, nn
+
+from rledger.persample.gram import Factors, linear_gram
+from rledger.persample.loss import columns
+
+DEFAULT_CUT = 1e-9
+"""The default horizon counts steps until the first moment's remaining weight ``beta1^n`` is below
+this (``n = 197`` for Adam's ``beta1 = 0.9``)."""
+
+KEYS = ("rollout", "epoch", "minibatch", "t", "env")
+
+
+def default_horizon(beta1: float, cut: float = DEFAULT_CUT) -> int:
+    """The number of steps ``n`` after which ``beta1^n <= cut`` (1 for ``beta1 == 0``)."""
+    if beta1 <= 0.0:
+        return 1
+    return max(1, math.ceil(math.log(cut) / math.log(beta1)))
+
+
+@dataclass
+class MomentumChunk:
+    """``S`` consecutive optimizer steps of ``B`` samples, as the replay gave them."""
+
+    keys: dict[str, np.ndarray]  # (S, B) each: rollout, epoch, minibatch, t, env
+    a: Tensor  # (S, n_params) the steps' fresh factors a_s, flat, float32
+    inputs: list[Tensor]  # per Linear layer (S, B, in)
+    d_out: list[dict[int, Tensor]]  # per layer: part -> (S, B, out)
+    d_direct: dict[str, dict[int, Tensor]]  # per direct parameter: part -> (S, B, n)
+    coef: Tensor  # (S, B, K)
+    alpha: Tensor  # (S, B)
+    ent_logp: Tensor | None  # (S, B)
+    clip: Tensor  # (S, 1)
+
+    @property
+    def steps(self) -> int:
+        return int(self.a.shape[0])
+
+    def split(self, n: int) -> tuple[MomentumChunk, MomentumChunk]:
+        """The first ``n`` steps and the rest."""
+
+        def cut(x: Any, lo: int, hi: int | None) -> Any:
+            return th.utils._pytree.tree_map(lambda v: v[lo:hi], x)
+
+        head = MomentumChunk(
+            {k: v[:n] for k, v in self.keys.items()}, self.a[:n], cut(self.inputs, 0, n),
+            cut(self.d_out, 0, n), cut(self.d_direct, 0, n), self.coef[:n], self.alpha[:n],
+            None if self.ent_logp is None else self.ent_logp[:n], self.clip[:n],
+        )  # fmt: skip
+        tail = MomentumChunk(
+            {k: v[n:] for k, v in self.keys.items()}, self.a[n:], cut(self.inputs, n, None),
+            cut(self.d_out, n, None), cut(self.d_direct, n, None), self.coef[n:], self.alpha[n:],
+            None if self.ent_logp is None else self.ent_logp[n:], self.clip[n:],
+        )  # fmt: skip
+        return head, tail
+
+
+@dataclass
+class MomentumTracker:
+    """Streams the ``momentum`` table's rows of one ``InstrumentedPPO`` (see the module docstring).
+
+    ``layers``: the Linear layers' names, modules and supports (as the replay's); ``per_param`` maps a
+    flat ``(S, n_params)`` tensor to per-parameter views (name -> ``(S, *shape)``); ``k`` and
+    ``ent_part``: the loss's parts (:class:`rledger.persample.loss.Parts`).
+    """
+
+    beta1: float
+    horizon: int
+    per_param: Callable[[Tensor], dict[str, Tensor]]
+    layers: Sequence[tuple[str, nn.Linear, set[int]]] = ()
+    k: int = 2
+    ent_part: int | None = None
+    pending: list[MomentumChunk] = field(default_factory=list)
+    done: dict[int, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # rollout -> row pieces
+    bytes_held: int = 0  # the largest buffer held so far (pending chunks' tensors), in bytes
+
+    def add(self, chunk: MomentumChunk) -> None:
+        """Take ``S`` more steps (in order); compute the rows of every step whose horizon is now known."""
+        self.pending.append(chunk)
+        self.bytes_held = max(self.bytes_held, _nbytes(self.pending))
+        self._finalize(end=False)
+
+    def end_learn(self) -> None:
+        """The ``learn()`` call ended: every pending step's horizon stops here."""
+        self._finalize(end=True)
+
+    def take(self, through: int | None = None) -> dict[int, dict[str, np.ndarray]]:
+        """The rows of every rollout all of whose steps are computed (those before the oldest pending
+        step's rollout), at most ``through``; removed from the tracker."""
+        limit = int(self.pending[0].keys["rollout"][0, 0]) if self.pending else math.inf
+        if through is not None:
+            limit = min(limit, through + 1)
+        out = {}
+        for r in sorted(self.done):
+            if r < limit:
+                pieces = self.done.pop(r)
+                out[r] = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        return out
+
+    # ------------------------------------------------------------------ the computation
+    def _finalize(self, end: bool) -> None:
+        n_total = sum(c.steps for c in self.pending)
+        ready = n_total if end else n_total - self.horizon + 1  # steps whose window is known
+        if ready <= 0:
+            return
+        a = th.cat([c.a for c in self.pending]).double()
+        # E_s = a_s + beta1 E_{s+1}, backwards over the pending steps (E beyond the last is 0)
+        e = th.empty_like(a)
+        acc = th.zeros(a.shape[1], dtype=th.float64)
+        for s in range(n_total - 1, -1, -1):
+            acc = a[s] + self.beta1 * acc
+            e[s] = acc
+        idx = th.arange(ready)
+        counted = th.clamp(n_total - idx, max=self.horizon)  # steps counted for each ready step
+        beyond = idx + counted
+        tail = th.zeros(ready, a.shape[1], dtype=th.float64)
+        inside = beyond < n_total
+        tail[inside] = e[beyond[inside]]
+        weight = th.pow(th.full((ready,), self.beta1, dtype=th.float64), counted.double())
+        d = (e[:ready] - weight[:, None] * tail).float()
+        # split the pending chunks at `ready` and compute the rows of the head
+        heads, lo = [], 0
+        while lo < ready:
+            chunk = self.pending[0]
+            if lo + chunk.steps <= ready:
+                heads.append(self.pending.pop(0))
+                lo += chunk.steps
+            else:
+                head, rest = chunk.split(ready - lo)
+                heads.append(head)
+                self.pending[0] = rest
+                lo = ready
+        lo = 0
+        for head in heads:
+            hi = lo + head.steps
+            self._rows(head, d[lo:hi], counted[lo:hi], weight[lo:hi])
+            lo = hi
+
+    def _rows(self, chunk: MomentumChunk, d: Tensor, counted: Tensor, cut: Tensor) -> None:
+        f1 = self.per_param(d)
+        f2 = self.per_param(d.square())
+        fac: Factors = {name: (f1[name], f2[name]) for name in f1}
+        gram = linear_gram(self.layers, chunk.inputs, chunk.d_out, chunk.d_direct, fac, self.k)
+        cols = columns(
+            gram.g1, gram.gp2, gram.gp00, chunk.coef, chunk.alpha, self.ent_part, chunk.ent_logp, chunk.clip
+        )
+        b = chunk.coef.shape[1]
+        rows: dict[str, np.ndarray] = {k: v.reshape(-1) for k, v in chunk.keys.items()}
+        rows["momentum_update_norm"] = cols["adam_update_norm"].reshape(-1).numpy().copy()
+        rows["pg_momentum_update_norm"] = cols["pg_adam_update_norm"].reshape(-1).numpy().copy()
+        rows["momentum_self_reinforcement"] = cols["self_reinforcement"].reshape(-1).numpy().copy()
+        rows["momentum_steps"] = np.repeat(counted.numpy(), b).astype(np.int32)
+        rows["momentum_cut"] = np.repeat(cut.numpy(), b)
+        rollout = chunk.keys["rollout"][:, 0]
+        for r in np.unique(rollout):
+            sel = np.repeat(rollout == r, b)
+            self.done.setdefault(int(r), []).append({k: v[sel] for k, v in rows.items()})
+
+
+def _nbytes(chunks: Sequence[MomentumChunk]) -> int:
+    """Bytes of the storages the chunks keep alive (a view keeps its whole base), each counted once."""
+    storages: dict[int, int] = {}
+    keys = 0
+    for c in chunks:
+        tensors = [c.a, c.coef, c.alpha, c.clip, *c.inputs]
+        tensors += [t for d in c.d_out for t in d.values()]
+        tensors += [t for d in c.d_direct.values() for t in d.values()]
+        if c.ent_logp is not None:
+            tensors.append(c.ent_logp)
+        for t in tensors:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        keys += sum(v.nbytes for v in c.keys.values())
+    return sum(storages.values()) + keys
