@@ -208,16 +208,14 @@ def _one_step(
         total = g.sum(0)
         grad_norm = total.norm()
         clip_coef = min(1.0, model.max_grad_norm / (float(grad_norm) + 1e-6))
-        if vectors is not None:
-            vectors.append({"names": names, "s": s, "pg": gpg, "g": g, "clip_coef": clip_coef})
         # the step's per-coordinate scale: Adam's fresh-gradient factor, from the state the step
-        # left, or plain SGD's learning rate
+        # left, or plain SGD's learning rate (the step's own, as the updates table has it)
         st = tape.after[j]
         pieces = []
         for n in names:
             p = params[n]
             if isinstance(model.policy.optimizer, th.optim.SGD):
-                pieces.append(th.full((p.numel(),), float(group["lr"]), dtype=th.float64))
+                pieces.append(th.full((p.numel(),), float(up.lr), dtype=th.float64))
                 continue
             if n not in st:
                 pieces.append(th.zeros(p.numel(), dtype=th.float64))
@@ -225,8 +223,10 @@ def _one_step(
             k = float(st[n]["step"])
             b1, b2 = group["betas"]
             denom = st[n]["exp_avg_sq"].double().sqrt() / math.sqrt(1 - b2**k) + group["eps"]
-            pieces.append((group["lr"] * (1 - b1) / (1 - b1**k) / denom).reshape(-1))
+            pieces.append((float(up.lr) * (1 - b1) / (1 - b1**k) / denom).reshape(-1))
         pfac = th.cat(pieces)
+        if vectors is not None:
+            vectors.append({"names": names, "s": s, "pg": gpg, "g": g, "clip_coef": clip_coef, "pfac": pfac})
         out.append(
             pd.DataFrame(
                 {

@@ -199,13 +199,14 @@ def test_momentum_same_in_background_and_in_place(tmp_path, monkeypatch):
 
 
 def test_momentum_leaves_training_unchanged(tmp_path):
-    """Parameters after learn() are bitwise plain SB3 PPO's with the momentum table recorded."""
+    """Parameters after learn() are bitwise plain SB3 PPO's with the momentum and influence tables
+    recorded."""
     from stable_baselines3 import PPO
 
     params = []
     for cls, kw in (
         (PPO, {}),
-        (InstrumentedPPO, dict(ledger=tmp_path / "run", record=TABLES, momentum_horizon=7)),
+        (InstrumentedPPO, dict(ledger=tmp_path / "run", record=TABLES, momentum_horizon=7, watch=WATCH)),
     ):
         env = make_vec_env("CartPole-v1", n_envs=2, seed=5)
         model = cls("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=3, seed=5, **kw)
@@ -228,3 +229,155 @@ def test_momentum_refuses_what_it_cannot_compute(tmp_path):
     with pytest.raises(ValueError, match="momentum_horizon"):
         InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / "d", record=TABLES, momentum_horizon=0)
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+WATCH = [
+    (np.array([0.0, 0.1, 0.02, -0.1], np.float32), 0),
+    (np.array([0.0, 0.1, 0.02, -0.1], np.float32), 1),
+    (np.array([0.3, -0.5, -0.05, 0.4], np.float32), 1),
+]
+
+
+def _watched_q(model, tape, names, watch):
+    """Per optimizer step k: q_w = grad log pi(a_w|s_w) at theta_k (float64 autograd, names order),
+    and log pi(a_w|s_w) at theta_k and at theta_{k+1}."""
+    from naive import _float64_preprocessing
+
+    policy64 = model.policy_class(
+        model.observation_space, model.action_space, model.lr_schedule, **model.policy_kwargs
+    )
+    policy64.load_state_dict(model.policy.state_dict())
+    policy64 = policy64.double()
+    params = dict(policy64.named_parameters())
+    obs = th.as_tensor(np.stack([o for o, _ in watch])).double()
+    act = th.as_tensor([a for _, a in watch]).long()
+    final = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    thetas = [*tape.before, final]
+    qs, lps = [], []
+    with _float64_preprocessing():
+        for theta in thetas:
+            with th.no_grad():
+                for n in names:
+                    params[n].copy_(theta[n].double())
+            _, lp, _ = policy64.evaluate_actions(obs, act)
+            rows = []
+            for w in range(len(watch)):
+                grads = th.autograd.grad(
+                    lp[w], [params[n] for n in names], retain_graph=True, allow_unused=True
+                )
+                rows.append(
+                    th.cat(
+                        [
+                            (g if g is not None else th.zeros_like(params[n])).reshape(-1)
+                            for n, g in zip(names, grads, strict=True)
+                        ]
+                    )
+                )
+            qs.append(th.stack(rows))
+            lps.append(lp.detach())
+    flat = [th.cat([theta[n].double().reshape(-1) for n in names]) for theta in thetas]
+    return qs, lps, flat
+
+
+def test_influence_matches_autograd(tmp_path, monkeypatch):
+    """influence (fresh and through the momentum) against float64 autograd of each watched log pi
+    dotted with the naive per-sample update; influence_steps against the actual log-probabilities."""
+    model, tape, buffer0, ledger = _run(
+        tmp_path, monkeypatch, "CartPole-v1", None, watch=WATCH, ent_coef=0.01, clip_range=0.05
+    )
+    assert ledger.run_info["watch"]["labels"][2] == "observation 2, action 1"
+    samples, updates = ledger.samples(), ledger.updates()
+    inf, steps = ledger.table("influence"), ledger.table("influence_steps")
+    w_n, n_total = len(WATCH), len(updates)
+    assert len(inf) == len(samples) * w_n and len(steps) == n_total * w_n
+    assert (inf.watch.to_numpy() == np.tile(np.arange(w_n), len(samples))).all()
+    live = model.rollout_buffer
+    model.rollout_buffer = buffer0
+    vectors: list = []
+    try:
+        naive_samples(model, tape, samples, updates, vectors)
+    finally:
+        model.rollout_buffer = live
+    names = vectors[0]["names"]
+    qs, lps, flat = _watched_q(model, tape, names, WATCH)
+    ref = _brute_force(model, tape, updates, vectors, None)
+    fresh_want = np.concatenate(
+        [((-v["clip_coef"] * v["pfac"] * v["g"]) @ qs[j].T).numpy() for j, v in enumerate(vectors)]
+    )
+    momentum_want = np.concatenate([(r["g"] @ qs[j].T).numpy() for j, r in enumerate(ref)])
+    inf0 = inf[inf.rollout == 0]
+    got_fresh = inf0.influence.to_numpy(np.float64).reshape(-1, w_n)
+    got_momentum = inf0.momentum_influence.to_numpy(np.float64).reshape(-1, w_n)
+    _close(got_fresh.ravel(), fresh_want.ravel(), "influence")
+    _close(got_momentum.ravel(), momentum_want.ravel(), "momentum_influence")
+    # per step: the actual log-probabilities, the first-order prediction, the samples' sum, the gap
+    before = np.stack([lp.numpy() for lp in lps[:-1]]).ravel()
+    after = np.stack([lp.numpy() for lp in lps[1:]]).ravel()
+    predicted = np.stack([(qs[k] @ (flat[k + 1] - flat[k])).numpy() for k in range(n_total)]).ravel()
+    _close(steps.log_prob_before.to_numpy(np.float64), before, "log_prob_before", rtol=1e-5)
+    _close(steps.log_prob_after.to_numpy(np.float64), after, "log_prob_after", rtol=1e-5)
+    _close(steps.predicted.to_numpy(), predicted, "predicted")
+    fresh_sum = fresh_want.reshape(n_total // 2, 32, w_n).sum(1).ravel()
+    _close(steps.fresh.to_numpy()[: len(fresh_sum)], fresh_sum, "fresh")
+    gap_want = (after - before) - predicted
+    # the recorded change differences float32 log-probabilities: exact to their rounding (~1e-7 nats)
+    assert np.abs(steps.gap.to_numpy() - gap_want).max() < 2e-6
+    np.testing.assert_allclose(steps.gap, steps.change - steps.predicted, rtol=0, atol=1e-12)
+    # what the check can see: the first step has no carried momentum, later ones do; the gap is small
+    first = steps[(steps.epoch == 0) & (steps.minibatch == 0) & (steps.rollout == 0)]
+    np.testing.assert_allclose(first.predicted, first.fresh, rtol=1e-4)
+    assert np.abs(steps.predicted - steps.fresh).max() > 10 * np.abs(first.predicted - first.fresh).max()
+    assert np.abs(steps.gap).sum() < 0.05 * np.abs(steps.change).sum()
+
+
+def test_influence_every_and_bad_watch(tmp_path, monkeypatch):
+    _, _, _, ledger = _run(
+        tmp_path, monkeypatch, "CartPole-v1", 6, rollouts=3, watch=WATCH, influence_every=2
+    )
+    assert sorted(ledger.table("influence").rollout.unique()) == [0, 2]
+    assert sorted(ledger.table("influence_steps").rollout.unique()) == [0, 2]
+    assert ledger.check() == 3
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    bad = [
+        (dict(watch=[(np.zeros(3), 0)]), "watch\\[0\\]: the observation's shape"),
+        (dict(watch=[(np.zeros(4), 2)]), "watch\\[0\\]: action 2 is not in Discrete\\(2\\)"),
+        (dict(watch=[(5, 0)]), "watch\\[0\\]: state id 5 given, but the env has no observation_for"),
+        (dict(watch=[np.zeros(4)]), "watch\\[0\\]: must be a \\(state, action\\) pair"),
+    ]
+    for i, (kw, message) in enumerate(bad):
+        with pytest.raises(ValueError, match=message):
+            InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / f"bad{i}", record=TABLES, **kw)
+        assert not (tmp_path / f"bad{i}").exists()
+    with pytest.raises(ValueError, match="record 'momentum' too"):
+        InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / "x", watch=WATCH)
+    with pytest.raises(ValueError, match="influence tables are recorded exactly when"):
+        InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / "y", record=(*TABLES, "influence"))
+
+
+def test_influence_on_a_gridworld_by_state_id(tmp_path):
+    """Watched pairs given by state id: the env's own observation of that state."""
+    import gymnasium as gym
+
+    import rledger.envs  # noqa: F401 - registers the gridworlds
+
+    env = make_vec_env("rledger/Tamper-v0", n_envs=2, seed=0)
+    base = gym.make("rledger/Tamper-v0").unwrapped
+    model = InstrumentedPPO(
+        "MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=2, seed=0, ledger=tmp_path / "run",
+        record=TABLES, watch=[(0, 0), (0, 3), (3, 1)], momentum_horizon=20,
+    )  # fmt: skip
+    watched = model._recorder.engine.momentum.watched
+    np.testing.assert_array_equal(watched.obs[2].numpy(), base.observation_for(3))
+    model.learn(64 * 2 * 2)
+    ledger = Ledger(tmp_path / "run")
+    assert ledger.run_info["watch"]["labels"] == [
+        "state 0, action 0",
+        "state 0, action 3",
+        "state 3, action 1",
+    ]
+    steps = ledger.table("influence_steps")
+    assert (
+        len(steps) == 2 * 2 * 2 * 3 and np.isfinite(steps.gap).all()
+    )  # rollouts x epochs x minibatches x pairs
+    with pytest.raises(ValueError, match="state id 99999"):
+        InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / "bad", record=TABLES, watch=[(99999, 0)])

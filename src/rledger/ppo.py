@@ -67,6 +67,14 @@ class InstrumentedPPO(PPO):
     :param momentum_horizon: with ``momentum`` recorded, the most optimizer steps counted per sample
         (the end of each ``learn()`` call bounds it too); default: until ``beta1^n <= 1e-9`` (197 steps
         at Adam's default ``beta1``). The buffer it needs grows with it.
+    :param watch: (state, action) pairs to watch: each state an observation, or an integer state id
+        for envs with ``observation_for(state_id)`` (rledger's gridworlds). Adds the ``influence``
+        table (every sample's first-order effect on each watched log pi, fresh and through Adam's
+        momentum) and ``influence_steps`` (per optimizer step: the watched log pi's actual change,
+        its first-order prediction and the gap between them) to ``record``; needs ``momentum``.
+        The influence table has (samples x watched pairs) rows: bound it with few pairs and
+        ``influence_every``.
+    :param influence_every: the influence tables cover every Nth rollout only.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class InstrumentedPPO(PPO):
         summaries: bool = True,
         permute_advantages: bool = False,
         momentum_horizon: int | None = None,
+        watch: Iterable[tuple[Any, Any]] = (),
+        influence_every: int = 1,
         **kwargs: Any,
     ):
         if kwargs.get("rollout_buffer_class") is not None:
@@ -94,9 +104,13 @@ class InstrumentedPPO(PPO):
         self.permute_advantages = bool(permute_advantages)
         self._permutation_rng: np.random.Generator | None = None
         self.momentum_horizon = momentum_horizon
+        self.watch, self.influence_every = list(watch), influence_every
+        if self.watch:
+            self.record = (*self.record, *(t for t in schema.INFLUENCE_TABLES if t not in self.record))
         self._recorder = Recorder(
             ledger, self.record, record_every, self.info_keys, overwrite, self.background,
-            summaries=self.summaries, momentum_horizon=momentum_horizon,
+            summaries=self.summaries, momentum_horizon=momentum_horizon, watch=self.watch,
+            influence_every=influence_every,
         )  # fmt: skip
         super().__init__(policy, env, *args, **kwargs)
 
@@ -165,7 +179,8 @@ class InstrumentedPPO(PPO):
         recorder = Recorder(
             folder, self.record, self.record_every, self.info_keys, False, self.background,
             keep=keep, first_episode=first_episode, summaries=getattr(self, "summaries", True),
-            momentum_horizon=getattr(self, "momentum_horizon", None),
+            momentum_horizon=getattr(self, "momentum_horizon", None), watch=getattr(self, "watch", ()),
+            influence_every=getattr(self, "influence_every", 1),
         )  # fmt: skip
         recorder.setup_model(self)
         self._recorder.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from rledger.ledger.runinfo import RunMetadata
 from rledger.ledger.sink import LedgerSink
 from rledger.persample import LossTerms, PerSampleEngine, clip_coefs
 from rledger.persample.checks import check_action_space
+from rledger.persample.influence import Watched
 
 # the last train() of a learn() call hands its steps to the background thread in this many parts
 LAST_TRAIN_PARTS = 4
@@ -46,10 +48,13 @@ class Recorder:
         first_episode: np.ndarray | None = None,
         summaries: bool = True,
         momentum_horizon: int | None = None,
+        watch: Sequence[tuple[Any, Any]] = (),
+        influence_every: int = 1,
     ):
         """``keep``: continue the ledger in ``ledger`` after its first ``keep`` rollouts (numbering goes
         on from there); ``first_episode``: each env's first episode number (continuing a ledger);
-        ``momentum_horizon``: see :class:`rledger.InstrumentedPPO`."""
+        ``momentum_horizon``, ``watch``, ``influence_every``: see :class:`rledger.InstrumentedPPO`
+        (``record`` lists the influence tables when ``watch`` is given)."""
         unknown = [t for t in record if t not in schema.TABLES]
         if unknown:
             raise ValueError(f"record: unknown tables {unknown}; choose from {list(schema.TABLES)}")
@@ -61,7 +66,17 @@ class Recorder:
                 "record: the momentum table is computed with the samples: record 'samples' too, with "
                 f"record_every=1 (got record={list(record)}, record_every={record_every})"
             )
+        influence = [t for t in record if t in schema.INFLUENCE_TABLES]
+        if bool(watch) != bool(influence) or (influence and len(influence) != len(schema.INFLUENCE_TABLES)):
+            raise ValueError(
+                "watch: the influence tables are recorded exactly when pairs are watched: give watch=[...] "
+                f"and record both {list(schema.INFLUENCE_TABLES)}, or neither (got record={list(record)}, "
+                f"{len(list(watch))} watched pairs)"
+            )
+        if watch and "momentum" not in record:
+            raise ValueError("watch: the influence tables need the momentum table; record 'momentum' too")
         self.momentum_horizon = momentum_horizon
+        self.watch, self.influence_every = list(watch), influence_every
         self.record, self.record_every, self.info_keys = record, record_every, info_keys
         self.sink = (
             LedgerSink(ledger, info_keys, overwrite, background, keep, summaries)
@@ -104,6 +119,10 @@ class Recorder:
             if "momentum" in self.record:
                 tracker = self.engine.enable_momentum(self.momentum_horizon)
                 self.run_info.momentum_horizon = tracker.horizon
+            if self.watch:
+                watched = resolve_watch(model, self.watch)
+                self.engine.enable_influence(watched, self.influence_every)
+                self.run_info.watch = {"labels": watched.labels, "influence_every": self.influence_every}
 
     def setup_learn(self, model: Any, total_timesteps: int, env_reset: bool) -> None:
         """At each learn(): episodes running in an env that learn() reset are dropped; run.json."""
@@ -403,6 +422,65 @@ class Recorder:
         for j, key in enumerate(self.info_keys):
             cols[key] = a.info[:, :, j].reshape(-1)
         return cols
+
+
+def resolve_watch(model: Any, pairs: Sequence[tuple[Any, Any]]) -> Watched:
+    """The watched (state, action) pairs as the policy sees them: a state is an observation (as the
+    env gives it) or, for envs with ``observation_for(state_id)`` (rledger's gridworlds), an integer
+    state id; an action as the action space holds it."""
+    space, act_space = model.observation_space, model.action_space
+    obs_list, act_list, labels = [], [], []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"watch[{i}]: must be a (state, action) pair, got {pair!r}")
+        state, action = pair
+        if isinstance(state, (int, np.integer)) and not isinstance(state, bool):
+            try:
+                obs = model.env.env_method("observation_for", int(state), indices=[0])[0]
+            except AttributeError:
+                raise ValueError(
+                    f"watch[{i}]: state id {state} given, but the env has no observation_for(state_id); "
+                    "give the observation instead"
+                ) from None
+            except ValueError as exc:
+                raise ValueError(f"watch[{i}]: {exc}") from None
+            label = f"state {int(state)}"
+        else:
+            obs = state
+            label = f"observation {i}"
+        if isinstance(space, spaces.Dict):
+            if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+                raise ValueError(
+                    f"watch[{i}]: the observation must be a dict with keys {sorted(space.spaces)}"
+                )
+            obs = {k: np.asarray(v, dtype=space.spaces[k].dtype) for k, v in obs.items()}
+            bad = [k for k, v in obs.items() if v.shape != space.spaces[k].shape]
+        else:
+            obs = np.asarray(obs, dtype=space.dtype)
+            bad = [] if obs.shape == space.shape else ["shape"]
+        if bad:
+            raise ValueError(
+                f"watch[{i}]: the observation's shape does not match the observation space {space}"
+            )
+        if isinstance(act_space, spaces.Discrete):
+            if not isinstance(action, (int, np.integer)) or not act_space.contains(int(action)):
+                raise ValueError(f"watch[{i}]: action {action!r} is not in {act_space}")
+            act = np.array([int(action) - int(act_space.start)], dtype=np.float32)
+        else:
+            act = np.asarray(action, dtype=np.float32).reshape(-1)
+            if act.shape != (int(np.prod(act_space.shape)),):
+                raise ValueError(f"watch[{i}]: action {action!r} does not match the action space {act_space}")
+        obs_list.append(obs)
+        act_list.append(act)
+        labels.append(f"{label}, action {action if np.isscalar(action) else list(act)}")
+    if isinstance(space, spaces.Dict):
+        obs_t: Any = {k: th.as_tensor(np.stack([o[k] for o in obs_list])) for k in space.spaces}
+    else:
+        obs_t = th.as_tensor(np.stack(obs_list))
+    act_t = th.as_tensor(np.stack(act_list))
+    if isinstance(act_space, spaces.Discrete):
+        act_t = act_t.long().flatten()
+    return Watched(obs_t, act_t, labels)
 
 
 def fetch_samples(model: Any, t_env: np.ndarray) -> tuple[Any, th.Tensor]:

@@ -242,6 +242,15 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
             return frame
         return np.concatenate([*([frame] * self.reward_frames), np.zeros(self.reward_frames, np.float32)])
 
+    def observation_for(self, state_id: int) -> np.ndarray:
+        """The observation the policy gets in the state of index ``state_id`` (:meth:`flat_observation`):
+        how a watched pair given by state id (``InstrumentedPPO(watch=...)``) is shown to the policy."""
+        self._enumerate()
+        assert self._states is not None
+        if not 0 <= state_id < len(self._states):
+            raise ValueError(f"state id {state_id}: this env has states 0 .. {len(self._states) - 1}")
+        return self.flat_observation(self._states[state_id])
+
     # ------------------------------------------------------------------ helpers
     def move(self, cell: tuple[int, int], action: int) -> tuple[int, int]:
         """The cell an action leads to (walls and the map's edge block)."""

@@ -75,6 +75,7 @@ class RunMetadata:
         self._commit: tuple[str | None] | None = None
         self.total_timesteps: int | None = None
         self.momentum_horizon: int | None = None  # the momentum table's, when it is recorded
+        self.watch: dict[str, Any] | None = None  # the influence tables' watched pairs
 
     def __call__(self, model: Any, per_sample_path: str | None, rollouts_written: int) -> dict[str, Any]:
         env_id = None
@@ -104,4 +105,5 @@ class RunMetadata:
             "num_timesteps": int(model.num_timesteps),
             "total_timesteps": self.total_timesteps,
             **({"momentum_horizon": self.momentum_horizon} if self.momentum_horizon is not None else {}),
+            **({"watch": self.watch} if self.watch is not None else {}),
         }

@@ -30,6 +30,9 @@ Notation used in the definitions, for one minibatch of ``B`` samples at Adam ste
   are held as recorded: the attribution is first order in the sample's own gradient; what a changed
   parameter does to later gradients (weight decay's term included) is not counted. Sample ``i``'s
   momentum-total update is ``U_i = -c * D_k * g_i``.
+- Watched pairs ``(s_w, a_w)``, ``w = 0 .. W-1`` (run.json's `watch`): ``q_w = grad_theta log
+  pi(a_w|s_w)`` at the parameters of step ``k`` (before it), ``theta_k``; ``theta_{k+1}`` the
+  parameters after it.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 2
 
-TABLES = ("transitions", "samples", "updates", "episodes", "momentum")
+TABLES = ("transitions", "samples", "updates", "episodes", "momentum", "influence", "influence_steps")
 
 DEFAULT_TABLES = ("transitions", "samples", "updates", "episodes")
+INFLUENCE_TABLES = ("influence", "influence_steps")
 """What ``InstrumentedPPO`` and the runner record unless told otherwise (``momentum`` is asked for)."""
 
 
@@ -304,6 +308,66 @@ COLUMNS: tuple[Column, ...] = (
         """beta1**n: the share of the gradient's first-moment weight that the steps counted leave out
         (the end of `learn()` or the horizon cut it off; (1 - beta1) * sum_{j<n} beta1**j = 1 - beta1**n
         is applied).""",
+    ),
+    # ------------------------------------------------------------------ influence
+    _c("influence", "rollout", I32, "index", "Rollout index; with epoch, minibatch, t, env joins `samples`."),
+    _c("influence", "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
+    _c("influence", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+    _c("influence", "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
+    _c("influence", "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    _c("influence", "watch", I16, "index", "The watched pair w: its index in run.json's `watch` list."),
+    _c(
+        "influence",
+        "influence",
+        F32,
+        "nats",
+        """q_w . u_i = q_w . (-scale_k * c * P * g_i): the first-order change of log pi(a_w|s_w) that
+        the sample's fresh contribution to step k causes (all three loss terms), at theta_k.""",
+    ),
+    _c(
+        "influence",
+        "momentum_influence",
+        F32,
+        "nats",
+        """q_w . U_i = q_w . (-c * D_k * g_i): the same for the sample's total contribution through
+        Adam's first moment over the steps `momentum.momentum_steps` counts (q_w held at theta_k).""",
+    ),
+    # ------------------------------------------------------------------ influence_steps
+    _c("influence_steps", "rollout", I32, "index", "Rollout index; joins `updates.rollout`."),
+    _c("influence_steps", "epoch", I16, "index", "PPO epoch (0-based)."),
+    _c("influence_steps", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+    _c("influence_steps", "watch", I16, "index", "The watched pair w: its index in run.json's `watch` list."),
+    _c("influence_steps", "log_prob_before", F32, "nats", "log pi(a_w|s_w) at theta_k, before the step."),
+    _c("influence_steps", "log_prob_after", F32, "nats", "log pi(a_w|s_w) at theta_{k+1}, after the step."),
+    _c(
+        "influence_steps",
+        "change",
+        F64,
+        "nats",
+        "log_prob_after - log_prob_before: the step's actual change (float32 log-probabilities).",
+    ),
+    _c(
+        "influence_steps",
+        "predicted",
+        F64,
+        "nats",
+        """q_w . (theta_{k+1} - theta_k): the step's first-order prediction, its whole update (the
+        fresh contributions of its samples and the momentum carried from earlier steps).""",
+    ),
+    _c(
+        "influence_steps",
+        "fresh",
+        F64,
+        "nats",
+        """sum over the step's samples of `influence.influence`: the part of `predicted` made by this
+        step's own samples; predicted - fresh is the momentum carried from earlier steps.""",
+    ),
+    _c(
+        "influence_steps",
+        "gap",
+        F64,
+        "nats",
+        "change - predicted: the linearization gap of the step (second and higher order).",
     ),
     # ------------------------------------------------------------------ episodes
     _c("episodes", "rollout", I32, "index", "Rollout during which the episode ended."),

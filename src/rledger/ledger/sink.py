@@ -132,16 +132,19 @@ class LedgerSink:
             write()
 
     def _write_momentum(self, tracker: MomentumTracker, through: int | None) -> None:
-        """The momentum rows of the rollouts all of whose steps are counted: each rollout's part, then
-        its manifest lists it (the rollout's other tables are already whole)."""
-        for rollout, cols in tracker.take(through).items():
-            typed = {
-                c.name: cols[c.name].astype(c.dtype.to_pandas_dtype(), copy=False)
-                for c in schema.columns("momentum")
-            }
-            arrow = self.writer.arrow_table("momentum", typed)
-            self.writer.write_arrow("momentum", rollout, arrow)
-            self.writer.add_to_manifest(rollout, "momentum", arrow.num_rows)
+        """The momentum (and influence) rows of the rollouts all of whose steps are counted: each
+        rollout's parts, then its manifest lists them (the rollout's other tables are already whole)."""
+        for rollout, tables in tracker.take(through).items():
+            rows = {}
+            for table, cols in tables.items():
+                typed = {
+                    c.name: cols[c.name].astype(c.dtype.to_pandas_dtype(), copy=False)
+                    for c in schema.columns(table)
+                }
+                arrow = self.writer.arrow_table(table, typed)
+                self.writer.write_arrow(table, rollout, arrow)
+                rows[table] = arrow.num_rows
+            self.writer.add_to_manifest(rollout, rows)
 
     def end_momentum(self, tracker: MomentumTracker) -> None:
         """After every rollout handed over: the momentum attribution's pending steps counted to the end

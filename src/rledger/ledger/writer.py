@@ -196,12 +196,12 @@ class LedgerWriter:
             self.run_dir / MANIFEST / f"{part_name(rollout)}.json", {"rollout": rollout, "rows": dict(rows)}
         )
 
-    def add_to_manifest(self, rollout: int, table: str, rows: int) -> None:
-        """List one more table in a whole rollout's manifest (a table written after the rollout's
-        others: ``momentum``), after its part is written."""
+    def add_to_manifest(self, rollout: int, rows: Mapping[str, int]) -> None:
+        """List more tables in a whole rollout's manifest (tables written after the rollout's others:
+        ``momentum``, ``influence``, ``influence_steps``), after their parts are written."""
         path = self.run_dir / MANIFEST / f"{part_name(rollout)}.json"
         manifest = json.loads(path.read_text())
-        manifest["rows"][table] = int(rows)
+        manifest["rows"].update({k: int(v) for k, v in rows.items()})
         atomic_write_json(path, manifest)
 
     def arrow_table(self, table: str, cols: Mapping[str, Any]) -> pa.Table:

@@ -48,6 +48,7 @@ from rledger.persample.checks import (
 )
 from rledger.persample.functional import jacobian_gram
 from rledger.persample.gram import Gram, LinearCapture, linear_gram, output_grads, supports
+from rledger.persample.influence import Watched
 from rledger.persample.loss import (
     LossTerms,
     Parts,
@@ -148,6 +149,16 @@ class PerSampleEngine:
 
         self.momentum = MomentumTracker(beta1, horizon, per_param)
         return self.momentum
+
+    def enable_influence(self, watched: Watched, every: int = 1) -> None:
+        """Compute the ``influence`` and ``influence_steps`` tables for these watched pairs, every
+        ``every``-th rollout (after :meth:`enable_momentum`)."""
+        if self.momentum is None:
+            raise ValueError("record: the influence tables need the momentum table; record 'momentum' too")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"influence_every: must be an integer >= 1, got {every!r}")
+        self.momentum.watched = watched
+        self.momentum.influence_every = every
 
     def validate(self) -> None:
         """Run the generic path once on a dummy batch so that a policy it cannot handle fails now."""
@@ -338,7 +349,11 @@ class PerSampleEngine:
         group = self.optimizer.param_groups[0]
         assert self._fetch is not None and self._replayer is not None and self._parts is not None
         # now: the rollout buffer is refilled while the flush runs
-        obs, act = buf.gather(self._fetch, self.max_grad_norm)
+        obs, act = buf.gather(
+            self._fetch,
+            self.max_grad_norm,
+            end=self.momentum is not None and self.momentum.watched is not None,
+        )
         args = (self._replayer, self._parts, group["eps"], group["betas"], obs, act, self.momentum)
         if self._submit is None:
             self._done.append(buf.flush(*args))

@@ -32,6 +32,7 @@ import torch as th
 from torch import Tensor, nn
 
 from rledger.persample.gram import Factors, linear_gram
+from rledger.persample.influence import Watched, WatchedGrads, influence
 from rledger.persample.loss import columns
 
 DEFAULT_CUT = 1e-9
@@ -61,6 +62,8 @@ class MomentumChunk:
     alpha: Tensor  # (S, B)
     ent_logp: Tensor | None  # (S, B)
     clip: Tensor  # (S, 1)
+    q: WatchedGrads | None = None  # the watched pairs' log pi gradients at each step (influence on)
+    fresh: Tensor | None = None  # (S, B, W) the samples' fresh influence on them
 
     @property
     def steps(self) -> int:
@@ -76,11 +79,13 @@ class MomentumChunk:
             {k: v[:n] for k, v in self.keys.items()}, self.a[:n], cut(self.inputs, 0, n),
             cut(self.d_out, 0, n), cut(self.d_direct, 0, n), self.coef[:n], self.alpha[:n],
             None if self.ent_logp is None else self.ent_logp[:n], self.clip[:n],
+            None if self.q is None else self.q.cut(0, n), None if self.fresh is None else self.fresh[:n],
         )  # fmt: skip
         tail = MomentumChunk(
             {k: v[n:] for k, v in self.keys.items()}, self.a[n:], cut(self.inputs, n, None),
             cut(self.d_out, n, None), cut(self.d_direct, n, None), self.coef[n:], self.alpha[n:],
             None if self.ent_logp is None else self.ent_logp[n:], self.clip[n:],
+            None if self.q is None else self.q.cut(n, None), None if self.fresh is None else self.fresh[n:],
         )  # fmt: skip
         return head, tail
 
@@ -100,8 +105,11 @@ class MomentumTracker:
     layers: Sequence[tuple[str, nn.Linear, set[int]]] = ()
     k: int = 2
     ent_part: int | None = None
+    watched: Watched | None = None  # the influence tables' watched pairs (None: not recorded)
+    influence_every: int = 1  # influence rows for every Nth rollout
     pending: list[MomentumChunk] = field(default_factory=list)
-    done: dict[int, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # rollout -> row pieces
+    # table -> rollout -> row pieces
+    done: dict[str, dict[int, list[dict[str, np.ndarray]]]] = field(default_factory=dict)
     bytes_held: int = 0  # the largest buffer held so far (pending chunks' tensors), in bytes
 
     def add(self, chunk: MomentumChunk) -> None:
@@ -114,18 +122,28 @@ class MomentumTracker:
         """The ``learn()`` call ended: every pending step's horizon stops here."""
         self._finalize(end=True)
 
-    def take(self, through: int | None = None) -> dict[int, dict[str, np.ndarray]]:
-        """The rows of every rollout all of whose steps are computed (those before the oldest pending
-        step's rollout), at most ``through``; removed from the tracker."""
+    def influence_on(self, rollout: int) -> bool:
+        """Whether the influence tables have rows for this rollout."""
+        return self.watched is not None and rollout % self.influence_every == 0
+
+    def add_rows(self, table: str, rollout: int, rows: dict[str, np.ndarray]) -> None:
+        self.done.setdefault(table, {}).setdefault(rollout, []).append(rows)
+
+    def take(self, through: int | None = None) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+        """Per rollout all of whose steps are computed (those before the oldest pending step's
+        rollout; at most ``through``), each table's rows; removed from the tracker."""
         limit = int(self.pending[0].keys["rollout"][0, 0]) if self.pending else math.inf
         if through is not None:
             limit = min(limit, through + 1)
-        out = {}
-        for r in sorted(self.done):
-            if r < limit:
-                pieces = self.done.pop(r)
-                out[r] = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-        return out
+        out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+        for table, by_rollout in self.done.items():
+            for r in sorted(by_rollout):
+                if r < limit:
+                    pieces = by_rollout.pop(r)
+                    out.setdefault(r, {})[table] = {
+                        k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]
+                    }
+        return dict(sorted(out.items()))
 
     # ------------------------------------------------------------------ the computation
     def _finalize(self, end: bool) -> None:
@@ -184,7 +202,20 @@ class MomentumTracker:
         rollout = chunk.keys["rollout"][:, 0]
         for r in np.unique(rollout):
             sel = np.repeat(rollout == r, b)
-            self.done.setdefault(int(r), []).append({k: v[sel] for k, v in rows.items()})
+            self.add_rows("momentum", int(r), {k: v[sel] for k, v in rows.items()})
+        if chunk.q is None or chunk.fresh is None:
+            return
+        total = influence(
+            self.layers, chunk.inputs, chunk.d_out, chunk.d_direct, chunk.coef, chunk.clip, chunk.q, f1
+        )
+        w = total.shape[2]
+        inf_rows = {k: np.repeat(v.reshape(-1), w) for k, v in chunk.keys.items()}
+        inf_rows["watch"] = np.tile(np.arange(w, dtype=np.int16), len(rows["t"]))
+        inf_rows["influence"] = chunk.fresh.reshape(-1).numpy().copy()
+        inf_rows["momentum_influence"] = total.reshape(-1).numpy().copy()
+        for r in np.unique(rollout):
+            sel = np.repeat(rollout == r, b * w)
+            self.add_rows("influence", int(r), {k: v[sel] for k, v in inf_rows.items()})
 
 
 def _nbytes(chunks: Sequence[MomentumChunk]) -> int:
@@ -193,6 +224,8 @@ def _nbytes(chunks: Sequence[MomentumChunk]) -> int:
     keys = 0
     for c in chunks:
         tensors = [c.a, c.coef, c.alpha, c.clip, *c.inputs]
+        if c.q is not None and c.fresh is not None:
+            tensors += [*c.q.tensors(), c.fresh]
         tensors += [t for d in c.d_out for t in d.values()]
         tensors += [t for d in c.d_direct.values() for t in d.values()]
         if c.ent_logp is not None:

@@ -111,6 +111,22 @@ class Replayer:
             return self._mlp_grads(params, obs, act, self.parts.k, self.parts.ent_part)
         return self._func_grads(params, obs, act, self.parts.ent_part)
 
+    def log_probs(self, params: dict[str, Tensor], obs: Any, act: Tensor) -> Tensor:
+        """``(S, B)``: log pi of ``S`` steps of ``B`` (observation, action) pairs, each step at its own
+        parameters ``(S, ...)`` (trained parameters not given keep their values)."""
+        from torch.func import vmap
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        model = self.model
+
+        def one(p: dict[str, Tensor], o: Any, a: Tensor) -> Tensor:
+            with _reparametrize_module(model, p):
+                _, log_prob, _ = model.evaluate_actions(o, a)  # type: ignore[operator]
+            return log_prob
+
+        with functional_calls(model), th.no_grad():
+            return vmap(one)(params, obs, act)
+
     def _func_grads(
         self, params: dict[str, Tensor], obs: Any, act: Tensor, ent_part: int | None
     ) -> tuple[list[Tensor], list[dict[int, Tensor]], dict[str, dict[int, Tensor]]]:

@@ -19,6 +19,7 @@ import torch as th
 from torch import Tensor, nn
 
 from rledger.persample.gram import linear_gram
+from rledger.persample.influence import influence, predicted_change, step_rows, watched_grads
 from rledger.persample.loss import LossTerms, Parts, adam_step_factor, clip_coefs, columns, loss_coefficients
 from rledger.persample.momentum import MomentumChunk, MomentumTracker
 from rledger.persample.replay import Replayer
@@ -71,6 +72,7 @@ class StepBuffers:
         self.keys = np.zeros((0, 3), dtype=np.int64)
         self.step = self.lr = np.zeros(0, dtype=np.float64)
         self.clip = np.zeros(0, dtype=np.float32)
+        self.p_end: Tensor | None = None  # the parameters after the last buffered step (influence on)
         self.m = 0
         self.busy = False  # handed to a background flush; not to be written until it is done
         self.future: Any = None  # that flush's future
@@ -102,12 +104,15 @@ class StepBuffers:
         self.m += 1
 
     def gather(
-        self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], max_grad_norm: float
+        self, fetch: Callable[[np.ndarray], tuple[Any, Tensor]], max_grad_norm: float, end: bool = False
     ) -> tuple[Any, Tensor]:
         """The buffered steps' observations and actions ``(m, B, ...)``, from the rollout buffer
         (``fetch`` maps (t, env) pairs to them), and their indices, scalars and clip factors stacked
-        for :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled."""
+        for :meth:`flush`. Runs on the training thread, before the rollout buffer is refilled, and
+        right after the last buffered step: with ``end``, the parameters now are kept (those after
+        that step)."""
         m, b = self.m, self.batch
+        self.p_end = th.cat(self._sources) if end else None
         scalars = np.array(self._scalars, dtype=np.float64)
         self.keys = scalars[:, :3].astype(np.int64)
         self.step, self.lr = scalars[:, 3], scalars[:, 4]
@@ -207,13 +212,54 @@ class StepBuffers:
                 "t": self.t[lo:hi],
                 "env": self.env[lo:hi],
             }
-            tracker.add(MomentumChunk(keys, flat, inputs, d_out, d_direct, coef, alpha, ent_logp, clip))
+            chunk = MomentumChunk(keys, flat, inputs, d_out, d_direct, coef, alpha, ent_logp, clip)
+            rollout = int(self.keys[lo, 0])
+            if tracker.influence_on(rollout):
+                chunk.q, chunk.fresh = self._influence(
+                    replayer, tracker, layers, lo, hi, params, inputs, d_out, d_direct, coef, clip, fac
+                )
+            tracker.add(chunk)
         return {
             "advantage_used": terms[:, 0],
             "ratio": terms[:, 1],
             "clipped": clipped,
             **columns(gram.g1, gram.gp2, gram.gp00, coef, alpha, ent_part, ent_logp, clip),
         }
+
+    def _influence(
+        self,
+        replayer: Replayer,
+        tracker: MomentumTracker,
+        layers: list[Any],
+        lo: int,
+        hi: int,
+        params: dict[str, Tensor],
+        inputs: list[Tensor],
+        d_out: list[dict[int, Tensor]],
+        d_direct: dict[str, dict[int, Tensor]],
+        coef: Tensor,
+        clip: Tensor,
+        fac: dict[str, tuple[Tensor, Tensor]],
+    ) -> tuple[Any, Tensor]:
+        """The watched pairs at steps ``lo .. hi - 1``: their log pi gradients, the samples' fresh
+        influence on them, and the steps' ``influence_steps`` rows (handed to the tracker)."""
+        assert tracker.watched is not None and self.p_end is not None
+        w_obs, w_act = tracker.watched.expand(hi - lo)
+        q = watched_grads(*replayer.output_grads(params, w_obs, w_act))
+        fresh = influence(layers, inputs, d_out, d_direct, coef, clip, q, {n: f[0] for n, f in fac.items()})
+        p_next = th.cat([self.p[lo + 1 : min(hi + 1, self.m)], *([self.p_end[None]] if hi == self.m else [])])
+        before = replayer.log_probs(params, w_obs, w_act)
+        after = replayer.log_probs(self._per_param(p_next), w_obs, w_act)
+        predicted = predicted_change(layers, q, self._per_param(p_next - self.p[lo:hi]))
+        keys = {
+            "rollout": self.keys[lo:hi, 0].astype(np.int32),
+            "epoch": self.keys[lo:hi, 1].astype(np.int16),
+            "minibatch": self.keys[lo:hi, 2].astype(np.int32),
+        }
+        tracker.add_rows(
+            "influence_steps", int(self.keys[lo, 0]), step_rows(keys, before, after, predicted, fresh)
+        )
+        return q, fresh
 
     def _factors(
         self, lo: int, hi: int, eps: float, betas: tuple[float, float]

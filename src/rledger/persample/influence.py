@@ -1,0 +1,172 @@
+"""Watched actions: which samples' updates moved log pi(a_w|s_w) of the (state, action) pairs a user names.
+
+For a watched pair ``w`` and sample ``i`` of optimizer step ``k``, the sample's update is
+``-c_k * F_k * g_i`` (fresh, :mod:`rledger.persample.loss`) or ``-c_k * D_k * g_i`` (in total through
+Adam's first moment, :mod:`rledger.persample.momentum`); its first-order effect on the watched
+log-probability is the dot product with ``q_w = grad log pi(a_w|s_w)`` at step ``k``'s parameters
+(TracIn-style influence, per sample and exact to first order). Over Linear layers, with the watched
+pair's layer input ``x_w`` and output gradient ``d_w`` and the sample's ``x_i`` and loss output gradient
+``e_i = sum_f c_i^f d_i^f``, a layer's share is ``e_i^T (F * (d_w x_w^T)) x_i`` plus the bias's
+``sum_o F_b,o d_w,o e_i,o``: no per-sample gradient is formed. Per optimizer step, the actual change of
+each watched log-probability is compared with its first-order prediction ``q_w . (theta_{k+1} -
+theta_k)``; the difference is the linearization gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch import Tensor, nn
+
+INFLUENCE_CHUNK_ELEMENTS = 1 << 22
+"""Floats of ``F * (d_w x_w^T)`` and its product with the samples' inputs per piece of steps (16 MiB)."""
+
+
+@dataclass
+class Watched:
+    """The watched pairs: observations ``(W, ...)`` (a dict of them for Dict spaces), actions ``(W,)``
+    (``(W, n)`` for Box), and a label for each."""
+
+    obs: Any
+    actions: Tensor
+    labels: list[str]
+
+    @property
+    def n(self) -> int:
+        return int(self.actions.shape[0])
+
+    def expand(self, steps: int) -> tuple[Any, Tensor]:
+        """The pairs repeated for ``steps`` steps: ``(S, W, ...)``."""
+        return th.utils._pytree.tree_map(lambda x: x[None].expand(steps, *x.shape), (self.obs, self.actions))
+
+
+@dataclass
+class WatchedGrads:
+    """``q_w`` of ``S`` steps, factored: per Linear layer its input ``(S, W, in)`` and log pi's output
+    gradient ``(S, W, out)`` (None where log pi does not pass), per direct parameter ``(S, W, n)``."""
+
+    inputs: list[Tensor | None]
+    d: list[Tensor | None]
+    direct: dict[str, Tensor]
+
+    def cut(self, lo: int, hi: int | None) -> WatchedGrads:
+        return WatchedGrads(
+            [None if x is None else x[lo:hi] for x in self.inputs],
+            [None if x is None else x[lo:hi] for x in self.d],
+            {k: v[lo:hi] for k, v in self.direct.items()},
+        )
+
+    def tensors(self) -> list[Tensor]:
+        return [x for x in (*self.inputs, *self.d, *self.direct.values()) if x is not None]
+
+
+def watched_grads(
+    inputs: Sequence[Tensor],
+    d_out: Sequence[Mapping[int, Tensor]],
+    d_direct: Mapping[str, Mapping[int, Tensor]],
+) -> WatchedGrads:
+    """Log pi's part (part 0) of a replay of the watched pairs."""
+    d = [dj.get(0) for dj in d_out]
+    return WatchedGrads(
+        [x if dj is not None else None for x, dj in zip(inputs, d, strict=True)],
+        d,
+        {n: u[0] for n, u in d_direct.items() if 0 in u},
+    )
+
+
+def influence(
+    layers: Sequence[tuple[str, nn.Linear, set[int]]],
+    inputs: Sequence[Tensor],
+    d_out: Sequence[Mapping[int, Tensor]],
+    d_direct: Mapping[str, Mapping[int, Tensor]],
+    coef: Tensor,
+    clip: Tensor,
+    q: WatchedGrads,
+    fac: Mapping[str, Tensor],
+) -> Tensor:
+    """``(S, B, W)``: ``q_w . (-clip * F * g_i)`` for ``S`` steps of ``B`` samples, ``F`` per parameter
+    name ``(S, *shape)`` (a parameter without one adds nothing); ``coef`` ``(S, B, K)`` the loss
+    coefficients, ``clip`` ``(S, 1)`` the global clipping factors."""
+    s, b = coef.shape[0], coef.shape[1]
+    w_n = next(x.shape[1] for x in q.tensors())
+    total = th.zeros(s, b, w_n)
+    for j, (name, ly, support) in enumerate(layers):
+        dw, xw = q.d[j], q.inputs[j]
+        if dw is None or xw is None:
+            continue
+        e = sum(coef[..., f, None] * d_out[j][f] for f in sorted(support))  # (S, B, out)
+        if not isinstance(e, Tensor):
+            continue
+        fw, fb = fac.get(f"{name}.weight"), fac.get(f"{name}.bias") if ly.bias is not None else None
+        if fw is not None:
+            out_f, in_f = fw.shape[1], fw.shape[2]
+            step = max(1, INFLUENCE_CHUNK_ELEMENTS // max(1, w_n * out_f * max(in_f, b)))
+            xi = inputs[j]
+            for lo in range(0, s, step):
+                hi = min(s, lo + step)
+                # M_w = F * (d_w x_w^T) (S, W, out, in); then e_i^T M_w x_i
+                m = fw[lo:hi, None] * dw[lo:hi, :, :, None] * xw[lo:hi, :, None, :]
+                mx = th.bmm(m.reshape(hi - lo, w_n * out_f, in_f), xi[lo:hi].transpose(1, 2))
+                total[lo:hi] += th.einsum("swob,sbo->sbw", mx.view(hi - lo, w_n, out_f, b), e[lo:hi])
+        if fb is not None:
+            total += th.einsum("so,swo,sbo->sbw", fb, dw, e)
+    for name, qw in q.direct.items():
+        f = fac.get(name)
+        if f is None or name not in d_direct:
+            continue
+        u = sum(coef[..., p, None] * g for p, g in d_direct[name].items())  # (S, B, n)
+        total += th.einsum("sn,swn,sbn->sbw", f.reshape(s, -1), qw, u)
+    no_step = clip == 0  # clipping zeroed the step: 0, not 0 * inf
+    return th.where(no_step[:, :, None], th.zeros_like(total), -clip[:, :, None] * total)
+
+
+def predicted_change(
+    layers: Sequence[tuple[str, nn.Linear, set[int]]], q: WatchedGrads, delta: Mapping[str, Tensor]
+) -> Tensor:
+    """``(S, W)``: ``q_w . (theta_{k+1} - theta_k)``, the change's first-order prediction, from the
+    parameters' change per name ``(S, *shape)``."""
+    out: Tensor | None = None
+    for j, (name, ly, _) in enumerate(layers):
+        dw, xw = q.d[j], q.inputs[j]
+        if dw is None or xw is None:
+            continue
+        dwt = delta.get(f"{name}.weight")
+        if dwt is not None:
+            term = th.einsum("swo,soi,swi->sw", dw, dwt, xw)
+            out = term if out is None else out + term
+        dbt = delta.get(f"{name}.bias") if ly.bias is not None else None
+        if dbt is not None:
+            out = (
+                out + th.einsum("swo,so->sw", dw, dbt)
+                if out is not None
+                else th.einsum("swo,so->sw", dw, dbt)
+            )
+    for name, qw in q.direct.items():
+        dt = delta.get(name)
+        if dt is not None:
+            term = th.einsum("swn,sn->sw", qw, dt.reshape(dt.shape[0], -1))
+            out = term if out is None else out + term
+    assert out is not None, "no watched gradient: log pi depends on no trained parameter"
+    return out
+
+
+def step_rows(
+    keys: Mapping[str, np.ndarray], before: Tensor, after: Tensor, predicted: Tensor, fresh: Tensor
+) -> dict[str, np.ndarray]:
+    """The ``influence_steps`` rows of ``S`` steps x ``W`` watched pairs (step-major). ``keys``: the
+    steps' rollout, epoch, minibatch ``(S,)``; ``fresh`` ``(S, B, W)`` the samples' influence."""
+    s, w = before.shape
+    change = after.double() - before.double()
+    rows = {k: np.repeat(np.asarray(v), w) for k, v in keys.items()}
+    rows["watch"] = np.tile(np.arange(w, dtype=np.int16), s)
+    rows["log_prob_before"] = before.reshape(-1).numpy().copy()
+    rows["log_prob_after"] = after.reshape(-1).numpy().copy()
+    rows["change"] = change.reshape(-1).numpy()
+    rows["predicted"] = predicted.double().reshape(-1).numpy()
+    rows["fresh"] = fresh.double().sum(1).reshape(-1).numpy()
+    rows["gap"] = rows["change"] - rows["predicted"]
+    return rows
