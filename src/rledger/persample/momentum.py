@@ -151,21 +151,17 @@ class MomentumTracker:
         ready = n_total if end else n_total - self.horizon + 1  # steps whose window is known
         if ready <= 0:
             return
-        a = th.cat([c.a for c in self.pending]).double()
-        # E_s = a_s + beta1 E_{s+1}, backwards over the pending steps (E beyond the last is 0)
-        e = th.empty_like(a)
-        acc = th.zeros(a.shape[1], dtype=th.float64)
-        for s in range(n_total - 1, -1, -1):
-            acc = a[s] + self.beta1 * acc
-            e[s] = acc
+        # E_s = a_s + beta1 E_{s+1}, backwards over the pending steps, in float64; row n_total is
+        # E beyond the last step (0)
+        e = th.zeros(n_total + 1, self.pending[0].a.shape[1], dtype=th.float64)
+        th.cat([c.a for c in self.pending], out=e[:n_total])
+        for s in range(n_total - 2, -1, -1):
+            e[s].add_(e[s + 1], alpha=self.beta1)
         idx = th.arange(ready)
         counted = th.clamp(n_total - idx, max=self.horizon)  # steps counted for each ready step
-        beyond = idx + counted
-        tail = th.zeros(ready, a.shape[1], dtype=th.float64)
-        inside = beyond < n_total
-        tail[inside] = e[beyond[inside]]
         weight = th.pow(th.full((ready,), self.beta1, dtype=th.float64), counted.double())
-        d = (e[:ready] - weight[:, None] * tail).float()
+        # D_j = E_j - beta1^n E_{j+n}
+        d = th.addcmul(e[:ready], weight[:, None], e[idx + counted], value=-1.0).float()
         # split the pending chunks at `ready` and compute the rows of the head
         heads, lo = [], 0
         while lo < ready:
