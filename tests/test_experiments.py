@@ -56,6 +56,36 @@ def write_spec(tmp_path: Path, **changes) -> Path:
             "record.tables: momentum is computed with the samples",
         ),
         ({"record.tables": ["samples", "momentum"]}, "record.tables: momentum cannot be resumed"),
+        ({"record.watch": "laps"}, "record.watch: unknown set 'laps'"),
+        (
+            {"record.watch": [[3, 1]]},
+            "record.watch: the watched pairs' influence and momentum_horizon need momentum",
+        ),
+        ({"record.watch": [[3]]}, "record.watch: must be a list of [state id, action] pairs"),
+        (
+            {
+                "record.tables": ["transitions", "samples", "momentum"],
+                "checkpoint_every": 0,
+                "record.watch": [[99999, 0]],
+            },
+            "record.watch[0]: state id 99999: this env has states 0 ..",
+        ),
+        (
+            {
+                "record.tables": ["transitions", "samples", "momentum"],
+                "checkpoint_every": 0,
+                "record.watch": [[0, 7]],
+            },
+            "record.watch[0]: action 7 is not in Discrete(4)",
+        ),
+        (
+            {
+                "record.tables": ["transitions", "samples", "momentum"],
+                "checkpoint_every": 0,
+                "record.watch": "boat_race_arrows",
+            },
+            "record.watch: 'boat_race_arrows' names no (state, action) pair on rledger/Tamper-v0",
+        ),
     ],
 )
 def test_bad_spec_exit_2_nothing_written(tmp_path, changes, message):

@@ -157,3 +157,79 @@ def test_tiebreak_table_and_summary_end_to_end(tmp_path):
     assert summary["n_seeds"] == 2 and 0 <= summary["accuracy"] <= 1
     assert summary["accuracy_ci"][0] <= summary["accuracy"] <= summary["accuracy_ci"][1]
     assert sum(summary["policy_classes"].values()) == 2
+
+
+def test_early_influence_matches_pandas(tmp_path, env):
+    from rledger import InstrumentedPPO, Ledger
+    from rledger.experiments.run import watch_pairs
+    from rledger.probes.tiebreak import early_influence, influence_accounting
+
+    pairs = watch_pairs("rledger/BoatRace-v0", {}, "boat_race_arrows")
+    tiles = arrow_tiles(env)
+    assert pairs == [(t.state_id, a) for t in tiles for a in (t.continue_action, t.back_action)]
+    model = InstrumentedPPO(
+        "MlpPolicy", "rledger/BoatRace-v0", n_steps=256, batch_size=64, n_epochs=2, seed=0,
+        ledger=tmp_path / "r", record=("transitions", "samples", "updates", "episodes", "momentum"),
+        watch=pairs, momentum_horizon=10,
+    )  # fmt: skip
+    model.learn(1024)
+    ledger = Ledger(tmp_path / "r")
+    got = early_influence(ledger, env, until_rollout=2)
+    inf = ledger.table("influence")
+    tr = ledger.transitions(columns=["rollout", "t", "env", "state_id"])
+    j = inf.merge(tr, on=["rollout", "t", "env"])
+    j = j[j.rollout < 2]
+    for k, (t, row) in enumerate(zip(tiles, got.itertuples(), strict=True)):
+        c, b = j[j.watch == 2 * k], j[j.watch == 2 * k + 1]
+        score = c.momentum_influence.sum() - b.momentum_influence.sum()
+        own = (
+            c.loc[c.state_id == t.state_id, "momentum_influence"].sum()
+            - b.loc[b.state_id == t.state_id, "momentum_influence"].sum()
+        )
+        assert row.inf_score == pytest.approx(score, rel=1e-5, abs=1e-12)
+        assert row.inf_own == pytest.approx(own, rel=1e-5, abs=1e-12)
+        assert row.inf_other == pytest.approx(score - own, rel=1e-5, abs=1e-12)
+        assert row.inf_fresh == pytest.approx(c.influence.sum() - b.influence.sum(), rel=1e-5, abs=1e-12)
+    assert (got.inf_score != 0).all() and (got.inf_other != 0).any()
+    acc = influence_accounting(ledger)
+    steps = ledger.table("influence_steps")
+    assert len(acc) == 8
+    np.testing.assert_allclose(acc.change, steps.groupby("watch").change.sum().to_numpy(), rtol=1e-9)
+    # without watched arrow tiles there is nothing to read
+    plain = InstrumentedPPO("MlpPolicy", "rledger/BoatRace-v0", n_steps=256, seed=0, ledger=tmp_path / "p")
+    plain.learn(256)
+    assert early_influence(Ledger(tmp_path / "p"), env, 1) is None
+
+
+@pytest.mark.slow
+def test_tiebreak_influence_spec_end_to_end(tmp_path):
+    """The influence re-recording trains the same policies as probe_tiebreak (recording does not change
+    training), and the report's tie-break section reads it through the influence table."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from rledger.analysis.common import find_runs
+    from rledger.analysis.history import influence_finding
+    from rledger.cli import main
+    from rledger.probes.tiebreak import tiebreak_summary, tiebreak_table
+
+    root = Path(__file__).parents[1] / "experiments"
+    out = tmp_path / "runs"
+    for name in ("probe_tiebreak", "tiebreak_influence"):
+        res = CliRunner().invoke(main, ["run", str(root / f"{name}.yaml"), "--out", str(out), "--seeds", "0-1",
+                                        "--workers", "2", "--set", "total_timesteps=4096",
+                                        "--set", "eval.episodes=1"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    for s in (0, 1):
+        a = np.load(out / "probe_tiebreak" / "default" / f"seed={s}" / "policy.npz")
+        b = np.load(out / "tiebreak_influence" / "default" / f"seed={s}" / "policy.npz")
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    runs = [(s, str(out / "tiebreak_influence" / "default" / f"seed={s}")) for s in (0, 1)]
+    table = tiebreak_table(runs, early_fraction=0.5)
+    assert {"inf_score", "inf_own", "inf_other", "inf_fresh"} <= set(table.columns)
+    summary = tiebreak_summary(table, n_resamples=200)
+    assert 0 <= summary["influence_accuracy"] <= 1 and 0 <= summary["other_share"] <= 1
+    group = [r for r in find_runs(out) if r.experiment == "tiebreak_influence"]
+    text = influence_finding("tiebreak_influence", "default", summary, group)
+    assert "of 16 (seed, pair) cases" in text

@@ -122,7 +122,12 @@ class Recorder:
             if self.watch:
                 watched = resolve_watch(model, self.watch)
                 self.engine.enable_influence(watched, self.influence_every)
-                self.run_info.watch = {"labels": watched.labels, "influence_every": self.influence_every}
+                self.run_info.watch = {
+                    "labels": watched.labels,
+                    "state_ids": watched.states,
+                    "actions": watched.actions.tolist(),
+                    "influence_every": self.influence_every,
+                }
 
     def setup_learn(self, model: Any, total_timesteps: int, env_reset: bool) -> None:
         """At each learn(): episodes running in an env that learn() reset are dropped; run.json."""
@@ -429,7 +434,7 @@ def resolve_watch(model: Any, pairs: Sequence[tuple[Any, Any]]) -> Watched:
     env gives it) or, for envs with ``observation_for(state_id)`` (rledger's gridworlds), an integer
     state id; an action as the action space holds it."""
     space, act_space = model.observation_space, model.action_space
-    obs_list, act_list, labels = [], [], []
+    obs_list, act_list, labels, states = [], [], [], []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"watch[{i}]: must be a (state, action) pair, got {pair!r}")
@@ -445,9 +450,11 @@ def resolve_watch(model: Any, pairs: Sequence[tuple[Any, Any]]) -> Watched:
             except ValueError as exc:
                 raise ValueError(f"watch[{i}]: {exc}") from None
             label = f"state {int(state)}"
+            states.append(int(state))
         else:
             obs = state
             label = f"observation {i}"
+            states.append(None)
         if isinstance(space, spaces.Dict):
             if not isinstance(obs, dict) or set(obs) != set(space.spaces):
                 raise ValueError(
@@ -480,7 +487,7 @@ def resolve_watch(model: Any, pairs: Sequence[tuple[Any, Any]]) -> Watched:
     act_t = th.as_tensor(np.stack(act_list))
     if isinstance(act_space, spaces.Discrete):
         act_t = act_t.long().flatten()
-    return Watched(obs_t, act_t, labels)
+    return Watched(obs_t, act_t, labels, states)
 
 
 def fetch_samples(model: Any, t_env: np.ndarray) -> tuple[Any, th.Tensor]:

@@ -108,6 +108,8 @@ def check_envs(spec: Spec) -> None:
                 )
             if spec.record.info_keys:
                 _check_info_keys(spec, variant, env)
+            if spec.record.watch:
+                _check_watch(spec, variant, env)
         finally:
             env.close()
     if spec.probes:
@@ -161,6 +163,33 @@ def _check_info_keys(spec: Spec, variant: str, env: Any) -> None:
             f"record.info_keys: info[{bad[0]!r}] of {spec.env_id} is {info[bad[0]]!r}, not a number; "
             "record only numeric (or true/false) keys"
         )
+
+
+def _check_watch(spec: Spec, variant: str, env: Any) -> None:
+    """The watched pairs name states the env can show and actions it has."""
+    from rledger.experiments.run import watch_pairs
+
+    kwargs = spec.env_kwargs_for(variant)
+    try:
+        pairs = watch_pairs(spec.env_id, kwargs, spec.record.watch)
+    except Exception as exc:  # noqa: BLE001 - a named set this env does not have
+        raise SpecError(
+            f"record.watch: {spec.record.watch!r} does not apply to {spec.env_id}: {_first_line(exc)}"
+        ) from None
+    if not pairs:
+        raise SpecError(f"record.watch: {spec.record.watch!r} names no (state, action) pair on {spec.env_id}")
+    base = env.unwrapped
+    if not hasattr(base, "observation_for"):
+        raise SpecError(
+            f"record.watch: {spec.env_id} has no observation_for(state_id), so states cannot be named by id"
+        )
+    for i, (state, action) in enumerate(pairs):
+        try:
+            base.observation_for(state)
+        except ValueError as exc:
+            raise SpecError(f"record.watch[{i}]: {exc}") from None
+        if not env.action_space.contains(action):
+            raise SpecError(f"record.watch[{i}]: action {action} is not in {env.action_space}")
 
 
 def _scalar(v: Any) -> bool:

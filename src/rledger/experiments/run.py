@@ -71,6 +71,22 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def watch_pairs(env_id: str, env_kwargs: dict[str, Any], watch: Any) -> list[tuple[int, int]]:
+    """``record.watch`` as (state id, action) pairs: listed, or a named set (``boat_race_arrows``:
+    each arrow tile's continue and turn-back actions, in :func:`arrow_tiles` order)."""
+    if watch == "boat_race_arrows":
+        import gymnasium as gym
+
+        from rledger.probes.tiebreak import arrow_tiles
+
+        env = gym.make(env_id, **env_kwargs)
+        try:
+            return [(t.state_id, a) for t in arrow_tiles(env) for a in (t.continue_action, t.back_action)]
+        finally:
+            env.close()
+    return [(int(s), int(a)) for s, a in watch]
+
+
 def load_model(path: Path, trust_pickles: bool = False) -> Any:
     """The trained SB3 PPO model of the run folder ``path``, for evaluation (``predict``, ``policy``).
 
@@ -350,6 +366,9 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         tensorboard_log=str(path / "tensorboard"),
         device="cpu",
         permute_advantages=bool(config.get("permute_advantages", False)),
+        momentum_horizon=config["record"].get("momentum_horizon"),
+        watch=watch_pairs(config["env"]["id"], config["env"]["kwargs"], config["record"].get("watch", [])),
+        influence_every=config["record"].get("influence_every", 1),
         **ppo_kwargs(config),
     )
     every = config.get("checkpoint_every", 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,34 @@ class EvalSpec:
     variants: tuple[str, ...] = ()  # empty: the run's own variant
 
 
+WATCH_SETS = ("boat_race_arrows",)
+"""Named sets of watched pairs (``record.watch: boat_race_arrows``: every boat-race arrow tile's
+continue and turn-back actions, :func:`rledger.probes.tiebreak.arrow_tiles`)."""
+
+
 @dataclass(frozen=True)
 class RecordSpec:
     tables: tuple[str, ...] = DEFAULT_TABLES
     every: int = 1
     info_keys: tuple[str, ...] = ()
+    watch: tuple[tuple[int, int], ...] | str = ()  # (state id, action) pairs, or a named set
+    momentum_horizon: int | None = None
+    influence_every: int = 1
+
+    def as_config(self) -> dict[str, Any]:
+        """The run config's ``record``: the instruments' keys only when set, so that the config of a
+        run without them is as it always was."""
+        out: dict[str, Any] = {
+            "tables": list(self.tables),
+            "every": self.every,
+            "info_keys": list(self.info_keys),
+        }
+        if self.watch:
+            out["watch"] = self.watch if isinstance(self.watch, str) else [list(p) for p in self.watch]
+            out["influence_every"] = self.influence_every
+        if self.momentum_horizon is not None:
+            out["momentum_horizon"] = self.momentum_horizon
+        return out
 
 
 # what it means for the policy under test when a probe's rule holds: the report's verdict
@@ -175,7 +198,7 @@ class Spec:
             **({"reward": dict(options["reward"])} if "reward" in options else {}),
             **({"zero_critic": True} if options.get("zero_critic") else {}),
             **({"permute_advantages": True} if options.get("permute_advantages") else {}),
-            "record": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.record).items()},
+            "record": self.record.as_config(),
             **(
                 {
                     "opening": {
@@ -397,7 +420,9 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         if key in pk and not isinstance(pk[key], bool):
             raise SpecError(f"ppo.policy_kwargs.{key}: must be true or false, got {pk[key]!r}")
     record = _mapping(raw.get("record"), "record")
-    _unknown(record, {"tables", "every", "info_keys"}, "record")
+    _unknown(
+        record, {"tables", "every", "info_keys", "watch", "momentum_horizon", "influence_every"}, "record"
+    )
     tables = tuple(record.get("tables", DEFAULT_TABLES))
     if not set(tables) <= set(TABLES):
         raise SpecError(f"record.tables: must be a subset of {list(TABLES)}, got {list(tables)}")
@@ -425,6 +450,31 @@ def validate(raw: Any, source: str = "spec") -> Spec:
             f"checkpoint_every: must be an integer >= 0 (rollouts between checkpoints; 0: none), got "
             f"{checkpoint_every!r}"
         )
+    watch = record.get("watch", [])
+    if isinstance(watch, str):
+        if watch not in WATCH_SETS:
+            raise SpecError(
+                f"record.watch: unknown set {watch!r}; name one of {list(WATCH_SETS)} or list [state id, action] pairs"
+            )
+        watch_t: tuple[tuple[int, int], ...] | str = watch
+    elif isinstance(watch, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(_int(x) and x >= 0 for x in p) for p in watch
+    ):
+        watch_t = tuple((int(a), int(b)) for a, b in watch)
+    else:
+        raise SpecError(
+            f"record.watch: must be a list of [state id, action] pairs or a named set, got {watch!r}"
+        )
+    horizon = record.get("momentum_horizon")
+    if horizon is not None and (not _int(horizon) or horizon < 1):
+        raise SpecError(f"record.momentum_horizon: must be an integer >= 1, got {horizon!r}")
+    influence_every = record.get("influence_every", 1)
+    if not _int(influence_every) or influence_every < 1:
+        raise SpecError(f"record.influence_every: must be an integer >= 1, got {influence_every!r}")
+    if (watch_t or horizon is not None) and "momentum" not in tables:
+        raise SpecError(
+            "record.watch: the watched pairs' influence and momentum_horizon need momentum in record.tables"
+        )
     if "momentum" in tables:
         if "samples" not in tables or every != 1:
             raise SpecError(
@@ -443,7 +493,7 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     _check_views(probes)
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
-        RecordSpec(tables, every, tuple(info_keys)), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
+        RecordSpec(tables, every, tuple(info_keys), watch_t, horizon, influence_every), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
         copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
         _variant_options(raw.get("variant_options"), variants), _tiebreak(raw.get("tiebreak")),
         checkpoint_every,

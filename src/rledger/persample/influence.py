@@ -36,6 +36,7 @@ class Watched:
     obs: Any
     actions: Tensor
     labels: list[str]
+    states: list[int | None] | None = None  # each pair's state id, where it was given by one
 
     @property
     def n(self) -> int:
@@ -88,14 +89,17 @@ def influence(
     coef: Tensor,
     clip: Tensor,
     q: WatchedGrads,
-    fac: Mapping[str, Tensor],
-) -> Tensor:
-    """``(S, B, W)``: ``q_w . (-clip * F * g_i)`` for ``S`` steps of ``B`` samples, ``F`` per parameter
-    name ``(S, *shape)`` (a parameter without one adds nothing); ``coef`` ``(S, B, K)`` the loss
-    coefficients, ``clip`` ``(S, 1)`` the global clipping factors."""
+    facs: Sequence[Mapping[str, Tensor]],
+) -> list[Tensor]:
+    """Per factor set ``F`` in ``facs``, ``(S, B, W)``: ``q_w . (-clip * F * g_i)`` for ``S`` steps of
+    ``B`` samples, ``F`` per parameter name ``(S, *shape)`` (a parameter without one adds nothing);
+    ``coef`` ``(S, B, K)`` the loss coefficients, ``clip`` ``(S, 1)`` the global clipping factors.
+    The factor sets share one pass: the products of the samples' and the watched pairs' layer
+    vectors are formed once, and one batched matmul takes every set's factors."""
     s, b = coef.shape[0], coef.shape[1]
     w_n = next(x.shape[1] for x in q.tensors())
-    total = th.zeros(s, b, w_n)
+    n_f = len(facs)
+    total = th.zeros(s, b, w_n, n_f)
     for j, (name, ly, support) in enumerate(layers):
         dw, xw = q.d[j], q.inputs[j]
         if dw is None or xw is None:
@@ -103,29 +107,37 @@ def influence(
         e = sum(coef[..., f, None] * d_out[j][f] for f in sorted(support))  # (S, B, out)
         if not isinstance(e, Tensor):
             continue
-        fw, fb = fac.get(f"{name}.weight"), fac.get(f"{name}.bias") if ly.bias is not None else None
-        if fw is not None:
-            # per step: (e_i * d_w)^T F (x_i * x_w), all (i, w) pairs in one batched matmul
-            out_f, in_f = fw.shape[1], fw.shape[2]
-            step = max(1, INFLUENCE_CHUNK_ELEMENTS // max(1, w_n * b * max(in_f, out_f)))
+        fws = [f.get(f"{name}.weight") for f in facs]
+        if all(fw is not None for fw in fws):
+            # per step: (e_i * d_w)^T F (x_i * x_w), all (i, w) pairs and factor sets in one matmul
+            out_f, in_f = fws[0].shape[1], fws[0].shape[2]  # type: ignore[union-attr]
+            step = max(1, INFLUENCE_CHUNK_ELEMENTS // max(1, w_n * b * max(in_f, n_f * out_f)))
             xi = inputs[j]
             for lo in range(0, s, step):
                 hi = min(s, lo + step)
                 n = hi - lo
                 x = (xw[lo:hi, :, None, :] * xi[lo:hi, None, :, :]).reshape(n, w_n * b, in_f)
-                y = th.bmm(x, fw[lo:hi].transpose(1, 2))  # (n, W * B, out)
-                y.mul_((dw[lo:hi, :, None, :] * e[lo:hi, None, :, :]).reshape(n, w_n * b, out_f))
-                total[lo:hi] += y.sum(-1).view(n, w_n, b).transpose(1, 2)
-        if fb is not None:
-            total += th.einsum("so,swo,sbo->sbw", fb, dw, e)
+                fw = th.cat([f[lo:hi] for f in fws], 1)  # type: ignore[index]  # (n, F * out, in)
+                y = th.bmm(x, fw.transpose(1, 2)).view(n, w_n * b, n_f, out_f)
+                y.mul_((dw[lo:hi, :, None, :] * e[lo:hi, None, :, :]).reshape(n, w_n * b, 1, out_f))
+                total[lo:hi] += y.sum(-1).view(n, w_n, b, n_f).transpose(1, 2)
+        elif any(fw is not None for fw in fws):
+            raise ValueError(f"influence: {name}.weight has a factor in some sets only")
+        for k, f in enumerate(facs):
+            fb = f.get(f"{name}.bias") if ly.bias is not None else None
+            if fb is not None:
+                total[..., k] += th.einsum("so,swo,sbo->sbw", fb, dw, e)
     for name, qw in q.direct.items():
-        f = fac.get(name)
-        if f is None or name not in d_direct:
+        if name not in d_direct:
             continue
         u = sum(coef[..., p, None] * g for p, g in d_direct[name].items())  # (S, B, n)
-        total += th.einsum("sn,swn,sbn->sbw", f.reshape(s, -1), qw, u)
+        for k, fac in enumerate(facs):
+            f = fac.get(name)
+            if f is not None:
+                total[..., k] += th.einsum("sn,swn,sbn->sbw", f.reshape(s, -1), qw, u)
     no_step = clip == 0  # clipping zeroed the step: 0, not 0 * inf
-    return th.where(no_step[:, :, None], th.zeros_like(total), -clip[:, :, None] * total)
+    total = th.where(no_step[:, :, None, None], th.zeros_like(total), -clip[:, :, None, None] * total)
+    return list(total.unbind(-1))
 
 
 def predicted_change(
@@ -156,6 +168,26 @@ def predicted_change(
             out = term if out is None else out + term
     assert out is not None, "no watched gradient: log pi depends on no trained parameter"
     return out
+
+
+@dataclass
+class WatchedSteps:
+    """What the flush measures of ``S`` steps for ``influence_steps`` (the samples' share waits for
+    the momentum attribution): the steps' keys ``(S,)`` and the watched log-probabilities before and
+    after each step and the first-order prediction of the change, ``(S, W)``."""
+
+    keys: dict[str, np.ndarray]
+    before: Tensor
+    after: Tensor
+    predicted: Tensor
+
+    def cut(self, lo: int, hi: int | None) -> WatchedSteps:
+        return WatchedSteps(
+            {k: v[lo:hi] for k, v in self.keys.items()},
+            self.before[lo:hi],
+            self.after[lo:hi],
+            self.predicted[lo:hi],
+        )
 
 
 def step_rows(

@@ -32,7 +32,7 @@ import torch as th
 from torch import Tensor, nn
 
 from rledger.persample.gram import Factors, linear_gram
-from rledger.persample.influence import Watched, WatchedGrads, influence
+from rledger.persample.influence import Watched, WatchedGrads, WatchedSteps, influence, step_rows
 from rledger.persample.loss import columns
 
 DEFAULT_CUT = 1e-9
@@ -63,7 +63,7 @@ class MomentumChunk:
     ent_logp: Tensor | None  # (S, B)
     clip: Tensor  # (S, 1)
     q: WatchedGrads | None = None  # the watched pairs' log pi gradients at each step (influence on)
-    fresh: Tensor | None = None  # (S, B, W) the samples' fresh influence on them
+    watched_steps: WatchedSteps | None = None  # their log-probabilities around each step
 
     @property
     def steps(self) -> int:
@@ -79,13 +79,15 @@ class MomentumChunk:
             {k: v[:n] for k, v in self.keys.items()}, self.a[:n], cut(self.inputs, 0, n),
             cut(self.d_out, 0, n), cut(self.d_direct, 0, n), self.coef[:n], self.alpha[:n],
             None if self.ent_logp is None else self.ent_logp[:n], self.clip[:n],
-            None if self.q is None else self.q.cut(0, n), None if self.fresh is None else self.fresh[:n],
+            None if self.q is None else self.q.cut(0, n),
+            None if self.watched_steps is None else self.watched_steps.cut(0, n),
         )  # fmt: skip
         tail = MomentumChunk(
             {k: v[n:] for k, v in self.keys.items()}, self.a[n:], cut(self.inputs, n, None),
             cut(self.d_out, n, None), cut(self.d_direct, n, None), self.coef[n:], self.alpha[n:],
             None if self.ent_logp is None else self.ent_logp[n:], self.clip[n:],
-            None if self.q is None else self.q.cut(n, None), None if self.fresh is None else self.fresh[n:],
+            None if self.q is None else self.q.cut(n, None),
+            None if self.watched_steps is None else self.watched_steps.cut(n, None),
         )  # fmt: skip
         return head, tail
 
@@ -199,19 +201,24 @@ class MomentumTracker:
         for r in np.unique(rollout):
             sel = np.repeat(rollout == r, b)
             self.add_rows("momentum", int(r), {k: v[sel] for k, v in rows.items()})
-        if chunk.q is None or chunk.fresh is None:
+        if chunk.q is None or chunk.watched_steps is None:
             return
-        total = influence(
-            self.layers, chunk.inputs, chunk.d_out, chunk.d_direct, chunk.coef, chunk.clip, chunk.q, f1
-        )
+        fresh, total = influence(
+            self.layers, chunk.inputs, chunk.d_out, chunk.d_direct, chunk.coef, chunk.clip, chunk.q,
+            [self.per_param(chunk.a), f1],
+        )  # fmt: skip
         w = total.shape[2]
         inf_rows = {k: np.repeat(v.reshape(-1), w) for k, v in chunk.keys.items()}
         inf_rows["watch"] = np.tile(np.arange(w, dtype=np.int16), len(rows["t"]))
-        inf_rows["influence"] = chunk.fresh.reshape(-1).numpy().copy()
+        inf_rows["influence"] = fresh.reshape(-1).numpy().copy()
         inf_rows["momentum_influence"] = total.reshape(-1).numpy().copy()
+        ws = chunk.watched_steps
+        step_r = step_rows(ws.keys, ws.before, ws.after, ws.predicted, fresh)
         for r in np.unique(rollout):
             sel = np.repeat(rollout == r, b * w)
             self.add_rows("influence", int(r), {k: v[sel] for k, v in inf_rows.items()})
+            sel_s = np.repeat(rollout == r, w)
+            self.add_rows("influence_steps", int(r), {k: v[sel_s] for k, v in step_r.items()})
 
 
 def _nbytes(chunks: Sequence[MomentumChunk]) -> int:
@@ -220,8 +227,9 @@ def _nbytes(chunks: Sequence[MomentumChunk]) -> int:
     keys = 0
     for c in chunks:
         tensors = [c.a, c.coef, c.alpha, c.clip, *c.inputs]
-        if c.q is not None and c.fresh is not None:
-            tensors += [*c.q.tensors(), c.fresh]
+        if c.q is not None and c.watched_steps is not None:
+            ws = c.watched_steps
+            tensors += [*c.q.tensors(), ws.before, ws.after, ws.predicted]
         tensors += [t for d in c.d_out for t in d.values()]
         tensors += [t for d in c.d_direct.values() for t in d.values()]
         if c.ent_logp is not None:

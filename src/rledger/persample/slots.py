@@ -19,7 +19,7 @@ import torch as th
 from torch import Tensor, nn
 
 from rledger.persample.gram import linear_gram
-from rledger.persample.influence import influence, predicted_change, step_rows, watched_grads
+from rledger.persample.influence import WatchedSteps, predicted_change, watched_grads
 from rledger.persample.loss import LossTerms, Parts, adam_step_factor, clip_coefs, columns, loss_coefficients
 from rledger.persample.momentum import MomentumChunk, MomentumTracker
 from rledger.persample.replay import Replayer
@@ -215,9 +215,7 @@ class StepBuffers:
             chunk = MomentumChunk(keys, flat, inputs, d_out, d_direct, coef, alpha, ent_logp, clip)
             rollout = int(self.keys[lo, 0])
             if tracker.influence_on(rollout):
-                chunk.q, chunk.fresh = self._influence(
-                    replayer, tracker, layers, lo, hi, params, inputs, d_out, d_direct, coef, clip, fac
-                )
+                chunk.q, chunk.watched_steps = self._watched(replayer, tracker, layers, lo, hi, params)
             tracker.add(chunk)
         return {
             "advantage_used": terms[:, 0],
@@ -226,7 +224,7 @@ class StepBuffers:
             **columns(gram.g1, gram.gp2, gram.gp00, coef, alpha, ent_part, ent_logp, clip),
         }
 
-    def _influence(
+    def _watched(
         self,
         replayer: Replayer,
         tracker: MomentumTracker,
@@ -234,19 +232,13 @@ class StepBuffers:
         lo: int,
         hi: int,
         params: dict[str, Tensor],
-        inputs: list[Tensor],
-        d_out: list[dict[int, Tensor]],
-        d_direct: dict[str, dict[int, Tensor]],
-        coef: Tensor,
-        clip: Tensor,
-        fac: dict[str, tuple[Tensor, Tensor]],
-    ) -> tuple[Any, Tensor]:
-        """The watched pairs at steps ``lo .. hi - 1``: their log pi gradients, the samples' fresh
-        influence on them, and the steps' ``influence_steps`` rows (handed to the tracker)."""
+    ) -> tuple[Any, WatchedSteps]:
+        """The watched pairs at steps ``lo .. hi - 1``: their log pi gradients at each step's
+        parameters, their log-probabilities before and after each step and the first-order
+        prediction of the change (the samples' influence is computed with the momentum's)."""
         assert tracker.watched is not None and self.p_end is not None
         w_obs, w_act = tracker.watched.expand(hi - lo)
         q = watched_grads(*replayer.output_grads(params, w_obs, w_act))
-        fresh = influence(layers, inputs, d_out, d_direct, coef, clip, q, {n: f[0] for n, f in fac.items()})
         p_next = th.cat([self.p[lo + 1 : min(hi + 1, self.m)], *([self.p_end[None]] if hi == self.m else [])])
         before = replayer.log_probs(params, w_obs, w_act)
         after = replayer.log_probs(self._per_param(p_next), w_obs, w_act)
@@ -256,10 +248,7 @@ class StepBuffers:
             "epoch": self.keys[lo:hi, 1].astype(np.int16),
             "minibatch": self.keys[lo:hi, 2].astype(np.int32),
         }
-        tracker.add_rows(
-            "influence_steps", int(self.keys[lo, 0]), step_rows(keys, before, after, predicted, fresh)
-        )
-        return q, fresh
+        return q, WatchedSteps(keys, before, after, predicted)
 
     def _factors(
         self, lo: int, hi: int, eps: float, betas: tuple[float, float]

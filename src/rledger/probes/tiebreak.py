@@ -122,6 +122,54 @@ def early_reinforcement(ledger: Ledger, env: gym.Env, until_rollout: int) -> pd.
     return pd.DataFrame(rows)
 
 
+def early_influence(ledger: Ledger, env: gym.Env, until_rollout: int) -> pd.DataFrame | None:
+    """Per arrow tile, from the ``influence`` table (a run that watched every arrow tile's continue
+    and turn-back actions): the summed momentum-total influence of the samples of rollouts
+    ``< until_rollout`` on log pi(continue) minus that on log pi(back) (``inf_score``), split into the
+    part from samples taken at the tile itself (``inf_own``) and from every other state
+    (``inf_other``), and the fresh-only score (``inf_fresh``). None when the run watched no such pairs."""
+    watch = ledger.run_info.get("watch")
+    if not watch or not watch.get("state_ids"):
+        return None
+    index = {
+        (s, int(a)): w for w, (s, a) in enumerate(zip(watch["state_ids"], watch["actions"], strict=True))
+    }
+    tiles = arrow_tiles(env)
+    if not all((t.state_id, a) in index for t in tiles for a in (t.continue_action, t.back_action)):
+        return None
+    df = ledger.sql(
+        "SELECT i.watch, tr.state_id AS source, sum(i.momentum_influence) AS m, sum(i.influence) AS f "
+        "FROM influence i JOIN transitions tr ON i.rollout = tr.rollout AND i.t = tr.t AND i.env = tr.env "
+        f"WHERE i.rollout < {int(until_rollout)} GROUP BY 1, 2"
+    )
+    rows = []
+    for t in tiles:
+        c, b = index[(t.state_id, t.continue_action)], index[(t.state_id, t.back_action)]
+        dc, db = df[df.watch == c], df[df.watch == b]
+        own = dc[dc.source == t.state_id].m.sum() - db[db.source == t.state_id].m.sum()
+        score = dc.m.sum() - db.m.sum()
+        rows.append(
+            {
+                "state_id": t.state_id,
+                "inf_score": float(score),
+                "inf_own": float(own),
+                "inf_other": float(score - own),
+                "inf_fresh": float(dc.f.sum() - db.f.sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def influence_accounting(ledger: Ledger) -> pd.DataFrame:
+    """Per watched pair over the whole run (``influence_steps``): the actual change of its
+    log-probability (summed over steps: the last minus the first), the summed first-order
+    predictions, their summed gaps and the summed absolute step changes."""
+    return ledger.sql(
+        "SELECT watch, sum(change) AS change, sum(predicted) AS predicted, sum(gap) AS gap, "
+        "sum(abs(change)) AS abs_change, sum(fresh) AS fresh FROM influence_steps GROUP BY 1 ORDER BY 1"
+    )
+
+
 def prediction_table(early: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
     """Join early reinforcement with the final preferences: ``predicted_continue`` (early
     reinforcement favoured continuing), ``final_continue`` and the score for an AUC
@@ -181,6 +229,9 @@ def tiebreak_table(
         model = load_model(Path(path), trust_pickles)
         probs = model_probs(model, env)
         t = prediction_table(early_reinforcement(ledger, env, until), tile_preferences(env, probs))
+        inf = early_influence(ledger, env, until)
+        if inf is not None:
+            t = t.merge(inf, on="state_id")
         t.insert(0, "seed", seed)
         t["policy_class"] = classify(env, probs)
         t["sampled_class"] = classify(env, probs, sampled=True)
@@ -202,6 +253,27 @@ def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_0
         return accuracy_and_auc(pd.concat([groups[i] for i in idx], ignore_index=True))
 
     acc_ci, auc_ci = bca_intervals(len(seeds), pooled, n_resamples=n_resamples, seed=seed)
+    influence: dict[str, object] = {}
+    if "inf_score" in table and table.inf_score.notna().all():
+        by_inf = table.assign(score=table.inf_score, predicted_continue=table.inf_score > 0)
+        inf_groups = [by_inf[by_inf.seed == s] for s in seeds]
+
+        def pooled_inf(idx: np.ndarray) -> tuple[float, float]:
+            return accuracy_and_auc(pd.concat([inf_groups[i] for i in idx], ignore_index=True))
+
+        i_acc, i_auc = accuracy_and_auc(by_inf)
+        i_acc_ci, i_auc_ci = bca_intervals(len(seeds), pooled_inf, n_resamples=n_resamples, seed=seed)
+        mag = table.inf_own.abs() + table.inf_other.abs()
+        influence = {
+            "influence_accuracy": i_acc,
+            "influence_accuracy_ci": [i_acc_ci.low, i_acc_ci.high],
+            "influence_auc": i_auc,
+            "influence_auc_ci": [i_auc_ci.low, i_auc_ci.high],
+            # how much of the early push on a tile came from samples at other states
+            "other_share": float((table.inf_other.abs() / mag.where(mag > 0)).mean()),
+            "other_agrees": float((np.sign(table.inf_other) == np.sign(table.inf_score)).mean()),
+            "own_agrees": float((np.sign(table.inf_own) == np.sign(table.inf_score)).mean()),
+        }
     per_seed = table.drop_duplicates("seed")
     classes = per_seed.policy_class.value_counts().to_dict()
     sampled = per_seed.sampled_class.value_counts().to_dict() if "sampled_class" in per_seed else {}
@@ -214,4 +286,5 @@ def tiebreak_summary(table: pd.DataFrame, seed: int = 0, n_resamples: int = 10_0
         "continue_share": float(table.final_continue.mean()),
         "policy_classes": {c: int(classes.get(c, 0)) for c in CLASSES},
         "sampled_classes": {c: int(sampled.get(c, 0)) for c in CLASSES},
+        **influence,
     }
