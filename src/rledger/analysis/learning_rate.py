@@ -4,9 +4,12 @@ For an unclipped sample, ``pg_grad_norm = |advantage_used| * ratio * score_norm 
 log(update size) is a sum of log|A|, log ratio and log score norm. How much of the spread of update
 sizes across samples each term carries is an empirical question: here measured as the R^2 of a
 one-variable linear fit of log(update size) on each term, per phase of training (DuckDB ``regr_r2``
-over unclipped samples with A != 0), for ``pg_grad_norm`` and for ``adam_update_norm`` (which adds the
-optimizer's per-coordinate preconditioning). Clipped samples contribute nothing to the policy-loss
-gradient; their share is reported per phase.
+over unclipped samples with A != 0), for ``pg_grad_norm`` and for ``pg_adam_update_norm`` (the
+policy-gradient term's own update after the optimizer's per-coordinate preconditioning). Since
+2026-12-02 the claim reads ``pg_adam_update_norm``; ``adam_update_norm`` (the whole loss's update, the
+critic's included, which at SB3 defaults is mostly the critic's) is shown beside it, as the figure read
+before. Clipped samples contribute nothing to the policy-loss gradient; their share is reported per
+phase.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from rledger.analysis.common import (
 )
 from rledger.ledger import Ledger, Ledgers
 
-UPDATE_COLUMNS = ("pg_grad_norm", "adam_update_norm")
+UPDATE_COLUMNS = ("pg_grad_norm", "pg_adam_update_norm", "adam_update_norm")
+PLOTTED = ("pg_grad_norm", "pg_adam_update_norm")  # the log-log panels
 TERMS = {
     "log |advantage|": "ln(abs(advantage_used))",
     "log score norm": "ln(score_norm)",
@@ -171,7 +175,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
     shares = variance_shares_all(led, phases)
     clips = clip_share_all(led, phases)
     counts = pd.concat(
-        [loglog_counts_all(led, col).assign(update=col) for col in UPDATE_COLUMNS], ignore_index=True
+        [loglog_counts_all(led, col).assign(update=col) for col in PLOTTED], ignore_index=True
     )
     led.close()
     counts = counts.groupby(["experiment", "variant", "update", "x", "y"], as_index=False)["count"].sum()
@@ -183,7 +187,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
     for (exp, variant), _ in group_runs(runs).items():
         fig, axes = new_figure(1, 3)
         sel = (counts.experiment == exp) & (counts.variant == variant)
-        for ax, col in zip(axes[0, :2], UPDATE_COLUMNS, strict=True):
+        for ax, col in zip(axes[0, :2], PLOTTED, strict=True):
             plot_loglog(counts[sel & (counts["update"] == col)], col, ax)
         plot_shares(shares[(shares.experiment == exp) & (shares.variant == variant)], axes[0, 2])
         fig.suptitle(f"{exp} / {variant}: update size against |advantage| (unclipped samples)")
@@ -193,12 +197,17 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
     permuted = {(r.experiment, r.variant) for r in runs if r.config.get("permute_advantages")}
     real = shares[[k not in permuted for k in zip(shares.experiment, shares.variant, strict=True)]]
     pooled = real[real["update"] == "pg_grad_norm"].groupby("term").r2.mean()
+    pooled_pg_adam = real[real["update"] == "pg_adam_update_norm"].groupby("term").r2.mean()
     pooled_adam = real[real["update"] == "adam_update_norm"].groupby("term").r2.mean()
     result.findings.append(
         ("Leaving out the advantage-permutation null's runs, across" if permuted else "Across")
         + " runs and phases, the mean R² of log pg_grad_norm is "
         + ", ".join(f"{pooled[t]:.2f} on {t}" for t in TERMS)
-        + "; of log adam_update_norm "
+        + "; of log pg_adam_update_norm (the policy term's own update after Adam's scaling, which this"
+        " claim reads) "
+        + ", ".join(f"{pooled_pg_adam[t]:.2f} on {t}" for t in TERMS)
+        + ". Beside it, the figure read before 2026-12-02, log adam_update_norm (the whole loss's update,"
+        " the critic's included): "
         + ", ".join(f"{pooled_adam[t]:.2f} on {t}" for t in TERMS)
         + "."
     )
