@@ -174,9 +174,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
         return result
     shares = variance_shares_all(led, phases)
     clips = clip_share_all(led, phases)
-    counts = pd.concat(
-        [loglog_counts_all(led, col).assign(update=col) for col in PLOTTED], ignore_index=True
-    )
+    counts = pd.concat([loglog_counts_all(led, col).assign(update=col) for col in PLOTTED], ignore_index=True)
     led.close()
     counts = counts.groupby(["experiment", "variant", "update", "x", "y"], as_index=False)["count"].sum()
     result.tables += [
@@ -207,9 +205,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None, ph
         " claim reads) "
         + ", ".join(f"{pooled_pg_adam[t]:.2f} on {t}" for t in TERMS)
         + ". Beside it, the figure read before 2026-12-02, log adam_update_norm (the whole loss's update,"
-        " the critic's included): "
-        + ", ".join(f"{pooled_adam[t]:.2f} on {t}" for t in TERMS)
-        + "."
+        " the critic's included): " + ", ".join(f"{pooled_adam[t]:.2f} on {t}" for t in TERMS) + "."
     )
     clips = clips[[k not in permuted for k in zip(clips.experiment, clips.variant, strict=True)]]
     result.findings.append(

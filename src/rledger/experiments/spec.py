@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rledger.ledger.schema import DEFAULT_TABLES, TABLES, check_info_keys
+from rledger.ledger.schema import DEFAULT_TABLES, INFLUENCE_TABLES, TABLES, check_info_keys
 
 
 class SpecError(ValueError):
@@ -424,8 +424,12 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         record, {"tables", "every", "info_keys", "watch", "momentum_horizon", "influence_every"}, "record"
     )
     tables = tuple(record.get("tables", DEFAULT_TABLES))
-    if not set(tables) <= set(TABLES):
-        raise SpecError(f"record.tables: must be a subset of {list(TABLES)}, got {list(tables)}")
+    listable = [t for t in TABLES if t not in INFLUENCE_TABLES]  # those come with record.watch
+    if not set(tables) <= set(listable):
+        raise SpecError(
+            f"record.tables: must be a subset of {listable} (the influence tables come with "
+            f"record.watch), got {list(tables)}"
+        )
     every = record.get("every", 1)
     if not _int(every) or every < 1:
         raise SpecError(f"record.every: must be an integer >= 1, got {every!r}")
