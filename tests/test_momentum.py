@@ -52,6 +52,18 @@ def _run(tmp_path, monkeypatch, env_id, horizon, queue=None, rollouts=2, **kw):
     return model, tape, first_buffer[0], Ledger(tmp_path / "run")
 
 
+def _naive_rollout0(model, tape, buffer0, samples, updates):
+    """The naive loop's per-step float64 gradients of rollout 0 (its buffer kept by :func:`_run`)."""
+    live = model.rollout_buffer
+    model.rollout_buffer = buffer0
+    vectors: list = []
+    try:
+        naive_samples(model, tape, samples, updates, vectors)
+    finally:
+        model.rollout_buffer = live
+    return vectors
+
+
 def _adam_constants(model, tape, updates, names):
     group = model.policy.optimizer.param_groups[0]
     b1, b2 = group["betas"]
@@ -152,13 +164,7 @@ def test_momentum_matches_brute_force_replay(tmp_path, monkeypatch, name):
     np.testing.assert_array_equal(mom.momentum_steps, np.minimum(want_horizon, n_total - step_index))
     np.testing.assert_allclose(mom.momentum_cut, 0.9 ** mom.momentum_steps.to_numpy(), rtol=1e-12)
     # the brute force, for rollout 0's samples (the naive gradients need the rollout's buffer)
-    live = model.rollout_buffer
-    model.rollout_buffer = buffer0
-    vectors: list = []
-    try:
-        naive_samples(model, tape, samples, updates, vectors)
-    finally:
-        model.rollout_buffer = live
+    vectors = _naive_rollout0(model, tape, buffer0, samples, updates)
     assert len(vectors) == n_total // 2
     assert _replay_reproduces_training(model, tape, updates) < 1e-5
     ref = _brute_force(model, tape, updates, vectors, horizon)
@@ -291,13 +297,7 @@ def test_influence_matches_autograd(tmp_path, monkeypatch):
     w_n, n_total = len(WATCH), len(updates)
     assert len(inf) == len(samples) * w_n and len(steps) == n_total * w_n
     assert (inf.watch.to_numpy() == np.tile(np.arange(w_n), len(samples))).all()
-    live = model.rollout_buffer
-    model.rollout_buffer = buffer0
-    vectors: list = []
-    try:
-        naive_samples(model, tape, samples, updates, vectors)
-    finally:
-        model.rollout_buffer = live
+    vectors = _naive_rollout0(model, tape, buffer0, samples, updates)
     names = vectors[0]["names"]
     qs, lps, flat = _watched_q(model, tape, names, WATCH)
     ref = _brute_force(model, tape, updates, vectors, None)

@@ -110,26 +110,35 @@ class LedgerSink:
         info = dict(run_info)
 
         def write() -> None:
-            if self._failed:  # a rollout before this one failed: write nothing after it
+            rows = {}
+            for table, tbl in tables:
+                arrow = tbl() if callable(tbl) else tbl
+                writer.write_arrow(table, rollout, arrow)
+                rows[table] = arrow.num_rows
+            writer.write_manifest(rollout, rows)  # after the parts: the rollout is whole
+            writer.update_run_info(info)
+            if momentum is not None:
+                self._write_momentum(momentum, rollout)
+
+        self._queue(write)
+
+    def _queue(self, fn: Callable[[], None]) -> None:
+        """Run a write in the background thread (or now, without one), in order; after a failed
+        write none runs (its error is raised by the next :meth:`raise_error` or :meth:`sync`)."""
+
+        def job() -> None:
+            if self._failed:  # a write before this one failed: write nothing after it
                 return
             try:
-                rows = {}
-                for table, tbl in tables:
-                    arrow = tbl() if callable(tbl) else tbl
-                    writer.write_arrow(table, rollout, arrow)
-                    rows[table] = arrow.num_rows
-                writer.write_manifest(rollout, rows)  # after the parts: the rollout is whole
-                writer.update_run_info(info)
-                if momentum is not None:
-                    self._write_momentum(momentum, rollout)
+                fn()
             except BaseException:
                 self._failed = True
                 raise
 
         if self.background:
-            self._jobs.append(self.submit(write))
+            self._jobs.append(self.submit(job))
         else:
-            write()
+            job()
 
     def _write_momentum(self, tracker: MomentumTracker, through: int | None) -> None:
         """The momentum (and influence) rows of the rollouts all of whose steps are counted: each
@@ -151,19 +160,10 @@ class LedgerSink:
         of the ``learn()`` call, and their rows written."""
 
         def job() -> None:
-            if self._failed:
-                return
-            try:
-                tracker.end_learn()
-                self._write_momentum(tracker, None)
-            except BaseException:
-                self._failed = True
-                raise
+            tracker.end_learn()
+            self._write_momentum(tracker, None)
 
-        if self.background:
-            self._jobs.append(self.submit(job))
-        else:
-            job()
+        self._queue(job)
 
     def take_summaries(self) -> list[dict[str, float]]:
         """The rollout summaries computed since the last call, oldest first."""
