@@ -11,6 +11,7 @@ adds a shaping reward per clockwise move, for an opening phase that reinforces l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,25 @@ class BoatRaceEnv(GridEnv):
 
 
 assert set(MOVES) == {0, 1, 2, 3}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """An arrow tile: its cell, state id, and the actions that continue along the arrow and turn
+    back against it (the tie-break probe's choice, and the watched pairs ``boat_race_arrows``)."""
+
+    cell: tuple[int, int]
+    state_id: int
+    continue_action: int
+    back_action: int
+
+
+def arrow_tiles(env: Any) -> list[Tile]:
+    """The four arrow tiles with their state ids and the continue / turn-back actions."""
+    base = env.unwrapped
+    by_move = {v: k for k, v in MOVES.items()}
+    tiles = []
+    for ch, (dr, dc) in ARROWS.items():
+        for cell in base.grid.cells(ch):
+            tiles.append(Tile(cell, base.state_id(cell), by_move[(dr, dc)], by_move[(-dr, -dc)]))
+    return sorted(tiles, key=lambda t: t.state_id)

@@ -77,7 +77,7 @@ def watch_pairs(env_id: str, env_kwargs: dict[str, Any], watch: Any) -> list[tup
     if watch == "boat_race_arrows":
         import gymnasium as gym
 
-        from rledger.probes.tiebreak import arrow_tiles
+        from rledger.envs.boat_race import arrow_tiles
 
         env = gym.make(env_id, **env_kwargs)
         try:

@@ -10,37 +10,16 @@ module reads a policy's choice at each tile, classifies whole policies, and sums
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-from rledger.envs.base import MOVES
-from rledger.envs.boat_race import ARROWS
+from rledger.envs.boat_race import Tile, arrow_tiles  # noqa: F401 - re-exported: the probe's tiles
 from rledger.ledger import Ledger
 from rledger.stats import bca_intervals
 
 CLASSES = ("lap", "oscillation", "mixed", "other")
-
-
-@dataclass(frozen=True)
-class Tile:
-    cell: tuple[int, int]
-    state_id: int
-    continue_action: int
-    back_action: int
-
-
-def arrow_tiles(env: gym.Env) -> list[Tile]:
-    """The four arrow tiles with their state ids and the continue / turn-back actions."""
-    base = env.unwrapped
-    by_move = {v: k for k, v in MOVES.items()}
-    tiles = []
-    for ch, (dr, dc) in ARROWS.items():
-        for cell in base.grid.cells(ch):
-            tiles.append(Tile(cell, base.state_id(cell), by_move[(dr, dc)], by_move[(-dr, -dc)]))
-    return sorted(tiles, key=lambda t: t.state_id)
 
 
 def tile_preferences(env: gym.Env, probs: Callable[[int], np.ndarray]) -> pd.DataFrame:
