@@ -320,3 +320,19 @@ def test_runner_records_the_momentum_table(tmp_path):
         moved = fresh > 0  # the last rollout's learning rate is 0 on lin_3e-4: no step moves
         ratio = mom.momentum_update_norm.to_numpy()[moved] / fresh[moved]
         assert moved.mean() > 0.5 and (ratio >= 1 - 1e-5).all() and ratio.max() > 1.5
+
+
+def test_dose_response_spec_expands_to_six_shares_by_ten_seeds(tmp_path):
+    from rledger.experiments import load_spec
+    from rledger.experiments.backends import plan_runs
+
+    spec = load_spec(ROOT / "experiments" / "relocate_dose.yaml")
+    jobs = plan_runs(spec, tmp_path / "runs", overwrite=False)
+    shares = {spec.run_config(v, 0)["env"]["kwargs"]["goal_anywhere"] for v in spec.train}
+    assert shares == {0.0, 0.01, 0.02, 0.05, 0.1, 0.2}
+    assert len(jobs) == 6 * 10
+    assert {(j.config["variant"], j.config["seed"]) for j in jobs} == {
+        (v, s) for v in spec.train for s in range(10)
+    }
+    assert all(j.config["eval"]["variants"] == {"anywhere": {"goal_anywhere": 1.0}} for j in jobs)
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
