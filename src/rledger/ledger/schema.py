@@ -68,6 +68,18 @@ def _c(table: str, name: str, dtype: pa.DataType, unit: str, definition: str) ->
 
 I64, I32, I16, F32, F64, BOOL = pa.int64(), pa.int32(), pa.int16(), pa.float32(), pa.float64(), pa.bool_()
 
+
+def _sample_keys(table: str) -> tuple[Column, ...]:
+    """The key columns of a table with one row per sample (or per sample and watched pair)."""
+    return (
+        _c(table, "rollout", I32, "index", "Rollout index; with epoch, minibatch, t, env joins `samples`."),
+        _c(table, "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
+        _c(table, "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
+        _c(table, "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
+        _c(table, "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    )
+
+
 COLUMNS: tuple[Column, ...] = (
     # ------------------------------------------------------------------ transitions
     _c(
@@ -263,11 +275,7 @@ COLUMNS: tuple[Column, ...] = (
         "approx_kl exceeded 1.5 * target_kl at this minibatch; training stopped before stepping.",
     ),
     # ------------------------------------------------------------------ momentum
-    _c("momentum", "rollout", I32, "index", "Rollout index; with epoch, minibatch, t, env joins `samples`."),
-    _c("momentum", "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
-    _c("momentum", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
-    _c("momentum", "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
-    _c("momentum", "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    *_sample_keys("momentum"),
     _c(
         "momentum",
         "momentum_update_norm",
@@ -310,11 +318,7 @@ COLUMNS: tuple[Column, ...] = (
         is applied).""",
     ),
     # ------------------------------------------------------------------ influence
-    _c("influence", "rollout", I32, "index", "Rollout index; with epoch, minibatch, t, env joins `samples`."),
-    _c("influence", "epoch", I16, "index", "PPO epoch within the rollout (0-based)."),
-    _c("influence", "minibatch", I32, "index", "Minibatch index within the epoch (0-based)."),
-    _c("influence", "t", I32, "step", "Step index of the sample; joins `transitions.t`."),
-    _c("influence", "env", I16, "index", "Env index of the sample; joins `transitions.env`."),
+    *_sample_keys("influence"),
     _c("influence", "watch", I16, "index", "The watched pair w: its index in run.json's `watch` list."),
     _c(
         "influence",

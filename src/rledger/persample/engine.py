@@ -14,8 +14,13 @@
 - ``generic`` path (conv layers, custom modules): exact per-sample Jacobians with ``torch.func`` at a
   copy of the step's starting parameters (:func:`~rledger.persample.functional.jacobian_gram`).
 
+With the ``momentum`` table (and watched pairs), the batched mode's flushes also feed a
+:class:`~rledger.persample.momentum.MomentumTracker` (:meth:`~PerSampleEngine.enable_momentum`,
+:meth:`~PerSampleEngine.enable_influence`).
+
 None of them touches ``.grad``, optimizer state or a random number generator. Imports go one way:
-``loss`` <- ``gram`` <- ``functional`` <- ``replay`` <- ``slots`` <- ``checks`` <- ``engine``.
+``loss`` <- ``gram`` <- ``functional`` <- ``replay``; ``gram`` and ``loss`` <- ``influence`` <-
+``momentum`` <- ``slots`` <- ``checks`` <- ``engine``.
 """
 
 from __future__ import annotations
