@@ -65,7 +65,7 @@ from rledger.persample.loss import (
 )
 from rledger.persample.momentum import MomentumTracker, default_horizon
 from rledger.persample.replay import Replayer
-from rledger.persample.slots import StepBuffers
+from rledger.persample.slots import StepBuffers, per_param_views
 
 Columns = dict[str, np.ndarray]
 Submit = Callable[[Callable[[], Columns]], "Future[Columns]"]
@@ -144,14 +144,12 @@ class PerSampleEngine:
             horizon = default_horizon(beta1)
         if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
             raise ValueError(f"momentum_horizon: must be an integer >= 1, got {horizon!r}")
-        sizes = [p.numel() for p in self._opt_params]
-        shapes = [tuple(p.shape) for p in self._opt_params]
-        names = list(self._opt_names)
-
-        def per_param(flat: Tensor) -> dict[str, Tensor]:
-            parts = flat.split(sizes, dim=1)
-            return {n: x.reshape(flat.shape[0], *sh) for n, x, sh in zip(names, parts, shapes, strict=True)}
-
+        per_param = functools.partial(
+            per_param_views,
+            names=list(self._opt_names),
+            sizes=[p.numel() for p in self._opt_params],
+            shapes=[tuple(p.shape) for p in self._opt_params],
+        )
         self.momentum = MomentumTracker(beta1, horizon, per_param)
         return self.momentum
 

@@ -38,10 +38,6 @@ class Watched:
     labels: list[str]
     states: list[int | None] | None = None  # each pair's state id, where it was given by one
 
-    @property
-    def n(self) -> int:
-        return int(self.actions.shape[0])
-
     def expand(self, steps: int) -> tuple[Any, Tensor]:
         """The pairs repeated for ``steps`` steps: ``(S, W, ...)``."""
         return th.utils._pytree.tree_map(lambda x: x[None].expand(steps, *x.shape), (self.obs, self.actions))

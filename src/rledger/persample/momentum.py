@@ -39,8 +39,6 @@ DEFAULT_CUT = 1e-9
 """The default horizon counts steps until the first moment's remaining weight ``beta1^n`` is below
 this (``n = 197`` for Adam's ``beta1 = 0.9``)."""
 
-KEYS = ("rollout", "epoch", "minibatch", "t", "env")
-
 
 def default_horizon(beta1: float, cut: float = DEFAULT_CUT) -> int:
     """The number of steps ``n`` after which ``beta1^n <= cut`` (1 for ``beta1 == 0``)."""

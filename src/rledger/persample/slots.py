@@ -260,16 +260,18 @@ class StepBuffers:
         f1, f2 = self._per_param(f), self._per_param(f.square())
         return {name: (f1[name], f2[name]) for name in self.names}, f
 
-    def per_param(self, flat: Tensor) -> dict[str, Tensor]:
-        """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
-        return self._per_param(flat)
-
     def _per_param(self, flat: Tensor) -> dict[str, Tensor]:
-        """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
-        # one split, then a view only where the shape has two or more dimensions (few torch calls:
-        # each costs the training thread a GIL hand-off when this runs in the background thread)
-        parts = flat.split(self._sizes, dim=1)
-        return {
-            name: part if len(shape) == 1 else part.view(flat.shape[0], *shape)
-            for name, part, shape in zip(self.names, parts, self._shapes, strict=True)
-        }
+        return per_param_views(flat, self.names, self._sizes, self._shapes)
+
+
+def per_param_views(
+    flat: Tensor, names: list[str], sizes: list[int], shapes: list[tuple[int, ...]]
+) -> dict[str, Tensor]:
+    """Rows of flat parameter-shaped values ``(S, n_params)`` as ``name -> (S, *shape)`` views."""
+    # one split, then a view only where the shape has two or more dimensions (few torch calls:
+    # each costs the training thread a GIL hand-off when this runs in the background thread)
+    parts = flat.split(sizes, dim=1)
+    return {
+        name: part if len(shape) == 1 else part.view(flat.shape[0], *shape)
+        for name, part, shape in zip(names, parts, shapes, strict=True)
+    }
