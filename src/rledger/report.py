@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rledger import replay
-from rledger.analysis import curves, gridmaps, history, learning_rate, null, probes, reward_scale
+from rledger.analysis import curves, dose, gridmaps, history, learning_rate, null, probes, reward_scale
 from rledger.analysis.common import ClaimResult, find_runs
 from rledger.ledger.writer import atomic_write_bytes, follow_umask
 
@@ -64,6 +64,12 @@ INTRO = {
         "an advantage no longer belongs to the action that earned it). The null against which the "
         "learning-rate and history figures are read; predictions written in the spec before the runs."
     ),
+    "dose_response": (
+        "How much goal diversity in training does goal misgeneralization need before it goes away (after "
+        "Langosco et al.'s CoinRun result)? The relocated-goal room trained with the goal anywhere in a share "
+        "of episodes (0 to 20%) and in the top-right region otherwise; every policy tested with the goal "
+        "anywhere, beside the planner and a random policy. Predictions written in the spec before the runs."
+    ),
     "learning_curves": "Return and hidden performance over training, mean over seeds with a 95% bootstrap band.",
 }
 
@@ -74,6 +80,7 @@ CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
     ("reinforcement_maps", gridmaps.run),
     ("history", history.run),
     ("null", null.run),
+    ("dose_response", dose.run),
     ("learning_curves", curves.run),
 ]
 

@@ -8,6 +8,8 @@
 - Tests on the mean per-seed difference ``d``: "there is an effect" by a one-sided t-test of d > 0;
   "there is no effect" only by an equivalence test (TOST, two one-sided t-tests) against a margin fixed
   in the spec before the run; anything else is inconclusive (:func:`decide`).
+- Independent groups of seeds (two trainings): the two-sample studentized bootstrap with Welch's
+  standard error (:func:`difference_interval`, :func:`difference_p`, :func:`difference_tost_p`).
 - Counts of seeds: exact binomial (Clopper-Pearson) bounds (:func:`clopper_pearson`).
 - Several tests in one report: Holm's step-down adjustment (:func:`holm`).
 - Data with no spread (every seed gave the same value) get no bootstrap interval: a resampling of equal
@@ -174,6 +176,33 @@ def interval(
     return Interval(est, lo, hi, int(x.size), confidence, "studentized")
 
 
+def _two_sample_t(
+    xa: np.ndarray, xb: np.ndarray, n_resamples: int, seed: int
+) -> tuple[float, float, np.ndarray]:
+    """``mean(a) - mean(b)``, its Welch standard error and the bootstrap-t replicates
+    ``(est* - est) / se*`` (each group resampled on its own, :func:`bootstrap_replicates`)."""
+    est = float(xa.mean() - xb.mean())
+    se = float(np.sqrt(xa.var(ddof=1) / xa.size + xb.var(ddof=1) / xb.size))
+
+    def t_star(ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        ra, rb = xa[ia], xb[ib]
+        sb = np.sqrt(ra.var(1, ddof=1) / xa.size + rb.var(1, ddof=1) / xb.size)
+        return _t_star(ra.mean(1) - rb.mean(1) - est, sb, 1e-12 * max(1.0, abs(est)))
+
+    return est, se, bootstrap_replicates([xa.size, xb.size], t_star, n_resamples, seed)
+
+
+def _groups(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, who: str
+) -> tuple[np.ndarray, np.ndarray]:
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if xa.size < 2 or xb.size < 2:
+        raise ValueError(f"{who}: each group needs at least two seeds")
+    if np.isnan(xa).any() or np.isnan(xb).any():
+        raise ValueError(f"{who}: NaN among the per-seed values")
+    return xa, xb
+
+
 def difference_interval(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -185,25 +214,86 @@ def difference_interval(
     two-sample studentized bootstrap (each group resampled on its own, t* with the Welch standard
     error). For the same seeds under two conditions use :func:`paired_differences` and
     :func:`interval` instead."""
-    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if xa.size < 2 or xb.size < 2:
-        raise ValueError("difference_interval: each group needs at least two seeds")
-    est = float(xa.mean() - xb.mean())
-    se = np.sqrt(xa.var(ddof=1) / xa.size + xb.var(ddof=1) / xb.size)
+    xa, xb = _groups(a, b, "difference_interval")
+    est, se, t = _two_sample_t(xa, xb, n_resamples, seed)
     if se == 0:
         return Interval(est, np.nan, np.nan, min(xa.size, xb.size), confidence, "no spread")
-
-    def t_star(ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
-        ra, rb = xa[ia], xb[ib]
-        sb = np.sqrt(ra.var(1, ddof=1) / xa.size + rb.var(1, ddof=1) / xb.size)
-        return _t_star(ra.mean(1) - rb.mean(1) - est, sb, 1e-12 * max(1.0, abs(est)))
-
-    t = bootstrap_replicates([xa.size, xb.size], t_star, n_resamples, seed)
     alpha = (1 - confidence) / 2
     q_low, q_high = _quantiles(t, [alpha, 1 - alpha])
     return Interval(
         est, est - q_high * se, est - q_low * se, min(xa.size, xb.size), confidence, "studentized"
     )
+
+
+def difference_p(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> float:
+    """p-value of "mean(a) > mean(b)" for two independent groups of seeds: the one-sided two-sample
+    studentized bootstrap, ``(1 + #{t* >= est / se}) / (1 + resamples)`` with the replicates of
+    :func:`difference_interval` (the test that interval inverts). No spread in either group: 1 unless
+    every a exceeds every b, then the exact permutation bound ``1 / C(n_a + n_b, n_a)``."""
+    from math import comb
+
+    xa, xb = _groups(a, b, "difference_p")
+    est, se, t = _two_sample_t(xa, xb, n_resamples, seed)
+    if se == 0:
+        return 1.0 / comb(xa.size + xb.size, xa.size) if est > 0 else 1.0
+    return float((1 + np.sum(t >= est / se)) / (1 + n_resamples))
+
+
+def difference_tost_p(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    margin: float,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> float:
+    """p-value of "-margin < mean(a) - mean(b) < margin" for two independent groups of seeds: two
+    one-sided tests, with Welch's t and with the two-sample bootstrap-t; the largest of the four
+    p-values (both versions must reject, as :func:`decide` asks of the paired TOST). No spread: NaN."""
+    from scipy.stats import t as student
+
+    if margin <= 0:
+        raise ValueError(f"difference_tost_p: the margin must be > 0, got {margin}")
+    xa, xb = _groups(a, b, "difference_tost_p")
+    est, se, t = _two_sample_t(xa, xb, n_resamples, seed)
+    if se == 0:
+        return float("nan")
+    va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+    df = (va + vb) ** 2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))  # Welch-Satterthwaite
+    welch = max(student.sf((est + margin) / se, df), student.cdf((est - margin) / se, df))
+    boot_low = (1 + np.sum(t >= (est + margin) / se)) / (1 + n_resamples)
+    boot_high = (1 + np.sum(t <= (est - margin) / se)) / (1 + n_resamples)
+    return float(max(welch, boot_low, boot_high))
+
+
+def spearman_p(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Spearman's rho of ``x`` and ``y`` (average ranks for ties) and the p-value of "rho > 0" by a
+    seeded permutation test: ``(1 + #{rho* >= rho}) / (1 + resamples)`` over random permutations of
+    ``y``."""
+    from scipy.stats import rankdata
+
+    rx = rankdata(np.asarray(x, dtype=np.float64))
+    ry = rankdata(np.asarray(y, dtype=np.float64))
+    if rx.size != ry.size or rx.size < 3:
+        raise ValueError("spearman_p: x and y need the same length, at least 3")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = np.sqrt((rx**2).sum() * (ry**2).sum())
+    if norm == 0:
+        return float("nan"), 1.0
+    rho = float(rx @ ry / norm)
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.broadcast_to(ry, (n_resamples, ry.size)), axis=1)
+    rho_star = perms @ rx / norm
+    return rho, float((1 + np.sum(rho_star >= rho - 1e-12)) / (1 + n_resamples))
 
 
 def bca_intervals(
