@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rledger import replay
-from rledger.analysis import curves, dose, gridmaps, history, learning_rate, null, probes, reward_scale
+from rledger.analysis import (
+    chisel,
+    curves,
+    dose,
+    gridmaps,
+    history,
+    learning_rate,
+    null,
+    probes,
+    reward_scale,
+)
 from rledger.analysis.common import ClaimResult, find_runs
 from rledger.ledger.writer import atomic_write_bytes, follow_umask
 
@@ -64,6 +74,12 @@ INTRO = {
         "an advantage no longer belongs to the action that earned it). The null against which the "
         "learning-rate and history figures are read; predictions written in the spec before the runs."
     ),
+    "chisel": (
+        "A policy trained without an option (the lagoon walled, the button absent) goes on training with it "
+        "open: same model, optimizer and ledger. Does it take up the option only after samples of entering "
+        "it are reinforced, and does adoption follow that reinforcement rollout by rollout? Each seed aligned "
+        "at the first positive reinforcement of entering; predictions written in the specs before the runs."
+    ),
     "dose_response": (
         "How much goal diversity in training does goal misgeneralization need before it goes away (after "
         "Langosco et al.'s CoinRun result)? The relocated-goal room trained with the goal anywhere in a share "
@@ -80,6 +96,7 @@ CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
     ("reinforcement_maps", gridmaps.run),
     ("history", history.run),
     ("null", null.run),
+    ("chisel", chisel.run),
     ("dose_response", dose.run),
     ("learning_curves", curves.run),
 ]
