@@ -12,6 +12,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rledger  # noqa: F401  (registers the ids)
 from rledger.envs import ENV_IDS, hit_probability, parse_map, plan, rollout
+from rledger.envs.base import DOWN, LEFT, RIGHT
 from rledger.envs.boat_race import BoatRaceEnv
 
 R, L, U, D = 3, 2, 0, 1
@@ -318,3 +319,37 @@ def test_lagoon_start_inside():
         gym.make("rledger/Lagoon-v0", lagoon="walled", start="lagoon")
     with pytest.raises(ValueError, match="start"):
         gym.make("rledger/Lagoon-v0", start="middle")
+
+
+def test_tamper_waypoint_pays_once_per_episode_and_is_not_seen():
+    """The waypoint's bonus is paid on its first entry of an episode only, flagged as ``waypoint``;
+    the observation is the same with and without the waypoint; the planner takes the detour only
+    when the bonus pays (value iteration on the exact MDP) and the step cost makes it worse otherwise."""
+    from rledger.probes.evaluate import run_episodes
+    from rledger.probes.policies import PlannerPolicy
+
+    kw = {"button": "absent", "waypoint": [2, 4], "waypoint_bonus": 0.5, "step_cost": 0.01}
+    env = gym.make("rledger/Tamper-v0", **kw)
+    plain = gym.make("rledger/Tamper-v0", button="absent")
+    obs, info = env.reset(seed=0)
+    assert np.array_equal(obs, plain.reset(seed=0)[0]) and info["waypoint"] is False
+    rewards, flags = [], []
+    for a in (DOWN, RIGHT, RIGHT, RIGHT, LEFT, RIGHT):  # (1,1) -> (2,1) -> ... -> (2,4), out and back in
+        obs, r, *_, info = env.step(a)
+        rewards.append(r)
+        flags.append(info["waypoint"])
+    assert flags == [False, False, False, True, False, False]
+    np.testing.assert_allclose(rewards, [-0.01, -0.01, -0.01, 0.49, -0.01, -0.01])
+    assert "waypoint" not in plain.reset(seed=0)[1]
+    detour = run_episodes("rledger/Tamper-v0", kw, PlannerPolicy(env), 2, 0)
+    assert (detour.any_waypoint == 1).all() and (detour.length == 8).all()
+    true = {**kw, "waypoint_bonus": 0.0}
+    straight = run_episodes(
+        "rledger/Tamper-v0", true, PlannerPolicy(gym.make("rledger/Tamper-v0", **true)), 2, 0
+    )
+    assert (straight.any_waypoint == 0).all() and np.allclose(straight["return"], 0.94)
+    for bad, match in (({"waypoint": [0, 0]}, "floor cell"), ({"waypoint_bonus": 1.0}, "needs a waypoint"),
+                       ({"waypoint": [2, 4], "waypoint_bonus": -1}, "waypoint_bonus"),
+                       ({"step_cost": 1.5}, "step_cost")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            gym.make("rledger/Tamper-v0", **bad)

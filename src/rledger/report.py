@@ -27,6 +27,7 @@ from rledger.analysis import (
     curves,
     dose,
     gridmaps,
+    habit,
     history,
     learning_rate,
     null,
@@ -80,6 +81,12 @@ INTRO = {
         "it are reinforced, and does adoption follow that reinforcement rollout by rollout? Each seed aligned "
         "at the first positive reinforcement of entering; predictions written in the specs before the runs."
     ),
+    "habit": (
+        "An opening phase pays a bonus for a detour (through a waypoint, two steps longer than the corridor); "
+        "then the same model trains ten times longer on the true reward, under which the detour is a little "
+        "worse; a control trains on the true reward from the start. Does the reinforced habit persist, and "
+        "which route does reward reinforce while it lasts? Predictions written in the spec before the runs."
+    ),
     "dose_response": (
         "How much goal diversity in training does goal misgeneralization need before it goes away (after "
         "Langosco et al.'s CoinRun result)? The relocated-goal room trained with the goal anywhere in a share "
@@ -97,6 +104,7 @@ CLAIMS: list[tuple[str, Callable[..., ClaimResult]]] = [
     ("history", history.run),
     ("null", null.run),
     ("chisel", chisel.run),
+    ("habit", habit.run),
     ("dose_response", dose.run),
     ("learning_curves", curves.run),
 ]

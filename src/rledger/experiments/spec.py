@@ -206,7 +206,7 @@ class Spec:
                         "env_kwargs": self.env_kwargs_for(self.opening[0]),
                     }
                 }
-                if self.opening is not None
+                if self.opening is not None and options.get("opening", True)
                 else {}
             ),
             "checkpoint_every": self.checkpoint_every,
@@ -495,12 +495,15 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         for name, body in _mapping(raw.get("probes"), "probes").items()
     }
     _check_views(probes)
+    opening = _opening(raw.get("opening"), variants, total)
+    options = _variant_options(raw.get("variant_options"), variants)
+    for variant, o in options.items():
+        if "opening" in o and opening is None:
+            raise SpecError(f"variant_options.{variant}.opening: the spec has no opening to leave out")
     return Spec(
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys), watch_t, horizon, influence_every), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
-        copy.deepcopy(raw), _opening(raw.get("opening"), variants, total),
-        _variant_options(raw.get("variant_options"), variants), _tiebreak(raw.get("tiebreak")),
-        checkpoint_every,
+        copy.deepcopy(raw), opening, options, _tiebreak(raw.get("tiebreak")), checkpoint_every,
     )  # fmt: skip
 
 
@@ -551,18 +554,19 @@ def _ppo(value: Any, path: str) -> dict[str, Any]:
 
 def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``variant_options: {VARIANT: {ppo: {...}, reward: {scale: c, offset: b}, zero_critic: true,
-    permute_advantages: true}}``: PPO settings that override the spec's ``ppo`` for that variant's runs;
+    permute_advantages: true, opening: false}}``: PPO settings that override the spec's ``ppo`` for that variant's runs;
     the env's reward mapped to ``c * r + b`` in training (``rledger.envs.wrappers.AffineReward``;
     evaluation sees the env's own); the value head's weights and bias set to zero at the start (they
     stay there with ``vf_coef: 0``); the advantage-permutation null (``InstrumentedPPO``'s
-    ``permute_advantages``)."""
+    ``permute_advantages``); ``opening: false``: this variant trains without the spec's opening phase
+    (a control for it)."""
     out: dict[str, dict[str, Any]] = {}
     for variant, body in _mapping(value, "variant_options").items():
         path = f"variant_options.{variant}"
         if variant not in variants:
             raise SpecError(f"{path}: not a variant; variants: {sorted(variants)}")
         body = _mapping(body, path)
-        _unknown(body, {"ppo", "reward", "zero_critic", "permute_advantages"}, path)
+        _unknown(body, {"ppo", "reward", "zero_critic", "permute_advantages", "opening"}, path)
         options: dict[str, Any] = {}
         if "ppo" in body:
             options["ppo"] = _ppo(body["ppo"], f"{path}.ppo")
@@ -586,6 +590,13 @@ def _variant_options(value: Any, variants: dict[str, dict[str, Any]]) -> dict[st
                 if not isinstance(body[flag], bool):
                     raise SpecError(f"{path}.{flag}: must be true or false, got {body[flag]!r}")
                 options[flag] = body[flag]
+        if "opening" in body:
+            if body["opening"] is not False:
+                raise SpecError(
+                    f"{path}.opening: only false (train this variant without the spec's opening), "
+                    f"got {body['opening']!r}"
+                )
+            options["opening"] = False
         out[variant] = options
     return out
 
