@@ -132,6 +132,93 @@ CASES: list[Case] = [
         {"s.yaml": spec(variants={"v": {"speed": 3}})},
         expect="variants.v",
     ),  # fmt: skip
+    # bring your own env: imports, wrappers, normalization, frame stacking, policy, device
+    Case(
+        "env.import of a module that is not installed",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "import": ["no_such_package_xyz"]})},
+        expect="env.import[0]",
+    ),  # fmt: skip
+    Case(
+        "env.import of a package that fails to import (minigrid, made unimportable)",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "import": ["minigrid"]})},
+        expect="env.import[0]",
+        hide="minigrid",
+    ),  # fmt: skip
+    Case(
+        "env.wrappers naming an unknown wrapper",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "wrappers": ["NoSuchWrapper"]})},
+        expect="env.wrappers[0].name",
+    ),  # fmt: skip
+    Case(
+        "env.wrappers with a dotted path that does not import",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "wrappers": [{"name": "nowhere.Wrapper"}]})},
+        expect="env.wrappers[0].name",
+    ),  # fmt: skip
+    Case(
+        "env.wrappers with keyword arguments the wrapper rejects",
+        _run(),
+        {
+            "s.yaml": spec(
+                env={"id": "CartPole-v1", "wrappers": [{"name": "TimeLimit", "kwargs": {"steps": 5}}]}
+            )
+        },
+        expect="env.wrappers[0]",
+    ),  # fmt: skip
+    Case(
+        "env.vec_normalize with an unknown field",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "vec_normalize": {"norm_everything": True}})},
+        expect="env.vec_normalize",
+    ),  # fmt: skip
+    Case(
+        "env.frame_stack of 1",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1", "frame_stack": 1})},
+        expect="env.frame_stack",
+    ),  # fmt: skip
+    Case("policy unknown", _run(), {"s.yaml": spec(policy="BigPolicy")}, expect="policy"),
+    Case(
+        "policy a dotted path to something that is not a policy",
+        _run(),
+        {"s.yaml": spec(policy="collections.OrderedDict")},
+        expect="policy",
+    ),  # fmt: skip
+    Case(
+        "CnnPolicy on vector observations (SB3 rejects it)",
+        _run(),
+        {"s.yaml": spec(env={"id": "CartPole-v1"}, policy="CnnPolicy")},
+        expect="policy",
+    ),  # fmt: skip
+    Case(
+        "policy_kwargs a features extractor SB3 cannot build",
+        _run(),
+        {
+            "s.yaml": spec(
+                env={"id": "CartPole-v1"}, ppo__policy_kwargs={"features_extractor_class": "NatureCNN"}
+            )
+        },
+        expect="ppo.policy_kwargs",
+    ),  # fmt: skip
+    Case(
+        "policy_kwargs features_extractor_kwargs the extractor rejects",
+        _run(),
+        {
+            "s.yaml": spec(
+                env={"id": "CartPole-v1"},
+                ppo__policy_kwargs={
+                    "features_extractor_class": "FlattenExtractor",
+                    "features_extractor_kwargs": {"width": 3},
+                },
+            )
+        },
+        expect="ppo.policy_kwargs",
+    ),  # fmt: skip
+    Case("device unknown", _run(), {"s.yaml": spec(device="tpu")}, expect="device"),
+    Case("device cuda:9 (no such GPU)", _run(), {"s.yaml": spec(device="cuda:9")}, expect="device"),
     # budgets and seeds
     Case("total_timesteps 0", _run(), {"s.yaml": spec(total_timesteps=0)}, expect="total_timesteps"),
     Case(

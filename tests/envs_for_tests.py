@@ -58,3 +58,13 @@ class SharedLinearExtractor(BaseFeaturesExtractor):
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
         return th.tanh(self.lin(obs.flatten(1)))
+
+
+class HoldsALock(gym.Wrapper):
+    """A wrapper that holds a thread lock: neither pickle nor cloudpickle can serialize it."""
+
+    def __init__(self, env: gym.Env):
+        import threading
+
+        super().__init__(env)
+        self.lock = threading.Lock()

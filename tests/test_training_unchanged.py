@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch as th
 from envs_for_tests import ConvExtractor, DictObs, GridObs, SharedLinearExtractor
 from stable_baselines3 import PPO
 
 from rledger import InstrumentedPPO, Ledger
+from rledger.experiments.environment import RawReward
 
 SETTINGS = {
     "defaults": dict(env="CartPole-v1"),
@@ -46,6 +48,9 @@ SETTINGS = {
         policy_kwargs=dict(optimizer_class=th.optim.SGD, activation_fn=th.nn.ELU, net_arch=[8]),
         way="extra-backward",
     ),
+    # VecNormalize (rewards and observations) and frame stacking, as a spec's env.vec_normalize and
+    # env.frame_stack build them, the env's reward recorded as the info key raw_reward
+    "vec-normalize-frame-stack": dict(env="CartPole-v1", n_envs=2, vec="normalize+stack", ent_coef=0.01),
     "sgd-conv-generic": dict(
         env="CartPole-v1",
         wrapper=GridObs,
@@ -67,22 +72,27 @@ def _make(cls, setting: dict, **extra):
         setting.pop("env"),
         n_envs=setting.pop("n_envs", 1),
         seed=7,
-        wrapper_class=setting.pop("wrapper", None),
+        wrapper_class=setting.pop("wrapper", None) or (RawReward if setting.get("vec") else None),
     )
+    if setting.pop("vec", None):
+        from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+        env = VecFrameStack(VecNormalize(env, gamma=0.99), n_stack=2)
     policy = setting.pop("policy", "MlpPolicy")
     return cls(policy, env, n_steps=128, batch_size=32, n_epochs=4, seed=11, **setting, **extra)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_parameters_bitwise_equal(tmp_path, monkeypatch, name):
-    steps = 3 * 128 * (2 if name == "box-actions" else 1)
+    steps = 3 * 128 * SETTINGS[name].get("n_envs", 1)
     plain = _make(PPO, SETTINGS[name])
     plain.learn(steps)
     if SETTINGS[name].get("force_per_minibatch"):  # Adam through the per-minibatch mode
         import rledger.persample.engine
 
         monkeypatch.setattr(rledger.persample.engine, "batched_supported", lambda optimizer: False)
-    inst = _make(InstrumentedPPO, SETTINGS[name], ledger=tmp_path / "run")
+    extra = {"info_keys": ("raw_reward",)} if SETTINGS[name].get("vec") else {}
+    inst = _make(InstrumentedPPO, SETTINGS[name], ledger=tmp_path / "run", **extra)
     inst.learn(steps)
     engine = inst._recorder.engine
     way = SETTINGS[name].get("way", "batched")
@@ -97,6 +107,11 @@ def test_parameters_bitwise_equal(tmp_path, monkeypatch, name):
         for field in ("exp_avg", "exp_avg_sq"):
             assert th.equal(s1[k][field], s2[k][field])
     ledger = Ledger(tmp_path / "run")
+    if SETTINGS[name].get("vec"):  # the normalized reward trained on, the env's own beside it
+        tr = ledger.transitions(columns=["reward", "raw_reward"])
+        assert (tr.raw_reward == 1.0).all() and not np.allclose(tr.reward, 1.0)
+        n1, n2 = plain.get_env().venv, inst.get_env().venv  # the VecNormalize statistics agree too
+        assert np.array_equal(n1.obs_rms.mean, n2.obs_rms.mean) and n1.ret_rms.var == n2.ret_rms.var
     ups = ledger.updates()
     assert ups.rollout.nunique() == 3
     if name == "target-kl-stops":

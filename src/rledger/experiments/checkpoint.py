@@ -3,7 +3,9 @@
 Every ``checkpoint_every`` rollouts (a spec field), at the start of a rollout's collection (after the
 previous rollout's ``train()``), :class:`Checkpointer` captures everything the rest of the run depends
 on: the policy's and the optimizer's state, the counters SB3 keeps (timesteps, updates, the episode
-statistics of its logs), the vectorized env with its envs' states and random generators (pickled),
+statistics of its logs), the vectorized env with its envs' states and random generators (pickled
+with cloudpickle, which also takes the lambdas some wrappers hold, such as gymnasium's
+FlattenObservation),
 the last observations, the recorder's running episodes, and the random states of torch, numpy and
 Python. The file, ``checkpoint.pt`` in the run folder, is written whole or not at all, and only once
 the ledger holds every rollout before it (it is written after them by the ledger's background thread).
@@ -23,6 +25,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
@@ -48,7 +51,7 @@ def capture(model: Any, phase: int) -> dict[str, Any]:
         "ep_success_buffer": list(model.ep_success_buffer or ()),
         "last_obs": copy.deepcopy(model._last_obs),
         "last_episode_starts": copy.deepcopy(model._last_episode_starts),
-        "env": pickle.dumps(model.env, protocol=pickle.HIGHEST_PROTOCOL),
+        "env": cloudpickle.dumps(model.env, protocol=pickle.HIGHEST_PROTOCOL),
         "recorder": model._recorder.state(),
         "permutation_rng": None
         if model._permutation_rng is None
@@ -141,7 +144,20 @@ class Checkpointer(BaseCallback):
         if not self.every or k == 0 or k % self.every or k == self.last:
             return
         self.last = k
-        state = capture(self.model, self.phase)
+        try:
+            state = capture(self.model, self.phase)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # an env that cannot be pickled: the run goes on without checkpoints (and cannot resume)
+            import warnings
+
+            self.every = 0
+            warnings.warn(
+                f"{self.path}: checkpoints off, the env cannot be pickled ({type(exc).__name__}: {exc}); "
+                "an interrupted run will start over",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            return
         file = self.path / CHECKPOINT
         if recorder.sink is None:
             write(file, state)

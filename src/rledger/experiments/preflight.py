@@ -32,15 +32,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def make_env(spec: Spec, variant: str) -> Any:
-    """The variant's env, or a :class:`SpecError` naming the field that made it fail."""
+    """The variant's env (with the spec's imports and wrappers), or a :class:`SpecError` naming the
+    field that made it fail."""
     import gymnasium as gym
 
-    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+    from rledger.experiments.environment import EnvConfigError
+    from rledger.experiments.environment import make_env as build
 
     kwargs = spec.env_kwargs_for(variant)
     where = f"variants.{variant}" if spec.variants.get(variant) else "env.kwargs"
     try:
-        return gym.make(spec.env_id, **kwargs)
+        return build({"id": spec.env_id, **spec.env_options}, kwargs)
+    except EnvConfigError as exc:
+        raise SpecError(str(exc)) from None
     except gym.error.DependencyNotInstalled as exc:
         raise SpecError(
             f"env.id: {spec.env_id} needs a package that is not installed ({_first_line(exc)})"
@@ -52,6 +56,33 @@ def make_env(spec: Spec, variant: str) -> Any:
             f"{where}: {spec.env_id} cannot be made with {kwargs} ({_first_line(exc)}); fix the keyword "
             "arguments"
         ) from None
+
+
+def check_policy(spec: Spec, variant: str) -> None:
+    """Build the run's VecEnv (VecNormalize, frame stacking) and its PPO policy once: a policy class
+    or policy_kwargs that SB3 rejects is a :class:`SpecError` naming the field."""
+    from stable_baselines3 import PPO
+
+    from rledger.experiments.environment import EnvConfigError, make_vec
+    from rledger.experiments.spec import policy_class, ppo_kwargs
+
+    config = spec.run_config(variant, 0)
+    try:
+        venv = make_vec(config, config["env"]["kwargs"], n_envs=1, seed=0)
+    except EnvConfigError as exc:
+        raise SpecError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - VecNormalize / VecFrameStack rejecting the env
+        field = "env.vec_normalize" if spec.env_options.get("vec_normalize") else "env.frame_stack"
+        raise SpecError(f"{field}: cannot be applied to {spec.env_id} ({_first_line(exc)})") from None
+    try:
+        PPO(policy_class(config), venv, device="cpu", **ppo_kwargs(config))
+    except Exception as exc:  # noqa: BLE001 - SB3 rejects the policy or its kwargs
+        field = "ppo.policy_kwargs" if config["ppo"].get("policy_kwargs") else "policy"
+        raise SpecError(
+            f"{field}: SB3 cannot build the policy {config['policy']!r} for {spec.env_id} ({_first_line(exc)})"
+        ) from None
+    finally:
+        venv.close()
 
 
 def _available_memory() -> int | None:
@@ -106,6 +137,10 @@ def check_envs(spec: Spec) -> None:
                     f"{need / 1e9:,.1f} GB (buffer, replay and ledger rows), more than the "
                     f"{available / 1e9:.1f} GB available; lower ppo.n_steps or n_envs"
                 )
+            if variant == spec.train[0] and (
+                spec.env_options or spec.policy != "MlpPolicy" or spec.ppo.get("policy_kwargs")
+            ):
+                check_policy(spec, variant)
             if spec.record.info_keys:
                 _check_info_keys(spec, variant, env)
             if spec.record.watch:
@@ -151,13 +186,14 @@ def _check_info_keys(spec: Spec, variant: str, env: Any) -> None:
         info = env.step(env.action_space.sample())[4]
     except Exception as exc:
         raise SpecError(f"env.id: {spec.env_id} fails on its first step ({_first_line(exc)})") from None
-    missing = [k for k in spec.record.info_keys if k not in info]
+    added = {"raw_reward"} if spec.env_options.get("vec_normalize") else set()  # rledger's own wrapper
+    missing = [k for k in spec.record.info_keys if k not in info and k not in added]
     if missing:
         raise SpecError(
             f"record.info_keys: {spec.env_id} ({variant}) gives no info key {missing[0]!r}; its info "
             f"holds {sorted(info)}: record only keys it gives on every step"
         )
-    bad = [k for k in spec.record.info_keys if not _scalar(info[k])]
+    bad = [k for k in spec.record.info_keys if k in info and not _scalar(info[k])]
     if bad:
         raise SpecError(
             f"record.info_keys: info[{bad[0]!r}] of {spec.env_id} is {info[bad[0]]!r}, not a number; "

@@ -96,10 +96,9 @@ def load_model(path: Path, trust_pickles: bool = False) -> Any:
     unpickling runs whatever code a crafted file holds."""
     import torch as th
     from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
 
-    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
-    from rledger.experiments.spec import ppo_kwargs
+    from rledger.experiments.environment import make_vec
+    from rledger.experiments.spec import policy_class, ppo_kwargs
 
     path = Path(path)
     weights = path / POLICY
@@ -112,10 +111,8 @@ def load_model(path: Path, trust_pickles: bool = False) -> Any:
             "(trust_pickles=True) if you trust whoever made it, or rerun the run"
         )
     config = read_config(path)
-    env = make_vec_env(
-        config["env"]["id"], n_envs=config.get("n_envs", 1), env_kwargs=config["env"]["kwargs"]
-    )
-    model = PPO(config["policy"], env, device="cpu", **ppo_kwargs(config))
+    env = make_vec(config, config["env"]["kwargs"], n_envs=config.get("n_envs", 1), seed=None)
+    model = PPO(policy_class(config), env, device="cpu", **ppo_kwargs(config))
     try:
         params = load_parameters(weights)
         model.policy.load_state_dict({k: th.as_tensor(v) for k, v in params.items()})
@@ -311,11 +308,10 @@ def tracking(project: str | None, config: dict[str, Any], path: Path) -> Iterato
 
 def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) -> dict[str, Any]:
     import torch as th
-    from stable_baselines3.common.env_util import make_vec_env
 
-    import rledger.envs  # noqa: F401  (registers the rledger/ ids)
     from rledger.envs.wrappers import AffineReward
-    from rledger.experiments.spec import ppo_kwargs
+    from rledger.experiments import environment
+    from rledger.experiments.spec import policy_class, ppo_kwargs
     from rledger.ppo import InstrumentedPPO
 
     th.set_num_threads(1)
@@ -348,15 +344,15 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     wrapper = (
         functools.partial(AffineReward, scale=reward["scale"], offset=reward["offset"]) if reward else None
     )
-    env = make_vec_env(
-        config["env"]["id"],
+    env = environment.make_vec(
+        config,
+        opening["env_kwargs"] if opening else config["env"]["kwargs"],
         n_envs=config["n_envs"],
         seed=config["seed"],
-        env_kwargs=opening["env_kwargs"] if opening else config["env"]["kwargs"],
-        wrapper_class=wrapper,
+        reward_wrapper=wrapper,
     )
     model = InstrumentedPPO(
-        config["policy"],
+        policy_class(config),
         env,
         seed=config["seed"],
         ledger=path / "ledger" if resumed is None else None,
@@ -364,7 +360,7 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
         record_every=config["record"]["every"],
         info_keys=tuple(config["record"]["info_keys"]),
         tensorboard_log=str(path / "tensorboard"),
-        device="cpu",
+        device=config.get("device", "cpu"),
         permute_advantages=bool(config.get("permute_advantages", False)),
         momentum_horizon=config["record"].get("momentum_horizon"),
         watch=watch_pairs(config["env"]["id"], config["env"]["kwargs"], config["record"].get("watch", [])),
@@ -397,16 +393,13 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
             tb_log_name="ppo",
         )
         phase, skip = 1, None
-        # ... then the run's own variant, continuing the same model and ledger
-        model.set_env(
-            make_vec_env(
-                config["env"]["id"],
-                n_envs=config["n_envs"],
-                seed=config["seed"] + 100_003,
-                env_kwargs=config["env"]["kwargs"],
-                wrapper_class=wrapper,
-            )
-        )
+        # ... then the run's own variant, continuing the same model and ledger (and normalization)
+        new_env = environment.make_vec(
+            config, config["env"]["kwargs"], n_envs=config["n_envs"], seed=config["seed"] + 100_003,
+            reward_wrapper=wrapper,
+        )  # fmt: skip
+        environment.carry_normalize(model.get_env(), new_env)
+        model.set_env(new_env)
     if phase == 1 or resumed is not None:  # continuing: the same schedules, no env reset
         model.learn(
             total - model.num_timesteps,
@@ -428,7 +421,8 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     model.save(buf)
     atomic_write_bytes(path / "model.zip", buf.getvalue())
     save_parameters(model.policy, path / POLICY)  # the same weights, loadable without unpickling
-    evaluation = evaluate(model, config)
+    environment.save_normalize(model.get_env(), path / environment.VEC_NORMALIZE)
+    evaluation = evaluate(model, config, path)
     atomic_write_json(path / "eval.json", evaluation)
     run_info = json.loads((path / "ledger" / "run.json").read_text())
     run_info.update(
@@ -450,43 +444,61 @@ def _execute(config: dict[str, Any], path: Path, command: str, overwrite: bool) 
     return summary
 
 
-def evaluate(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+def evaluate(model: Any, config: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     """Episodes of the trained policy on each evaluation variant: return, length, hidden performance,
-    and the sum of every numeric info flag."""
-    import gymnasium as gym
+    and the sum of every numeric info flag. Episode ``i`` of seed ``s`` resets with seed
+    ``1_000_000 + 1000 * s + i``. With VecNormalize or frame stacking the episodes run through the
+    run's vector wrappers (the normalization's statistics from ``path``, frozen; rewards as the env
+    gives them)."""
     import numpy as np
 
     from rledger.envs.episode import play
+    from rledger.experiments import environment
 
     out: dict[str, Any] = {}
     n = config["eval"]["episodes"]
     deterministic = config["eval"]["deterministic"]
+    vector = bool(config["env"].get("vec_normalize") or config["env"].get("frame_stack"))
 
     def act(obs: Any, info: dict[str, Any], t: int) -> Any:
         return model.predict(obs, deterministic=deterministic)[0]
 
+    def row(i: int, rewards: list[float], infos: list[dict[str, Any]], terminated: bool) -> dict[str, Any]:
+        sums: dict[str, float] = {}
+        for info in infos:
+            for k, v in info.items():
+                if isinstance(v, bool | int | float | np.bool_ | np.integer | np.floating) and k not in (
+                    "state_id", "TimeLimit.truncated",
+                ):  # fmt: skip
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        return {"episode": i, "return": sum(rewards, 0.0), "length": len(rewards), **sums,
+                "terminated": terminated}  # fmt: skip
+
     for variant, kwargs in config["eval"]["variants"].items():
-        env = gym.make(config["env"]["id"], **kwargs)
         episodes = []
-        for i in range(n):
-            ep = play(env, act, 1_000_000 + 1000 * config["seed"] + i)
-            ret, sums = 0.0, {}
-            for r, info in zip(ep.rewards, ep.infos, strict=True):
-                ret += r
-                for k, v in info.items():
-                    if (
-                        isinstance(v, bool | int | float | np.bool_ | np.integer | np.floating)
-                        and k != "state_id"
-                    ):
-                        sums[k] = sums.get(k, 0.0) + float(v)
-            row = {
-                "episode": i,
-                "return": ret,
-                "length": len(ep.rewards),
-                **sums,
-                "terminated": ep.terminated,
-            }
-            episodes.append(row)
+        if vector:
+            venv = environment.make_vec(config, kwargs, n_envs=1, seed=None, training=False)
+            stats = None if path is None else path / environment.VEC_NORMALIZE
+            if stats is not None and stats.is_file():
+                environment.load_normalize(venv, stats)
+            for i in range(n):
+                venv.seed(1_000_000 + 1000 * config["seed"] + i)
+                obs = venv.reset()
+                rewards, infos = [], []
+                while True:
+                    obs, r, done, info = venv.step(model.predict(obs, deterministic=deterministic)[0])
+                    rewards.append(float(r[0]))
+                    infos.append(info[0])
+                    if done[0]:
+                        break
+                episodes.append(row(i, rewards, infos, not info[0].get("TimeLimit.truncated", False)))
+            venv.close()
+        else:
+            env = environment.make_env(config["env"], kwargs)
+            for i in range(n):
+                ep = play(env, act, 1_000_000 + 1000 * config["seed"] + i)
+                episodes.append(row(i, ep.rewards, ep.infos, ep.terminated))
+            env.close()
         keys = sorted({k for e in episodes for k in e} - {"episode"})
         summary = (
             {k: float(np.mean([float(e.get(k, 0.0)) for e in episodes])) for k in keys} if episodes else {}

@@ -178,6 +178,10 @@ class Spec:
     tiebreak: TiebreakSpec | None = None
     # rollouts between two checkpoints of a run (0: none); an interrupted run resumes from its last
     checkpoint_every: int = 10
+    # env.import / env.wrappers / env.vec_normalize / env.frame_stack, as the run config holds them
+    # (:mod:`rledger.experiments.environment`); empty for a plain env
+    env_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def env_kwargs_for(self, variant: str) -> dict[str, Any]:
         return {**self.env_kwargs, **self.variants[variant]}
@@ -189,7 +193,12 @@ class Spec:
             "experiment": self.name,
             "variant": variant,
             "seed": seed,
-            "env": {"id": self.env_id, "kwargs": self.env_kwargs_for(variant)},
+            "env": {
+                "id": self.env_id,
+                "kwargs": self.env_kwargs_for(variant),
+                **copy.deepcopy(self.env_options),
+            },
+            **({"device": self.device} if self.device != "cpu" else {}),
             "total_timesteps": self.total_timesteps,
             "n_envs": self.n_envs,
             "policy": self.policy,
@@ -235,8 +244,9 @@ TOP_KEYS = {
     "variant_options",
     "tiebreak",
     "checkpoint_every",
+    "device",
 }
-POLICIES = ("MlpPolicy",)
+POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
 
 # PPO keyword: (check, description of the valid range)
@@ -371,17 +381,28 @@ def validate(raw: Any, source: str = "spec") -> Spec:
             f"name: must be a non-empty name of letters, digits, '_', '.', '-' (not only dots), got {name!r}"
         )
     env = _mapping(raw.get("env"), "env")
-    _unknown(env, {"id", "kwargs"}, "env")
+    _unknown(env, {"id", "kwargs", "import", "wrappers", "vec_normalize", "frame_stack"}, "env")
+    env_options = _env_options(env)
     env_id = env.get("id")
     if not isinstance(env_id, str):
         raise SpecError(f"env.id: must be a gymnasium id such as 'rledger/BoatRace-v0', got {env_id!r}")
     import gymnasium as gym
 
     import rledger.envs  # noqa: F401  (registers the rledger/ ids)
+    from rledger.experiments.environment import EnvConfigError, import_modules
 
+    try:
+        import_modules(env_options.get("import", []))
+    except EnvConfigError as exc:
+        raise SpecError(str(exc)) from None
     if env_id not in gym.registry:
         raise SpecError(
             f"env.id: unknown gymnasium id {env_id!r}; registered rledger ids: {', '.join(rledger.envs.ENV_IDS)}"
+            + (
+                ""
+                if env_options.get("import")
+                else " (an id another package registers needs env.import: [package])"
+            )
         )
     env_kwargs = _mapping(env.get("kwargs"), "env.kwargs")
     variants_raw = _mapping(raw.get("variants"), "variants") or {"default": {}}
@@ -405,20 +426,11 @@ def validate(raw: Any, source: str = "spec") -> Spec:
     if not _int(n_envs) or n_envs < 1:
         raise SpecError(f"n_envs: must be an integer >= 1, got {n_envs!r}")
     policy = raw.get("policy", "MlpPolicy")
-    if policy not in POLICIES:
-        raise SpecError(f"policy: must be one of {POLICIES}, got {policy!r}")
+    _policy_class(policy)
     ppo = _ppo(raw.get("ppo"), "ppo")
-    pk = ppo.get("policy_kwargs", {})
-    _unknown(pk, {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}, "ppo.policy_kwargs")
-    if "activation_fn" in pk and pk["activation_fn"] not in ACTIVATIONS:
-        raise SpecError(
-            f"ppo.policy_kwargs.activation_fn: must be one of {ACTIVATIONS}, got {pk['activation_fn']!r}"
-        )
-    if "net_arch" in pk:
-        _net_arch(pk["net_arch"])
-    for key in ("ortho_init", "share_features_extractor"):
-        if key in pk and not isinstance(pk[key], bool):
-            raise SpecError(f"ppo.policy_kwargs.{key}: must be true or false, got {pk[key]!r}")
+    _policy_kwargs(ppo.get("policy_kwargs", {}))
+    device = raw.get("device", "cpu")
+    _device(device)
     record = _mapping(raw.get("record"), "record")
     _unknown(
         record, {"tables", "every", "info_keys", "watch", "momentum_horizon", "influence_every"}, "record"
@@ -495,6 +507,8 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         for name, body in _mapping(raw.get("probes"), "probes").items()
     }
     _check_views(probes)
+    if "vec_normalize" in env_options and "raw_reward" not in info_keys:
+        info_keys = [*info_keys, "raw_reward"]  # the env's own reward beside the normalized one
     opening = _opening(raw.get("opening"), variants, total)
     options = _variant_options(raw.get("variant_options"), variants)
     for variant, o in options.items():
@@ -504,7 +518,148 @@ def validate(raw: Any, source: str = "spec") -> Spec:
         name, env_id, env_kwargs, variants, tuple(train_raw), seeds, total, n_envs, policy, ppo,
         RecordSpec(tables, every, tuple(info_keys), watch_t, horizon, influence_every), EvalSpec(episodes, deterministic, tuple(ev_variants)), probes,
         copy.deepcopy(raw), opening, options, _tiebreak(raw.get("tiebreak")), checkpoint_every,
+        env_options, device,
     )  # fmt: skip
+
+
+VEC_NORMALIZE_KEYS = {
+    "norm_obs",
+    "norm_reward",
+    "clip_obs",
+    "clip_reward",
+    "gamma",
+    "epsilon",
+    "norm_obs_keys",
+}
+
+
+def _env_options(env: dict[str, Any]) -> dict[str, Any]:
+    """``env.import``, ``env.wrappers``, ``env.vec_normalize``, ``env.frame_stack``, checked for form
+    (the wrappers' names are resolved by the preflight, which makes the env)."""
+    out: dict[str, Any] = {}
+    modules = env.get("import")
+    if modules is not None:
+        if isinstance(modules, str):
+            modules = [modules]
+        if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+            raise SpecError(
+                f"env.import: must be a module name or a list of them (e.g. [minigrid]), got {modules!r}"
+            )
+        out["import"] = list(modules)
+    wrappers = env.get("wrappers")
+    if wrappers is not None:
+        if not isinstance(wrappers, list):
+            raise SpecError(f"env.wrappers: must be a list of {{name, kwargs}} (or names), got {wrappers!r}")
+        listed = []
+        for i, w in enumerate(wrappers):
+            if isinstance(w, str):
+                w = {"name": w}
+            w = _mapping(w, f"env.wrappers[{i}]")
+            _unknown(w, {"name", "kwargs"}, f"env.wrappers[{i}]")
+            if not isinstance(w.get("name"), str) or not w["name"]:
+                raise SpecError(
+                    f"env.wrappers[{i}].name: must be a wrapper class name or dotted path, got {w.get('name')!r}"
+                )
+            listed.append(
+                {"name": w["name"], "kwargs": _mapping(w.get("kwargs"), f"env.wrappers[{i}].kwargs")}
+            )
+        if listed:
+            out["wrappers"] = listed
+    norm = env.get("vec_normalize")
+    if norm is not None and norm is not False:
+        norm = {} if norm is True else _mapping(norm, "env.vec_normalize")
+        _unknown(norm, VEC_NORMALIZE_KEYS, "env.vec_normalize")
+        for key in ("norm_obs", "norm_reward"):
+            if key in norm and not isinstance(norm[key], bool):
+                raise SpecError(f"env.vec_normalize.{key}: must be true or false, got {norm[key]!r}")
+        for key in ("clip_obs", "clip_reward", "epsilon"):
+            if key in norm and not (_num(norm[key]) and norm[key] > 0):
+                raise SpecError(f"env.vec_normalize.{key}: must be a number > 0, got {norm[key]!r}")
+        if "gamma" in norm and not (_num(norm["gamma"]) and 0 < norm["gamma"] <= 1):
+            raise SpecError(f"env.vec_normalize.gamma: must be a number in (0, 1], got {norm['gamma']!r}")
+        out["vec_normalize"] = dict(norm)
+    stack = env.get("frame_stack")
+    if stack is not None:
+        if not _int(stack) or stack < 2:
+            raise SpecError(f"env.frame_stack: must be an integer >= 2 (frames stacked), got {stack!r}")
+        out["frame_stack"] = int(stack)
+    return out
+
+
+def _policy_class(policy: Any) -> None:
+    """``policy``: one of SB3's names, or a dotted path to an ``ActorCriticPolicy`` subclass."""
+    if policy in POLICIES:
+        return
+    if isinstance(policy, str) and ("." in policy or ":" in policy):
+        from stable_baselines3.common.policies import ActorCriticPolicy
+
+        from rledger.experiments.environment import EnvConfigError, resolve
+
+        try:
+            cls = resolve(policy, "policy", ())
+        except EnvConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if isinstance(cls, type) and issubclass(cls, ActorCriticPolicy):
+            return
+        raise SpecError(f"policy: {policy!r} is not an ActorCriticPolicy subclass (SB3's PPO needs one)")
+    raise SpecError(f"policy: must be one of {POLICIES} or a dotted path to a policy class, got {policy!r}")
+
+
+POLICY_KWARGS = {
+    "net_arch", "activation_fn", "ortho_init", "share_features_extractor", "features_extractor_class",
+    "features_extractor_kwargs", "normalize_images", "log_std_init",
+}  # fmt: skip
+
+
+def _policy_kwargs(pk: dict[str, Any]) -> None:
+    _unknown(pk, POLICY_KWARGS, "ppo.policy_kwargs")
+    if "activation_fn" in pk and pk["activation_fn"] not in ACTIVATIONS:
+        raise SpecError(
+            f"ppo.policy_kwargs.activation_fn: must be one of {ACTIVATIONS}, got {pk['activation_fn']!r}"
+        )
+    if "net_arch" in pk:
+        _net_arch(pk["net_arch"])
+    for key in ("ortho_init", "share_features_extractor", "normalize_images"):
+        if key in pk and not isinstance(pk[key], bool):
+            raise SpecError(f"ppo.policy_kwargs.{key}: must be true or false, got {pk[key]!r}")
+    if "log_std_init" in pk and not _num(pk["log_std_init"]):
+        raise SpecError(f"ppo.policy_kwargs.log_std_init: must be a number, got {pk['log_std_init']!r}")
+    if "features_extractor_class" in pk:
+        from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+        from rledger.experiments.environment import FEATURE_EXTRACTOR_MODULES, EnvConfigError, resolve
+
+        try:
+            cls = resolve(
+                pk["features_extractor_class"],
+                "ppo.policy_kwargs.features_extractor_class",
+                FEATURE_EXTRACTOR_MODULES,
+            )
+        except EnvConfigError as exc:
+            raise SpecError(str(exc)) from None
+        if not (isinstance(cls, type) and issubclass(cls, BaseFeaturesExtractor)):
+            raise SpecError(
+                f"ppo.policy_kwargs.features_extractor_class: {pk['features_extractor_class']!r} is not a "
+                "BaseFeaturesExtractor subclass"
+            )
+    if "features_extractor_kwargs" in pk:
+        _mapping(pk["features_extractor_kwargs"], "ppo.policy_kwargs.features_extractor_kwargs")
+
+
+def _device(device: Any) -> None:
+    """``device``: ``cpu`` (the default), ``cuda``, ``cuda:N`` or ``auto``; a CUDA device must exist."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+        raise SpecError(f"device: must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if device.startswith("cuda"):
+        import torch as th
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not th.cuda.is_available() or index >= th.cuda.device_count():
+            raise SpecError(
+                f"device: {device} is not available on this machine (no such CUDA device); use cpu"
+            )
 
 
 def _net_arch(value: Any) -> None:
@@ -806,7 +961,22 @@ def ppo_kwargs(config: dict[str, Any]) -> dict[str, Any]:
             "tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "leaky_relu": th.nn.LeakyReLU,
             "gelu": th.nn.GELU, "silu": th.nn.SiLU,
         }[pk["activation_fn"]]  # fmt: skip
+    if pk and "features_extractor_class" in pk:
+        from rledger.experiments.environment import FEATURE_EXTRACTOR_MODULES, resolve
+
+        name = pk["features_extractor_class"]
+        pk["features_extractor_class"] = resolve(
+            name, "ppo.policy_kwargs.features_extractor_class", FEATURE_EXTRACTOR_MODULES
+        )
     return kwargs
+
+
+def policy_class(config: dict[str, Any]) -> Any:
+    """The run config's ``policy``: SB3's name as it is, or the class a dotted path names."""
+    from rledger.experiments.environment import resolve
+
+    policy = config["policy"]
+    return policy if policy in POLICIES else resolve(policy, "policy", ())
 
 
 @dataclass(frozen=True)
