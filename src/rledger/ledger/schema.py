@@ -115,7 +115,14 @@ COLUMNS: tuple[Column, ...] = (
         "action",
         "The action as stored in the rollout buffer (the sampled, unclipped action; a 1-list for Discrete).",
     ),
-    _c("transitions", "reward", F32, "reward", "Reward returned by the VecEnv for this step."),
+    _c(
+        "transitions",
+        "reward",
+        F32,
+        "reward",
+        "Reward returned by the VecEnv for this step (under VecNormalize the normalized reward PPO trains "
+        "on; the runner then records the env's own as the info key `raw_reward`).",
+    ),  # fmt: skip
     _c(
         "transitions",
         "gae_reward",
