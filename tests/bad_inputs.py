@@ -219,6 +219,31 @@ CASES: list[Case] = [
     ),  # fmt: skip
     Case("device unknown", _run(), {"s.yaml": spec(device="tpu")}, expect="device"),
     Case("device cuda:9 (no such GPU)", _run(), {"s.yaml": spec(device="cuda:9")}, expect="device"),
+    # rl-baselines3-zoo entries (rledger zoo)
+    Case(
+        "zoo entry with a key the spec cannot express",
+        ["zoo", "{d}/ppo.yml", "Pendulum-v1", "--out", "{d}/s.yaml"],
+        {"ppo.yml": "Pendulum-v1:\n  n_timesteps: !!float 1e4\n  use_sde: true\n"},
+        expect="use_sde",
+    ),  # fmt: skip
+    Case(
+        "zoo policy_kwargs string with code in it (parsed, never run)",
+        ["zoo", "{d}/ppo.yml", "CartPole-v1", "--out", "{d}/s.yaml"],
+        {"ppo.yml": "CartPole-v1:\n  policy_kwargs: \"dict(net_arch=__import__('os').getcwd())\"\n"},
+        expect="policy_kwargs",
+    ),  # fmt: skip
+    Case(
+        "zoo file without the env's entry",
+        ["zoo", "{d}/ppo.yml", "Nope-v0"],
+        {"ppo.yml": "CartPole-v1:\n  n_envs: 2\n"},
+        expect="Nope-v0",
+    ),  # fmt: skip
+    Case(
+        "zoo --out that exists, without --overwrite",
+        ["zoo", "{d}/ppo.yml", "CartPole-v1", "--out", "{d}/s.yaml"],
+        {"ppo.yml": "CartPole-v1:\n  n_envs: 2\n", "s.yaml": "name: mine\n"},
+        expect="s.yaml",
+    ),  # fmt: skip
     # budgets and seeds
     Case("total_timesteps 0", _run(), {"s.yaml": spec(total_timesteps=0)}, expect="total_timesteps"),
     Case(

@@ -30,6 +30,7 @@ def dose_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains runs of the spec (about a minute)
 def test_per_seed_metrics_match_a_naive_replay(dose_runs, tmp_path):
     runs = find_runs(dose_runs)
     assert len(runs) == 12  # six shares x two seeds

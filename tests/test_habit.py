@@ -55,6 +55,7 @@ def _naive(path: Path, start: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow  # trains runs of the spec (about a minute)
 def test_timeline_matches_a_naive_loop_and_the_control_has_no_opening(habit_runs, tmp_path):
     runs = find_runs(habit_runs)
     assert {r.variant for r in runs} == {"plain", "control"}

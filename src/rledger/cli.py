@@ -240,6 +240,44 @@ def run(
 
 
 @main.command()
+@click.argument("hyperparams", metavar="ZOO_FILE", type=click.Path(path_type=Path))
+@click.argument("env_id", metavar="ENV_ID")
+@click.option("--import", "modules", multiple=True, help="module that registers the env id (repeatable)")
+@click.option("--name", default=None, help="the experiment's name [default: zoo_<ENV_ID>]")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="write the spec here [default: print it]"
+)
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+def zoo(hyperparams: Path, env_id: str, modules: tuple[str, ...], name: str | None, out: Path | None,
+        overwrite: bool) -> None:  # fmt: skip
+    """Turn an rl-baselines3-zoo PPO entry into an rledger spec.
+
+    \b
+    Example:
+      rledger zoo hyperparams/ppo.yml CartPole-v1 --out experiments/zoo_cartpole.yaml"""
+    import yaml
+
+    from rledger.experiments import SpecError
+    from rledger.experiments.zoo import spec_from_zoo
+    from rledger.ledger.writer import atomic_write_bytes
+
+    try:
+        spec = spec_from_zoo(hyperparams, env_id, list(modules), name)
+        if out is not None and out.exists() and not overwrite:
+            raise SpecError(f"{out}: exists; pass --overwrite to replace it")
+        if out is not None and out.is_dir():
+            raise SpecError(f"{out}: is a folder; --out takes a file such as experiments/zoo.yaml")
+    except SpecError as exc:
+        raise _Bad(str(exc)) from exc
+    text = f"# from {hyperparams} ({env_id}) by `rledger zoo`\n" + yaml.safe_dump(spec, sort_keys=False)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_bytes(out, text.encode())
+        console.print(f"wrote {out}")
+
+
+@main.command()
 @click.argument("spec_path", metavar="SPEC_OR_RUN_DIR", type=click.Path(path_type=Path))
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,

@@ -199,28 +199,32 @@ def _check_page(page: Path) -> None:
 
 
 def _provenance(root: Path, runs: list) -> list[list[str]]:
-    """Per experiment: runs, the commands that trained them (command.txt) and rledger's commits."""
+    """Per experiment: runs, the commands that trained them (command.txt), rledger's commits, and the
+    runs' training time (each run.json's seconds: train, save, evaluate), summed, and halved as the
+    wall time with ``--workers 2`` would be on two free cores."""
     rows = []
     by_exp: dict[str, list] = {}
     for r in runs:
         by_exp.setdefault(r.experiment, []).append(r)
     for exp, group in sorted(by_exp.items()):
-        commands, commits = set(), set()
+        commands, commits, seconds = set(), set(), 0.0
         for r in group:
             cmd = r.path / "command.txt"
             if cmd.is_file():
                 commands.add(cmd.read_text().strip())
             info = r.path / "run.json"
             if info.is_file():
-                commits.add(str(json.loads(info.read_text()).get("git_commit") or "unknown")[:10])
+                run_info = json.loads(info.read_text())
+                commits.add(str(run_info.get("git_commit") or "unknown")[:10])
+                seconds += float(run_info.get("seconds") or 0.0)
         rows.append([exp, str(len(group)), "; ".join(f"`{c}`" for c in sorted(commands)) or "-",
-                     ", ".join(sorted(commits)) or "-"])  # fmt: skip
+                     ", ".join(sorted(commits)) or "-", f"{seconds / 60:.0f} ({seconds / 120:.0f})"])  # fmt: skip
     for folder in probes.find_probes(root):
         d = json.loads((folder / "decisions.json").read_text())
         if d.get("command"):
             commit = str(d.get("git_commit") or "unknown")[:10]
             rows.append(
-                [f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", commit]
+                [f"{folder.parent.parent.name} / probe {d['probe']}", "-", f"`{d['command']}`", commit, "-"]
             )
     return rows
 
@@ -239,7 +243,8 @@ def _results_markdown(root: Path, out: Path, runs: list, results: list[ClaimResu
             f"`{out}`). Rerunning the commands below, then this one, reproduces the page (same seeds, CPU)."
         )),
         ("p", "How the runs and probes were produced (each run folder's command.txt, each probe's decisions.json):"),
-        ("table", (["experiment", "runs", "command", "rledger commit"], _provenance(root, runs))),
+        ("table", (["experiment", "runs", "command", "rledger commit", "run minutes, summed (÷2: --workers 2)"],
+                   _provenance(root, runs))),
     ]  # fmt: skip
     return PAGE_FIRST_LINE + "\n" + _markdown(head + blocks)
 
