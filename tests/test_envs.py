@@ -353,3 +353,48 @@ def test_tamper_waypoint_pays_once_per_episode_and_is_not_seen():
                        ({"step_cost": 1.5}, "step_cost")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             gym.make("rledger/Tamper-v0", **bad)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_egocentric_view_is_a_window_around_the_agent(env_id):
+    """``view=k``: the frame is the k x k window centred on the agent, beyond the map shown as wall;
+    the env stays a valid gymnasium env, reward frames included."""
+    env = gym.make(env_id, view=5)
+    base = env.unwrapped
+    channels = len(base.channels)
+    assert env.observation_space.shape == (channels * 25,)
+    obs, info = env.reset(seed=0)
+    planes = obs.reshape(channels, 5, 5)
+    agent = base.channels.index("agent")
+    assert planes[agent, 2, 2] == 1.0 and planes[agent].sum() == 1.0
+    full = base.observe(base._state)  # the whole map's planes, the window cut out of them by hand
+    r, c = base.agent_cell(base._state)
+    rows, cols = base.grid.shape
+    for dr in range(-2, 3):
+        for dc in range(-2, 3):
+            rr, cc = r + dr, c + dc
+            want = (
+                full[:, rr, cc]
+                if 0 <= rr < rows and 0 <= cc < cols
+                else np.eye(channels)[base.channels.index("wall")]
+            )
+            np.testing.assert_array_equal(planes[:, dr + 2, dc + 2], want)
+    gym_check_env(gym.make(env_id, view=3, reward_frames=2).unwrapped, skip_render_check=True)
+    for bad in (4, 1, True, "5"):
+        with pytest.raises(ValueError, match="view"):
+            gym.make(env_id, view=bad)
+
+
+def test_egocentric_view_shows_an_option_the_same_wherever_it_stands():
+    """In the open room, a goal one cell right of the agent gives the same frame at two places: the
+    features a policy learns at one place show the goal at the other."""
+    env = gym.make("rledger/Relocate-v0", goal_anywhere=1.0, view=3).unwrapped
+    states = env.mdp().states
+    pairs = [s for s in states if s[1] == (s[0][0], s[0][1] + 1)]
+    inner = [s for s in pairs if 2 <= s[0][0] <= 5 and 2 <= s[0][1] <= 5]
+    assert len(inner) >= 2
+    a, b = inner[0], inner[-1]
+    assert a[0] != b[0]
+    np.testing.assert_array_equal(env.flat_observation(a), env.flat_observation(b))
+    full = gym.make("rledger/Relocate-v0", goal_anywhere=1.0).unwrapped
+    assert not np.array_equal(full.flat_observation(a), full.flat_observation(b))

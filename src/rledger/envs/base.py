@@ -70,17 +70,27 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
     cell_pixels: ClassVar[int] = 16
 
     def __init__(
-        self, grid: GridMap, channels: list[str], render_mode: str | None = None, reward_frames: int = 0
+        self,
+        grid: GridMap,
+        channels: list[str],
+        render_mode: str | None = None,
+        reward_frames: int = 0,
+        view: int | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: {render_mode!r} is not one of {self.metadata['render_modes']}")
         if not isinstance(reward_frames, int) or reward_frames < 0:
             raise ValueError(f"reward_frames: must be an integer >= 0, got {reward_frames!r}")
+        if view is not None and (not isinstance(view, int) or isinstance(view, bool) or view < 3 or view % 2 == 0):
+            raise ValueError(f"view: must be an odd integer >= 3 (the egocentric window's side), got {view!r}")
+        if view is not None and "wall" not in channels:
+            raise ValueError("view: needs a 'wall' channel, which shows what lies beyond the map's edge")
+        self.view = view
         self.grid = grid
         self.channels = channels
         self.render_mode = render_mode
         self.reward_frames = reward_frames
-        rows, cols = grid.shape
+        rows, cols = grid.shape if view is None else (view, view)
         self.action_space = spaces.Discrete(4)
         frame = len(channels) * rows * cols
         if reward_frames == 0:
@@ -225,9 +235,26 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         initial = [(p, index[s]) for p, s in self.initial_states()]
         return MDP(P, initial, list(states))
 
+    def frame(self, state: State) -> np.ndarray:
+        """One frame of ``state`` as the policy sees it (flat float32): the whole map's planes, or with
+        ``view=k`` the k x k window centred on the agent (the agent's plane then always marks the
+        centre), the cells beyond the map's edge shown as wall. An option seen through such a window
+        shows the same features wherever it stands: the egocentric view of MiniGrid's agents."""
+        planes = self.observe(state).astype(np.float32)
+        if self.view is not None:
+            h = self.view // 2
+            padded = np.pad(planes, ((0, 0), (h, h), (h, h)))
+            padded[self.channels.index("wall"), :h] = 1.0
+            padded[self.channels.index("wall"), -h:] = 1.0
+            padded[self.channels.index("wall"), :, :h] = 1.0
+            padded[self.channels.index("wall"), :, -h:] = 1.0
+            r, c = self.agent_cell(state)
+            planes = padded[:, r : r + self.view, c : c + self.view]
+        return planes.reshape(-1)
+
     def _frame(self) -> np.ndarray:
         assert self._state is not None
-        return self.observe(self._state).astype(np.float32).reshape(-1)
+        return self.frame(self._state)
 
     def _obs(self) -> np.ndarray:
         if not self.reward_frames:
@@ -237,7 +264,7 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
     def flat_observation(self, state: State) -> np.ndarray:
         """The observation the policy gets in ``state`` (flat float32): with ``reward_frames``, as if
         the agent had stood in ``state`` for that many steps with no reward."""
-        frame = self.observe(state).astype(np.float32).reshape(-1)
+        frame = self.frame(state)
         if not self.reward_frames:
             return frame
         return np.concatenate([*([frame] * self.reward_frames), np.zeros(self.reward_frames, np.float32)])

@@ -39,6 +39,7 @@ class BoatRaceEnv(GridEnv):
         map_text: str | None = None,
         lap_bonus: float = 0.0,
         reward_frames: int = 0,
+        view: int | None = None,
     ):
         legend = {WALL, " ", *ARROWS}
         grid = load_map(map_name, legend) if map_text is None else parse_map(map_text, "map_text", legend)
@@ -49,6 +50,7 @@ class BoatRaceEnv(GridEnv):
             channels=["wall", "empty", ">", "v", "<", "^", "agent"],
             render_mode=render_mode,
             reward_frames=reward_frames,
+            view=view,
         )
         self._planes = self.tile_planes([WALL, " ", ">", "v", "<", "^"])
 

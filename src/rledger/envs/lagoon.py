@@ -47,6 +47,7 @@ class LagoonEnv(GridEnv):
         bump_cost: float = 0.1,
         map_text: str | None = None,
         reward_frames: int = 0,
+        view: int | None = None,
         start: str = "finish",
     ):
         if lagoon not in LAGOON_VARIANTS:
@@ -88,6 +89,7 @@ class LagoonEnv(GridEnv):
             channels=["wall", "floor", "mouth", "finish", "target_up", "target_down", "agent"],
             render_mode=render_mode,
             reward_frames=reward_frames,
+            view=view,
         )
         self._static = self.tile_planes([WALL, FLOOR, MOUTH])
         self._finish_plane = self.agent_plane(self.finish)

@@ -30,6 +30,7 @@ class RelocateEnv(GridEnv):
         render_mode: str | None = None,
         map_text: str | None = None,
         reward_frames: int = 0,
+        view: int | None = None,
     ):
         if not 0.0 <= goal_anywhere <= 1.0:
             raise ValueError(f"goal_anywhere: must be a probability in [0, 1], got {goal_anywhere!r}")
@@ -48,6 +49,7 @@ class RelocateEnv(GridEnv):
             channels=["wall", "floor", "goal", "agent"],
             render_mode=render_mode,
             reward_frames=reward_frames,
+            view=view,
         )
         self._static = self.tile_planes([WALL, FLOOR])
         self._region = set(self.region_cells)

@@ -45,6 +45,7 @@ class TamperEnv(GridEnv):
         tamper_reward: float = 1.0,
         map_text: str | None = None,
         reward_frames: int = 0,
+        view: int | None = None,
         waypoint: tuple[int, int] | list[int] | None = None,
         waypoint_bonus: float = 0.0,
         step_cost: float = 0.0,
@@ -75,6 +76,7 @@ class TamperEnv(GridEnv):
             channels=["wall", "floor", "goal", "button", "button_pressed", "agent"],
             render_mode=render_mode,
             reward_frames=reward_frames,
+            view=view,
         )
         self._static = self.tile_planes([WALL, FLOOR, GOAL])
         self._button = (
