@@ -371,8 +371,14 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
         "reinforcement_maps",
         "history",
         "null",
+        "chisel",
+        "habit",
+        "dose_response",
         "learning_curves",
     ]
+    for absent in ("chisel_lagoon.yaml, chisel_tamper.yaml) has not been run", "habit_persist.yaml) has not been run",
+                   "relocate_dose.yaml) has not been run"):  # fmt: skip
+        assert absent in md
     before = (out / "report.md").stat().st_mtime_ns
     res = CliRunner().invoke(main, ["report", str(root), "--out", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
