@@ -181,8 +181,8 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     opening = stats.interval(summary.habit_at_opening_end.to_numpy(), bounds=(0.0, 1.0))
     pers = summary.persistence.dropna().to_numpy(dtype=np.float64)
     pers_text = (
-        f"{stats.bca_interval(pers.size, lambda i: float(pers[i].mean())).format(1, sign=False)} rollouts "
-        f"(mean, BCa 95%) on the {pers.size} seeds where it fell"
+        f"{stats.interval(pers).format(1, sign=False)} rollouts (mean, 95% interval) on the {pers.size} "
+        "seeds where it fell"
         if pers.size >= 2
         else f"measured on {pers.size} seeds"
     )

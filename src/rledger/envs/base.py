@@ -81,8 +81,12 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"render_mode: {render_mode!r} is not one of {self.metadata['render_modes']}")
         if not isinstance(reward_frames, int) or reward_frames < 0:
             raise ValueError(f"reward_frames: must be an integer >= 0, got {reward_frames!r}")
-        if view is not None and (not isinstance(view, int) or isinstance(view, bool) or view < 3 or view % 2 == 0):
-            raise ValueError(f"view: must be an odd integer >= 3 (the egocentric window's side), got {view!r}")
+        if view is not None and (
+            not isinstance(view, int) or isinstance(view, bool) or view < 3 or view % 2 == 0
+        ):
+            raise ValueError(
+                f"view: must be an odd integer >= 3 (the egocentric window's side), got {view!r}"
+            )
         if view is not None and "wall" not in channels:
             raise ValueError("view: needs a 'wall' channel, which shows what lies beyond the map's edge")
         self.view = view
