@@ -114,10 +114,16 @@ def seed_summary(tl: pd.DataFrame) -> dict[str, float]:
         ok = change.notna()
         if tl.net[ok].nunique() > 1 and change[ok].nunique() > 1:
             rho = float(tl.net[ok].rank().corr(change[ok].rank()))
+    first_reinforced = first(tl.reinforced > 0)
+    before = tl.adoption[tl.rollout < first_reinforced] if not np.isnan(first_reinforced) else tl.adoption
     return {
-        "first_entry": first(tl.entries > 0), "first_reinforced": first(tl.reinforced > 0),
+        "first_entry": first(tl.entries > 0), "first_reinforced": first_reinforced,
         "final_adoption": final, "adopts": adopts, "onset": onset, "cumulative_at_onset": at_onset,
         "rho": rho,
+        # descriptive, not in the rules: the most the option was used before any positive reinforcement
+        # of entering it, and the net reinforcement of entering over the whole run
+        "peak_before_reinforced": float(before.max()) if len(before) else np.nan,
+        "net_total": float(tl.cumulative.iloc[-1]) if len(tl) else np.nan,
     }  # fmt: skip
 
 
@@ -217,6 +223,10 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
             f"{row.adopting} adopted it (final share of steps >= {ADOPTED}); onset "
             + (f"{onset.min():.0f} to {onset.max():.0f} rollouts after the first positive reinforcement. "
                if len(onset) else "none. ")
+            + f"Before any positive reinforcement of entering, the share of steps in the option peaked at "
+            f"{g.peak_before_reinforced.median():.2f} (median over seeds; max {g.peak_before_reinforced.max():.2f}); "
+            f"net reinforcement of entering over the run: {int((g.net_total > 0).sum())} seeds positive, "
+            f"{int((g.net_total < 0).sum())} negative. "
             + f"C1: {row.C1}. C2: {row.C2}. C3 (mean Spearman rho of net reinforcement of entering and the "
             f"next change of adoption): {row.rho_mean:+.2f} [{row.rho_low:+.2f}, {row.rho_high:+.2f}], "
             f"p {row.C3_p:.2g}: {row.C3}."
