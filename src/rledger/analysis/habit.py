@@ -3,7 +3,7 @@ bonus for a detour through a waypoint, then the same model trains ten times long
 under which the detour is a little worse; a control trains on the true reward from the start.
 
 From the ledgers, per seed, over the rollouts after the opening (the control: the same rollout
-numbers, :func:`opening_rollouts` of its paired run):
+numbers: :func:`rledger.analysis.chisel.opening_rollouts` of its paired run):
 
 - habit rate: the share of the episodes ending in a rollout that entered the waypoint (the episodes
   table's summed ``waypoint`` flag > 0);
@@ -18,13 +18,13 @@ The spec's predictions H1 and H2 (written before the runs) are tested by :func:`
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rledger import stats
+from rledger.analysis.chisel import opening_rollouts
 from rledger.analysis.common import ClaimResult, RunInfo, find_runs, new_figure, save_csv, save_figure
 
 EXPERIMENT = "habit_persist"
@@ -34,11 +34,6 @@ WINDOW = 5
 GONE = 0.5
 LAST = 10  # rollouts at the end over which H1 compares the habit rates
 MARGIN = 0.1  # H1's equivalence margin (share of episodes), fixed in the spec before the runs
-
-
-def opening_rollouts(run: RunInfo) -> int:
-    """Rollouts of the opening phase (as :func:`rledger.analysis.chisel.opening_rollouts`)."""
-    return math.ceil(int(run.config["opening"]["timesteps"]) / run.steps_per_rollout)
 
 
 def timeline(run: RunInfo, start: int) -> pd.DataFrame:
