@@ -68,3 +68,16 @@ class HoldsALock(gym.Wrapper):
 
         super().__init__(env)
         self.lock = threading.Lock()
+
+
+class ImageObs(gym.ObservationWrapper):
+    """CartPole's 4 numbers drawn into a (1, 36, 36) uint8 image (each number a 9-row band of
+    brightness): the smallest image SB3's NatureCNN (``CnnPolicy``) takes."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Box(0, 255, (1, 36, 36), np.uint8)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        level = np.clip((np.tanh(obs) + 1) * 127.5, 0, 255).astype(np.uint8)
+        return np.repeat(level, 9)[None, :, None].repeat(36, axis=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch as th
-from envs_for_tests import ConvExtractor, DictObs, GridObs, SharedLinearExtractor
+from envs_for_tests import ConvExtractor, DictObs, GridObs, ImageObs, SharedLinearExtractor
 from stable_baselines3 import PPO
 
 from rledger import InstrumentedPPO, Ledger
@@ -51,6 +51,8 @@ SETTINGS = {
     # VecNormalize (rewards and observations) and frame stacking, as a spec's env.vec_normalize and
     # env.frame_stack build them, the env's reward recorded as the info key raw_reward
     "vec-normalize-frame-stack": dict(env="CartPole-v1", n_envs=2, vec="normalize+stack", ent_coef=0.01),
+    # SB3's CnnPolicy (NatureCNN) on a 36x36 image, through the generic torch.func path
+    "cnn-policy-nature": dict(env="CartPole-v1", wrapper=ImageObs, policy="CnnPolicy", way="generic"),
     "sgd-conv-generic": dict(
         env="CartPole-v1",
         wrapper=GridObs,
