@@ -95,6 +95,7 @@ def test_an_env_that_cannot_be_pickled_runs_without_checkpoints(tmp_path, capfd)
     assert "checkpoints off, the env cannot be pickled" in capfd.readouterr().err
 
 
+@pytest.mark.slow  # trains and reports a MiniGrid run
 def test_minigrid_doorkey_spec_runs_and_reports(tmp_path):
     pytest.importorskip("minigrid", reason="MiniGrid is not installed (pip install -e '.[minigrid]')")
     spec = ROOT / "experiments" / "minigrid_doorkey.yaml"

@@ -31,6 +31,7 @@ def lagoon_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains a continued run (about 20 s)
 def test_the_continued_run_appends_to_one_ledger(lagoon_run):
     led = Ledger(lagoon_run / "chisel_lagoon" / "open" / "seed=0" / "ledger")
     tr = led.transitions(columns=["rollout", "t", "env", "episode", "in_lagoon"])
@@ -78,6 +79,7 @@ def _naive_timeline(path: Path, start: int) -> pd.DataFrame:
     return out
 
 
+@pytest.mark.slow  # trains a continued run (about 20 s)
 def test_timeline_matches_a_naive_loop(lagoon_run, tmp_path):
     (run,) = find_runs(lagoon_run)
     assert chisel.opening_rollouts(run) == 3
