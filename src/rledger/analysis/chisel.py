@@ -156,11 +156,12 @@ def tests(summary: pd.DataFrame) -> pd.DataFrame:
             bad = int((~(adopting.cumulative_at_onset > 0)).sum())
             c2 = "holds" if bad == 0 else f"falsified ({bad} of {k} adopting seeds at <= 0)"
         rho = g.rho.dropna().to_numpy(dtype=np.float64)
+        # the estimate and its interval are shown whenever there are two seeds; a decision needs MIN_SEEDS
+        p = stats.one_sided_p(rho) if rho.size >= 2 else np.nan
+        iv = stats.interval(rho, bounds=(-1.0, 1.0)) if rho.size >= 2 else None
         if rho.size < stats.MIN_SEEDS:
-            c3, p, iv = f"too few seeds ({rho.size} with entries)", np.nan, None
+            c3 = f"too few seeds for a decision ({rho.size} with entries, {stats.MIN_SEEDS} needed)"
         else:
-            p = stats.one_sided_p(rho)
-            iv = stats.interval(rho, bounds=(-1.0, 1.0))
             c3 = "holds" if p < stats.ALPHA else "falsified"
         out.append({
             "experiment": exp, "seeds": len(g), "adopting": k, "C1": c1, "C2": c2,
