@@ -248,10 +248,9 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         if self.view is not None:
             h = self.view // 2
             padded = np.pad(planes, ((0, 0), (h, h), (h, h)))
-            padded[self.channels.index("wall"), :h] = 1.0
-            padded[self.channels.index("wall"), -h:] = 1.0
-            padded[self.channels.index("wall"), :, :h] = 1.0
-            padded[self.channels.index("wall"), :, -h:] = 1.0
+            padded[self.channels.index("wall")] = np.pad(
+                planes[self.channels.index("wall")], h, constant_values=1.0
+            )
             r, c = self.agent_cell(state)
             planes = padded[:, r : r + self.view, c : c + self.view]
         return planes.reshape(-1)

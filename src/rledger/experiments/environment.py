@@ -112,9 +112,10 @@ def _apply_one(cls: Any, kwargs: dict[str, Any], field: str, env: gym.Env) -> gy
         ) from None
 
 
-def is_plain(env_cfg: dict[str, Any]) -> bool:
-    """No imports, wrappers, normalization or frame stacking: the env as ``gym.make`` gives it."""
-    return not any(env_cfg.get(k) for k in ("import", "wrappers", "vec_normalize", "frame_stack"))
+def vector_wrapped(env_cfg: dict[str, Any]) -> bool:
+    """Whether the config adds vector wrappers (VecNormalize, VecFrameStack), through which episodes
+    must then run (a single gym env does not show the policy what it trained on)."""
+    return bool(env_cfg.get("vec_normalize") or env_cfg.get("frame_stack"))
 
 
 def make_env(env_cfg: dict[str, Any], kwargs: dict[str, Any]) -> gym.Env:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rledger.experiments.environment import first_line
 from rledger.experiments.spec import Spec, SpecError
 
 # bytes per step beside the observations: the rollout buffer's floats, a transitions row, and per
@@ -26,11 +27,6 @@ def variants_used(spec: Spec) -> list[str]:
     return list(dict.fromkeys(used))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def make_env(spec: Spec, variant: str) -> Any:
     """The variant's env (with the spec's imports and wrappers), or a :class:`SpecError` naming the
     field that made it fail."""
@@ -47,13 +43,13 @@ def make_env(spec: Spec, variant: str) -> Any:
         raise SpecError(str(exc)) from None
     except gym.error.DependencyNotInstalled as exc:
         raise SpecError(
-            f"env.id: {spec.env_id} needs a package that is not installed ({_first_line(exc)})"
+            f"env.id: {spec.env_id} needs a package that is not installed ({first_line(exc)})"
         ) from None
     except gym.error.Error as exc:
-        raise SpecError(f"env.id: {spec.env_id} cannot be made ({_first_line(exc)})") from None
+        raise SpecError(f"env.id: {spec.env_id} cannot be made ({first_line(exc)})") from None
     except Exception as exc:  # the env's own constructor: any error is the kwargs' or the env's
         raise SpecError(
-            f"{where}: {spec.env_id} cannot be made with {kwargs} ({_first_line(exc)}); fix the keyword "
+            f"{where}: {spec.env_id} cannot be made with {kwargs} ({first_line(exc)}); fix the keyword "
             "arguments"
         ) from None
 
@@ -73,13 +69,13 @@ def check_policy(spec: Spec, variant: str) -> None:
         raise SpecError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - VecNormalize / VecFrameStack rejecting the env
         field = "env.vec_normalize" if spec.env_options.get("vec_normalize") else "env.frame_stack"
-        raise SpecError(f"{field}: cannot be applied to {spec.env_id} ({_first_line(exc)})") from None
+        raise SpecError(f"{field}: cannot be applied to {spec.env_id} ({first_line(exc)})") from None
     try:
         PPO(policy_class(config), venv, device="cpu", **ppo_kwargs(config))
     except Exception as exc:  # noqa: BLE001 - SB3 rejects the policy or its kwargs
         field = "ppo.policy_kwargs" if config["ppo"].get("policy_kwargs") else "policy"
         raise SpecError(
-            f"{field}: SB3 cannot build the policy {config['policy']!r} for {spec.env_id} ({_first_line(exc)})"
+            f"{field}: SB3 cannot build the policy {config['policy']!r} for {spec.env_id} ({first_line(exc)})"
         ) from None
     finally:
         venv.close()
@@ -185,7 +181,7 @@ def _check_info_keys(spec: Spec, variant: str, env: Any) -> None:
         env.reset(seed=0)
         info = env.step(env.action_space.sample())[4]
     except Exception as exc:
-        raise SpecError(f"env.id: {spec.env_id} fails on its first step ({_first_line(exc)})") from None
+        raise SpecError(f"env.id: {spec.env_id} fails on its first step ({first_line(exc)})") from None
     added = {"raw_reward"} if spec.env_options.get("vec_normalize") else set()  # rledger's own wrapper
     missing = [k for k in spec.record.info_keys if k not in info and k not in added]
     if missing:
@@ -210,7 +206,7 @@ def _check_watch(spec: Spec, variant: str, env: Any) -> None:
         pairs = watch_pairs(spec.env_id, kwargs, spec.record.watch)
     except Exception as exc:  # noqa: BLE001 - a named set this env does not have
         raise SpecError(
-            f"record.watch: {spec.record.watch!r} does not apply to {spec.env_id}: {_first_line(exc)}"
+            f"record.watch: {spec.record.watch!r} does not apply to {spec.env_id}: {first_line(exc)}"
         ) from None
     if not pairs:
         raise SpecError(f"record.watch: {spec.record.watch!r} names no (state, action) pair on {spec.env_id}")

@@ -458,7 +458,7 @@ def evaluate(model: Any, config: dict[str, Any], path: Path | None = None) -> di
     out: dict[str, Any] = {}
     n = config["eval"]["episodes"]
     deterministic = config["eval"]["deterministic"]
-    vector = bool(config["env"].get("vec_normalize") or config["env"].get("frame_stack"))
+    vector = environment.vector_wrapped(config["env"])
 
     def act(obs: Any, info: dict[str, Any], t: int) -> Any:
         return model.predict(obs, deterministic=deterministic)[0]
