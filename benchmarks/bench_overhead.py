@@ -15,11 +15,16 @@ Prints ratios, not absolute targets (machines are noisy):
   6. With the new instruments on: the momentum table and 20 watched pairs (influence tables).
      Target <= 1.25 wall. Bytes on disk per row of the momentum, influence and influence_steps
      tables, and the momentum attribution's peak buffer.
+  7. SB3's CnnPolicy (NatureCNN) on 84x84x4 frames at the zoo's Atari settings, both cores for
+     torch: learn() wall and CPU ratios. Target <= 1.5 wall.
+  8. Its per-sample math for one minibatch of 256: rledger's conv path against torch.func vmap and
+     against Opacus-style materialized per-sample gradients (the three checked to agree).
 
 The headline (last lines) prints the defaults' wall ratio, the CPU-time ratio (all threads; target
 <= 1.10), the ratio with both cores busy and the ratio with the new instruments on.
 
 Usage: python benchmarks/bench_overhead.py [--steps 20480] [--repeats 7] [--long 204800] [--skip-rss]
+       [--cnn-only] [--cnn-steps 4096] [--cnn-repeats 3]
 """
 
 from __future__ import annotations
@@ -200,6 +205,156 @@ def bench_persample(batch: int, steps: int = 40) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------- image observations (CnnPolicy)
+ATARI_PPO = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
+"""rl-baselines3-zoo's PPO hyperparameters for Atari (with 8 envs), which SB3's CnnPolicy is used with."""
+
+
+def image_env(n_envs: int = 8):  # noqa: ANN201
+    """CartPole drawn into 84x84 uint8 frames (each of its 4 numbers a band of brightness), 4 stacked:
+    NatureCNN's input size, from an env that costs next to nothing to step."""
+    import gymnasium as gym
+    from gymnasium import spaces
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    class Frames(gym.ObservationWrapper):
+        def __init__(self, env: gym.Env):
+            super().__init__(env)
+            self.observation_space = spaces.Box(0, 255, (84, 84, 1), np.uint8)
+
+        def observation(self, obs: np.ndarray) -> np.ndarray:
+            level = np.clip((np.tanh(obs) + 1) * 127.5, 0, 255).astype(np.uint8)
+            return np.repeat(level, 21)[:, None, None].repeat(84, axis=1)
+
+    return VecFrameStack(make_vec_env("CartPole-v1", n_envs=n_envs, seed=0, wrapper_class=Frames), 4)
+
+
+def time_learn_cnn(cls_name: str, steps: int, seed: int) -> tuple[float, float]:
+    from stable_baselines3 import PPO
+
+    from rledger import InstrumentedPPO
+
+    kwargs: dict[str, object] = dict(ATARI_PPO)
+    cls = PPO
+    if cls_name == "rledger":
+        cls, kwargs["ledger"] = InstrumentedPPO, tempfile.mkdtemp() + "/run"
+    model = cls("CnnPolicy", image_env(), seed=seed, device="cpu", **kwargs)
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.learn(steps)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_cnn_learn(steps: int, repeats: int) -> dict[str, float]:
+    """learn() with SB3's CnnPolicy (NatureCNN) on 84x84x4 frames, zoo Atari settings, interleaved
+    runs; wall and CPU ratios of the medians."""
+    plain, inst = [], []
+    for r in range(repeats):
+        for name in ("sb3", "rledger") if r % 2 == 0 else ("rledger", "sb3"):
+            (plain if name == "sb3" else inst).append(time_learn_cnn(name, steps, r))
+    return {
+        "ppo_s": statistics.median(w for w, _ in plain),
+        "instrumented_s": statistics.median(w for w, _ in inst),
+        "ratio": statistics.median(w for w, _ in inst) / statistics.median(w for w, _ in plain),
+        "pair_ratios": [b[0] / a[0] for a, b in zip(plain, inst, strict=True)],
+        "cpu_ratio": statistics.median(c for _, c in inst) / statistics.median(c for _, c in plain),
+    }
+
+
+def bench_cnn_persample(batch: int = 256, repeats: int = 5) -> dict[str, float]:
+    """One minibatch's per-sample Gram matrices (log pi, entropy, value; plain and Adam-scaled) on
+    NatureCNN, 84x84x4, three ways that give the same numbers (checked here): rledger's conv path
+    (output gradients from the live graph, per-sample convolution-weight gradients in chunks, the
+    Linear layers' Gram identities), torch.func vmap(jacrev) over samples (rledger's generic path),
+    and Opacus-style (the same output gradients, then every layer's per-sample gradient materialized
+    from unfolded activations with einsum, as Opacus's grad samplers do). Beside them, one plain
+    PPO update (forward, backward, Adam step) of the same minibatch."""
+    from stable_baselines3 import PPO
+    from torch.nn import functional as tf
+
+    from rledger.persample.checks import layer_modules
+    from rledger.persample.functional import jacobian_gram
+    from rledger.persample.gram import LayerCapture, linear_gram, output_grads, supports
+
+    model = PPO("CnnPolicy", image_env(1), seed=0, device="cpu", **ATARI_PPO)
+    policy = model.policy
+    gen = th.Generator().manual_seed(0)
+    obs = th.randint(0, 256, (batch, 4, 84, 84), generator=gen).float()
+    act = th.randint(0, 2, (batch,), generator=gen)
+    layers = layer_modules(policy)
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    fac = {}
+    for n, p in policy.named_parameters():  # an Adam-like step scale: a positive random per coordinate
+        f = th.rand(p.shape, generator=gen) * 1e-3 + 1e-4
+        fac[n] = (f[None], f.square()[None])
+
+    def plain() -> None:
+        v, lp, ent = policy.evaluate_actions(obs, act)
+        loss = -(lp * th.randn(batch, generator=gen)).mean() + 0.5 * v.square().mean() - 0.01 * ent.mean()
+        policy.optimizer.zero_grad()
+        loss.backward()
+        policy.optimizer.step()
+
+    def captured() -> tuple[list, list]:  # noqa: ANN202  the live graph's layer calls and output grads
+        with LayerCapture(layers) as cap:
+            v, lp, ent = policy.evaluate_actions(obs, act)
+        parts = [lp, ent, v.flatten()]
+        calls = cap.take()
+        return calls, output_grads(parts, calls, supports(parts, calls))
+
+    def ours():  # noqa: ANN202
+        calls, d = captured()
+        lay = [(c.name, c.module, set(dj)) for c, dj in zip(calls, d, strict=True)]
+        return linear_gram(
+            lay, [c.inputs[None] for c in calls], [{f: g[None] for f, g in dj.items()} for dj in d], {}, fac, 3
+        )
+
+    def opacus_style():  # noqa: ANN202
+        calls, d = captured()
+        g1, gp2 = th.zeros(batch, 3, 3), th.zeros(batch, 3, 3)
+        for c, dj in zip(calls, d, strict=True):
+            m, parts = c.module, sorted(dj)
+            per = {}
+            for f in parts:
+                if isinstance(m, th.nn.Conv2d):
+                    u = tf.unfold(c.inputs, m.kernel_size, m.dilation, m.padding, m.stride)
+                    gw = th.einsum("noq,npq->nop", dj[f].flatten(2), u)
+                    gb = dj[f].flatten(2).sum(-1)
+                else:
+                    gw, gb = th.einsum("no,np->nop", dj[f], c.inputs), dj[f]
+                per[f] = th.cat([gw.flatten(1), gb], 1)
+            fw = th.cat([fac[f"{c.name}.weight"][0].flatten(), fac[f"{c.name}.bias"][0].flatten()])
+            for x, f in enumerate(parts):
+                for h in parts[x:]:
+                    g1[:, f, h] += (per[f] * per[h]).sum(1)
+                    gp2[:, f, h] += (per[f] * fw.square() * per[h]).sum(1)
+        return g1 + th.triu(g1, 1).transpose(1, 2), gp2 + th.triu(gp2, 1).transpose(1, 2)
+
+    def with_vmap():  # noqa: ANN202
+        params = {n: p for n, p in policy.named_parameters() if n in names}
+        return jacobian_gram(policy, params, obs, act, 3, {n: fac[n][0][0] for n in names})
+
+    a, b, c = ours(), opacus_style(), with_vmap()
+    for ref in (b[0], c.g1[0]):  # the three ways agree
+        assert th.allclose(a.g1[0], ref, rtol=1e-3, atol=1e-6 * float(ref.abs().max())), "g1 differs"
+    assert th.allclose(a.gp2[0], b[1], rtol=1e-3, atol=1e-6 * float(b[1].abs().max())), "gp2 differs"
+    times = {}
+    for name, fn in (("plain", plain), ("rledger", ours), ("opacus", opacus_style), ("vmap", with_vmap)):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats if name != "vmap" else max(1, repeats // 2)):
+            fn()
+        times[name] = (time.perf_counter() - t0) / (repeats if name != "vmap" else max(1, repeats // 2))
+    return {
+        "batch": batch,
+        "plain_update_ms": times["plain"] * 1e3,
+        "rledger_ms": times["rledger"] * 1e3,
+        "rledger_over_plain_update": times["rledger"] / times["plain"],
+        "speedup_vs_vmap": times["vmap"] / times["rledger"],
+        "speedup_vs_opacus_style": times["opacus"] / times["rledger"],
+    }
+
+
 # The child's own peak: on Linux VmHWM of /proc/self/status. Not ru_maxrss, which Linux carries over
 # from the parent's memory at fork/exec: it printed this benchmark's own peak (~0.9-1.1 GB) for both
 # runs until it was noticed.
@@ -273,9 +428,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--long", type=int, default=204800)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--cnn-only", action="store_true", help="only the CnnPolicy measurements (7, 8)")
+    ap.add_argument("--cnn-steps", type=int, default=4096)
+    ap.add_argument("--cnn-repeats", type=int, default=3)
     args = ap.parse_args()
-    th.set_num_threads(1)
     results: dict[str, object] = {}
+    # CnnPolicy: torch's default threads (both cores), as image-policy users run it
+    results["cnn_persample"] = bench_cnn_persample()
+    print("CnnPolicy per-sample math, B=256:", json.dumps(results["cnn_persample"]), flush=True)
+    results["cnn_learn"] = bench_cnn_learn(args.cnn_steps, args.cnn_repeats)
+    print("CnnPolicy learn():", json.dumps(results["cnn_learn"]), flush=True)
+    cnn = results["cnn_learn"]
+    if args.cnn_only:
+        print(f"\n  CnnPolicy 84x84x4, wall {cnn['ratio']:.3f}x  CPU {cnn['cpu_ratio']:.3f}x  (target <= 1.5)")  # type: ignore[index]
+        return
+    th.set_num_threads(1)
     results["learn"] = bench_learn(args.steps, args.repeats, background=True)
     print("learn(), background thread (default):", json.dumps(results["learn"]), flush=True)
     results["learn_in_train"] = bench_learn(args.steps, args.repeats, background=False)
@@ -306,6 +473,7 @@ def main() -> None:
     print(
         f"  momentum + 20 pairs {new['ratio']:.3f}x  95% CI {new['ratio_ci95']}  CPU {new['cpu_ratio']:.3f}x  (target <= 1.25)"
     )  # type: ignore[index]
+    print(f"  CnnPolicy 84x84x4   {cnn['ratio']:.3f}x  CPU {cnn['cpu_ratio']:.3f}x  (target <= 1.5)")  # type: ignore[index]
 
 
 if __name__ == "__main__":

@@ -81,3 +81,52 @@ class ImageObs(gym.ObservationWrapper):
     def observation(self, obs: np.ndarray) -> np.ndarray:
         level = np.clip((np.tanh(obs) + 1) * 127.5, 0, 255).astype(np.uint8)
         return np.repeat(level, 9)[None, :, None].repeat(36, axis=2)
+
+
+class ImpalaExtractor(BaseFeaturesExtractor):
+    """A small IMPALA-style residual CNN (Espeholt et al. 2018): per stage a 3x3 conv, a 3x3 max-pool
+    with stride 2 and one residual block (ReLU, conv, ReLU, conv, add), then ReLU, Flatten, Linear."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 16, depths: tuple[int, ...] = (4, 8)):
+        super().__init__(observation_space, features_dim)
+        layers: list[th.nn.Module] = []
+        c = observation_space.shape[0]
+        for depth in depths:
+            layers += [th.nn.Conv2d(c, depth, 3, padding=1), th.nn.MaxPool2d(3, stride=2, padding=1)]
+            layers.append(_Residual(depth))
+            c = depth
+        self.stages = th.nn.Sequential(*layers)
+        with th.no_grad():
+            n = self.stages(th.zeros(1, *observation_space.shape)).numel()
+        self.head = th.nn.Linear(n, features_dim)
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return th.relu(self.head(th.relu(self.stages(obs)).flatten(1)))
+
+
+class _Residual(th.nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv0 = th.nn.Conv2d(c, c, 3, padding=1)
+        self.conv1 = th.nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return x + self.conv1(th.relu(self.conv0(th.relu(x))))
+
+
+class GroupedConvExtractor(BaseFeaturesExtractor):
+    """A grouped convolution and a LayerNorm with its own parameters: the generic torch.func path."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 16):
+        super().__init__(observation_space, features_dim)
+        self.net = th.nn.Sequential(
+            th.nn.Conv2d(1, 4, kernel_size=2),
+            th.nn.Conv2d(4, 4, kernel_size=1, groups=2),
+            th.nn.Flatten(),
+            th.nn.LayerNorm(36),
+            th.nn.Linear(36, features_dim),
+            th.nn.Tanh(),
+        )
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return self.net(obs)

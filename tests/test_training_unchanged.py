@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch as th
-from envs_for_tests import ConvExtractor, DictObs, GridObs, ImageObs, SharedLinearExtractor
+from envs_for_tests import (
+    ConvExtractor,
+    DictObs,
+    GridObs,
+    GroupedConvExtractor,
+    ImageObs,
+    ImpalaExtractor,
+    SharedLinearExtractor,
+)
 from stable_baselines3 import PPO
 
 from rledger import InstrumentedPPO, Ledger
@@ -34,11 +42,18 @@ SETTINGS = {
         policy_kwargs=dict(features_extractor_class=SharedLinearExtractor, net_arch=[16]),
         way="batched",
     ),
-    "conv-generic": dict(
+    "conv-path": dict(
         env="CartPole-v1",
         wrapper=GridObs,
         ent_coef=0.01,
         policy_kwargs=dict(features_extractor_class=ConvExtractor, net_arch=[16]),
+        way="extra-backward",
+    ),
+    "generic-grouped-conv": dict(
+        env="CartPole-v1",
+        wrapper=GridObs,
+        ent_coef=0.01,
+        policy_kwargs=dict(features_extractor_class=GroupedConvExtractor, net_arch=[16]),
         way="generic",
     ),
     "dict-obs": dict(env="CartPole-v1", wrapper=DictObs, policy="MultiInputPolicy", way="batched"),
@@ -51,15 +66,22 @@ SETTINGS = {
     # VecNormalize (rewards and observations) and frame stacking, as a spec's env.vec_normalize and
     # env.frame_stack build them, the env's reward recorded as the info key raw_reward
     "vec-normalize-frame-stack": dict(env="CartPole-v1", n_envs=2, vec="normalize+stack", ent_coef=0.01),
-    # SB3's CnnPolicy (NatureCNN) on a 36x36 image, through the generic torch.func path
-    "cnn-policy-nature": dict(env="CartPole-v1", wrapper=ImageObs, policy="CnnPolicy", way="generic"),
-    "sgd-conv-generic": dict(
+    # SB3's CnnPolicy (NatureCNN) on a 36x36 image, through the conv path (its steps in the background thread)
+    "cnn-policy-nature": dict(env="CartPole-v1", wrapper=ImageObs, policy="CnnPolicy", way="extra-backward"),
+    "sgd-conv": dict(
         env="CartPole-v1",
         wrapper=GridObs,
         policy_kwargs=dict(
             features_extractor_class=ConvExtractor, net_arch=[16], optimizer_class=th.optim.SGD
         ),
-        way="generic",
+        way="extra-backward",
+    ),
+    "impala-cnn": dict(
+        env="CartPole-v1",
+        wrapper=ImageObs,
+        policy="CnnPolicy",
+        policy_kwargs=dict(features_extractor_class=ImpalaExtractor),
+        way="extra-backward",
     ),
 }
 

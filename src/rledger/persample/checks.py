@@ -11,7 +11,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import Tensor, nn
 
-from rledger.persample.gram import LinearCapture
+from rledger.persample.gram import LayerCapture
 
 _REFUSED_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RNNBase, nn.GroupNorm)
 ACTION_SPACES = (spaces.Discrete, spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -85,6 +85,12 @@ def linear_modules(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 
 
+def layer_modules(module: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
+    """The Linear and Conv2d layers, whose per-sample columns come from their inputs and output
+    gradients (:mod:`rledger.persample.gram`)."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+
+
 def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
@@ -97,18 +103,25 @@ def params_outside(module: nn.Module, owners: Iterable[nn.Module]) -> list[str]:
 
 def choose_path(policy: ActorCriticPolicy, gaussian: bool, dummy: tuple[Any, Tensor]) -> str:
     """``"linear"`` when every trainable parameter lives in an ``nn.Linear`` called once per forward on
-    ``(B, in)`` inputs (plus a Gaussian ``log_std``), else ``"generic"``."""
-    linears = linear_modules(policy)
-    outside = params_outside(policy, linears.values())
+    ``(B, in)`` inputs (plus a Gaussian ``log_std``); ``"conv"`` when some live in ``nn.Conv2d``
+    layers (one group, called once per forward on ``(B, C, H, W)`` inputs) and the rest so; else
+    ``"generic"``."""
+    layers = layer_modules(policy)
+    outside = params_outside(policy, layers.values())
     allowed = {"log_std"} if gaussian else set()
     if set(outside) - allowed:
         return "generic"
-    with LinearCapture(linears) as cap, th.no_grad():
+    if any(isinstance(m, nn.Conv2d) and m.groups != 1 for m in layers.values()):
+        return "generic"
+    with LayerCapture(layers) as cap, th.no_grad():
         policy.evaluate_actions(*dummy)
     names = [c.name for c in cap.calls]
-    if len(names) != len(set(names)) or any(c.inputs.dim() != 2 for c in cap.calls):
+    if len(names) != len(set(names)):
         return "generic"
-    return "linear"
+    for c in cap.calls:
+        if c.inputs.dim() != (4 if isinstance(c.module, nn.Conv2d) else 2):
+            return "generic"
+    return "conv" if any(isinstance(c.module, nn.Conv2d) for c in cap.calls) else "linear"
 
 
 def dummy_batch(policy: ActorCriticPolicy, action_space: spaces.Space, n: int) -> tuple[Any, Tensor]:

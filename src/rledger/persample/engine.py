@@ -11,8 +11,12 @@
 - ``linear`` path, ``extra-backward`` mode (SGD, several parameter groups): forward hooks keep each
   Linear call's input and output (:meth:`~PerSampleEngine.capture`, open for the whole ``train()``),
   and one more backward pass to the layer outputs per minibatch gives the output gradients.
-- ``generic`` path (conv layers, custom modules): exact per-sample Jacobians with ``torch.func`` at a
-  copy of the step's starting parameters (:func:`~rledger.persample.functional.jacobian_gram`).
+- ``conv`` path (Conv2d and Linear layers, e.g. SB3's ``CnnPolicy``): always the extra-backward mode;
+  a Conv2d layer's share comes from its unfolded input patches and output gradients
+  (:func:`~rledger.persample.gram.conv_gram`).
+- ``generic`` path (custom modules with their own parameters): exact per-sample Jacobians with
+  ``torch.func`` at a copy of the step's starting parameters
+  (:func:`~rledger.persample.functional.jacobian_gram`).
 
 With the ``momentum`` table (and watched pairs), the batched mode's flushes also feed a
 :class:`~rledger.persample.momentum.MomentumTracker` (:meth:`~PerSampleEngine.enable_momentum`,
@@ -48,11 +52,12 @@ from rledger.persample.checks import (
     choose_path,
     dummy_batch,
     is_adam,
+    layer_modules,
     linear_modules,
     trainable,
 )
 from rledger.persample.functional import jacobian_gram
-from rledger.persample.gram import Gram, LinearCapture, linear_gram, output_grads, supports
+from rledger.persample.gram import Gram, LayerCapture, linear_gram, output_grads, supports
 from rledger.persample.influence import Watched
 from rledger.persample.loss import (
     LossTerms,
@@ -68,6 +73,8 @@ from rledger.persample.replay import Replayer
 from rledger.persample.slots import StepBuffers, per_param_views
 
 Columns = dict[str, np.ndarray]
+IN_FLIGHT = 2
+"""The conv path's steps handed to the background thread and not yet done, at most."""
 Submit = Callable[[Callable[[], Columns]], "Future[Columns]"]
 
 
@@ -93,8 +100,8 @@ class _Pending:
 class PerSampleEngine:
     """Computes the per-sample columns of the ``samples`` table for one SB3 ``ActorCriticPolicy``.
 
-    ``path`` is ``"linear"`` or ``"generic"``; on the linear path ``mode`` (set by :meth:`start`) is
-    ``"batched"`` or ``"extra-backward"``. Refuses, with :class:`UnsupportedPolicyError`, what it cannot
+    ``path`` is ``"linear"``, ``"conv"`` or ``"generic"``; on the linear path ``mode`` (set by
+    :meth:`start`) is ``"batched"`` or ``"extra-backward"``, on the conv path ``"extra-backward"``. Refuses, with :class:`UnsupportedPolicyError`, what it cannot
     compute exactly (:mod:`rledger.persample.checks`).
     """
 
@@ -105,6 +112,7 @@ class PerSampleEngine:
         self.optimizer = optimizer
         self.action_space = action_space
         self.linears = linear_modules(policy)
+        self.layers = layer_modules(policy)
         self.gaussian = type(policy.action_dist) is DiagGaussianDistribution
         self.path = choose_path(policy, self.gaussian, dummy_batch(policy, action_space, 2))
         self.mode: str | None = None
@@ -113,7 +121,7 @@ class PerSampleEngine:
         self._names = {id(p): n for n, p in policy.named_parameters()}
         self._opt_names = [self._names[id(p)] for p in self._opt_params]
         self._support: list[set[int]] | None = None
-        self._capture: LinearCapture | None = None
+        self._capture: LayerCapture | None = None
         self._batch: StepBuffers | None = None
         self._batches: dict[int, list[StepBuffers]] = {}  # per minibatch size: at most two sets
         self._submit: Submit | None = None
@@ -135,7 +143,7 @@ class PerSampleEngine:
         if self.path != "linear" or not batched_supported(self.optimizer):
             raise UnsupportedPolicyError(
                 "record: the momentum table needs Adam or AdamW with one parameter group and a policy "
-                f"of Linear layers (this one: {type(self.optimizer).__name__} with "
+                f"of Linear layers only (this one: {type(self.optimizer).__name__} with "
                 f"{len(self.optimizer.param_groups)} parameter group(s), {self.path} path); leave "
                 "'momentum' out of record"
             )
@@ -200,7 +208,10 @@ class PerSampleEngine:
         self._v_views = None
         self._step_tensor = None
         self._parts = None
-        self.mode = self._choose_mode() if self.path == "linear" else None
+        if self.path == "linear":
+            self.mode = self._choose_mode()
+        else:  # the conv path takes the live graph's output gradients; the generic path has no mode
+            self.mode = "extra-backward" if self.path == "conv" else None
         self._fetch = fetch
         self._steps_hint = max(1, steps_hint)
         self._epochs_hint = max(1, epochs)
@@ -209,10 +220,10 @@ class PerSampleEngine:
     def capture(self) -> Iterator[None]:
         """Open around a train() call: forward hooks on the Linear layers in the extra-backward mode
         (none otherwise), removed on exit, also on error."""
-        if self.path != "linear" or self.mode == "batched":
+        if self.path == "generic" or self.mode == "batched":
             yield
             return
-        with LinearCapture(self.linears) as cap:
+        with LayerCapture(self.layers) as cap:
             self._capture = cap
             try:
                 yield
@@ -289,7 +300,23 @@ class PerSampleEngine:
                 self._flush()
             return
         assert pending.coef is not None and pending.alpha is not None
-        gram = self._gram_now(pending, pending.coef.shape[1])
+        job = functools.partial(self._columns_now, pending, self._step_factors(), grad_norm, base)
+        if self._submit is None or self.path != "conv":
+            self._done.append(job())
+            return
+        # the conv path hands each step to the background thread, at most IN_FLIGHT steps ahead (each
+        # holds its minibatch's layer inputs and output gradients)
+        in_flight = [f for f in self._done if isinstance(f, Future) and not f.done()]
+        if len(in_flight) >= IN_FLIGHT:
+            in_flight[0].result()
+        self._done.append(self._submit(job))
+
+    def _columns_now(
+        self, pending: _Pending, fac: dict[str, tuple[Tensor, Tensor]], grad_norm: Tensor, base: dict[str, Any]
+    ) -> Columns:
+        """One step's columns on the per-minibatch ways, from its step scales ``fac``."""
+        assert pending.coef is not None and pending.alpha is not None
+        gram = self._gram_now(pending, pending.coef.shape[1], fac)
         clip = clip_coefs(grad_norm, self.max_grad_norm)
         cols = columns(
             gram.g1[0], gram.gp2[0], gram.gp00[0], pending.coef, pending.alpha, pending.ent_part,
@@ -301,7 +328,7 @@ class PerSampleEngine:
         row.update(advantage_used=pending.advantages.numpy(), ratio=pending.ratio.numpy())  # type: ignore[union-attr]
         row["clipped"] = pending.clipped.numpy()  # type: ignore[union-attr]
         row.update({k: v.numpy() for k, v in cols.items()})
-        self._done.append(row)
+        return row
 
     def finish(self) -> list[Columns | Future[Columns]]:
         """The recorded samples of this train() call, in recording order: column dicts, or futures of
@@ -367,8 +394,7 @@ class PerSampleEngine:
         self._done.append(buf.future)
 
     # ------------------------------------------------------------------ per-minibatch ways
-    def _gram_now(self, pending: _Pending, k: int) -> Gram:
-        fac = self._step_factors()
+    def _gram_now(self, pending: _Pending, k: int, fac: dict[str, tuple[Tensor, Tensor]]) -> Gram:
         if self.path == "generic":
             assert pending.params_before is not None
             factors = {n: fac[n][0] if n in fac else None for n in pending.params_before}

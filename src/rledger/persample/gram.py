@@ -1,4 +1,4 @@
-"""Per-sample Gram matrices of the loss parts over Linear layers, without per-sample gradients.
+"""Per-sample Gram matrices of the loss parts over Linear and Conv2d layers.
 
 Everything the ``samples`` table records follows from sample ``i``'s Gram matrices of the parts,
 
@@ -12,16 +12,31 @@ with ``d_i^f = d f_i / d z_i``, so
 
 and each layer reduces to one ``out``-long weighting per sample (:func:`layer_weights`). The output
 gradients ``d`` come from a replay of the forward pass (:mod:`rledger.persample.replay`) or from one
-backward pass to the captured layer outputs (:class:`LinearCapture`, :func:`output_grads`).
+backward pass to the captured layer outputs (:class:`LayerCapture`, :func:`output_grads`).
+
+A Conv2d layer is a Linear layer applied at every output position ``p`` to the unfolded input patch
+``u_p`` (``C * kh * kw`` long): sample ``i``'s weight gradient of part ``f`` is ``D^f_i U_i^T``
+(``D``: the output gradients ``(out, P)``, ``U``: the patches ``(C kh kw, P)``), its bias gradient
+``D^f_i 1``. Under a diagonal preconditioner (Adam's ``F``) these per-sample gradients are
+materialized (as one convolution-weight gradient with a group per sample), a bounded chunk of samples
+at a time (:data:`CONV_CHUNK_ELEMENTS`); where ``F`` is one
+number for the whole layer (SGD) or absent, the Gram identity over patches
+``<D^f U^T, D^h U^T> = sum_{p,q} (D^f^T D^h)_{pq} (U^T U)_{pq}`` (the "ghost norm") is used instead
+when it costs fewer operations (:func:`conv_gram`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch as th
 from torch import Tensor, nn
+from torch.nn import functional as tf
+
+CONV_CHUNK_ELEMENTS = 1 << 22
+"""At most this many floats of per-sample gradients and patches are held at once per Conv2d layer."""
 
 
 @dataclass
@@ -72,8 +87,9 @@ def linear_gram(
 ) -> Gram:
     """The per-sample Gram matrices of ``S`` steps of ``B`` samples.
 
-    ``layers``: each Linear layer's name, module and support (the parts whose gradient passes through
-    it); ``inputs[j]`` its input ``(S, B, in)``; ``d_out[j]``: part -> output gradient ``(S, B, out)``;
+    ``layers``: each Linear or Conv2d layer's name, module and support (the parts whose gradient passes
+    through it); ``inputs[j]`` its input ``(S, B, in)`` (a Conv2d's ``(S, B, C, H, W)``);
+    ``d_out[j]``: part -> output gradient ``(S, B, out)`` (a Conv2d's ``(S, B, out, H', W')``);
     ``d_direct``: per parameter outside the Linear layers (a Gaussian's ``log_std``), part -> per-sample
     gradient ``(S, B, n)``; ``fac``: the step scales by parameter name."""
     s, b = inputs[0].shape[0], inputs[0].shape[1]
@@ -83,6 +99,10 @@ def linear_gram(
     for j, (name, ly, support) in enumerate(layers):
         sup = sorted(support)
         if not sup:
+            continue
+        if isinstance(ly, nn.Conv2d):
+            for st in range(s):
+                conv_gram(name, ly, inputs[j][st], d_out[j], st, sup, fac, g1[st], gp2[st], gp00[st])
             continue
         w1, q2, q1 = layer_weights(name, ly, inputs[j].square(), fac, with_f=0 in sup)
         d = d_out[j]  # part -> (S, B, out)
@@ -109,30 +129,133 @@ def linear_gram(
     return Gram(g1, gp2, gp00)
 
 
+def padded(ly: nn.Conv2d, x: Tensor) -> tuple[Tensor, Any]:
+    """``ly``'s input with any padding that is not a symmetric zero padding applied (the other
+    padding modes, and "same" with its possibly uneven split), and the zero padding left to apply."""
+    if ly.padding_mode != "zeros":
+        return tf.pad(x, ly._reversed_padding_repeated_twice, mode=ly.padding_mode), (0, 0)
+    if ly.padding == "same":  # torch pads total // 2 before and the rest after
+        total = [d * (k - 1) for d, k in zip(ly.dilation, ly.kernel_size, strict=True)]
+        pads = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        return tf.pad(x, pads), (0, 0)
+    return x, ((0, 0) if ly.padding == "valid" else ly.padding)
+
+
+def patches(ly: nn.Conv2d, x: Tensor) -> Tensor:
+    """``(B, C kh kw, P)``: the input patch that each of Conv2d ``ly``'s ``P`` output positions reads,
+    in the order of ``ly.weight.view(out, -1)``'s columns (padding as the layer pads, any mode)."""
+    x, pad = padded(ly, x)
+    return tf.unfold(x, ly.kernel_size, dilation=ly.dilation, padding=pad, stride=ly.stride)
+
+
+def _ghost_cheaper(n_pos: int, n_in: int, out: int, k: int) -> bool:
+    """Whether the Gram identity over ``n_pos`` patches of ``n_in`` costs fewer multiplications than
+    materializing ``k`` parts' per-sample gradients of an ``out x n_in`` weight."""
+    return n_pos * n_pos * (n_in + k * (k + 1) // 2 * out) < k * out * n_pos * n_in
+
+
+def conv_gram(
+    name: str,
+    ly: nn.Conv2d,
+    x: Tensor,
+    d: Mapping[int, Tensor],
+    st: int,
+    sup: Sequence[int],
+    fac: Factors,
+    g1: Tensor,
+    gp2: Tensor,
+    gp00: Tensor,
+) -> None:
+    """Adds Conv2d layer ``name``'s share to one step's Gram matrices, in place: ``g1``, ``gp2``
+    ``(B, K, K)`` (upper triangle, as :func:`linear_gram` fills it) and ``gp00`` ``(B,)``.
+
+    ``x``: the layer's input ``(B, C, H, W)``; ``d``: part -> output gradients ``(S, B, out, H', W')``
+    of which step ``st`` is taken; ``sup``: the parts in the layer's support, sorted. The weight's
+    per-sample gradients are materialized in chunks of samples, unless its step scale is one number (or
+    absent from the optimizer) and the Gram identity over patches costs fewer operations."""
+    fw = fac.get(f"{name}.weight")
+    fb = fac.get(f"{name}.bias") if ly.bias is not None else None
+    b, out, k = x.shape[0], ly.out_channels, len(sup)
+    out_hw = d[sup[0]].shape[-2:]
+    dd = th.stack([d[f][st].reshape(b, out, -1) for f in sup], 1)  # (B, k, out, P)
+    n_pos = dd.shape[-1]
+    pairs = [(a, c) for a in range(k) for c in range(a, k)]
+
+    def add(rows: slice, blk: Tensor, target: Tensor) -> None:  # blk (b, k, k) over sup
+        for a, c in pairs:
+            target[rows, sup[a], sup[c]] += blk[:, a, c]
+
+    if fw is not None:
+        f1 = fw[0][st].reshape(-1)
+        f2 = fw[1][st].reshape(-1)
+        n_in = f1.numel() // out  # C kh kw
+        ghost = bool((f1 == f1[0]).all()) and _ghost_cheaper(n_pos, n_in, out, k)
+        per_sample = (2 * n_pos * n_pos + n_in * n_pos) if ghost else k * out * n_in
+        chunk = max(1, CONV_CHUNK_ELEMENTS // per_sample)
+        for start in range(0, b, chunk):
+            rows = slice(start, min(b, start + chunk))
+            dc = dd[rows]
+            c = dc.shape[0]
+            if ghost:  # <D^f U^T, D^h U^T> = sum_pq (D^f^T D^h)_pq (U^T U)_pq
+                u = patches(ly, x[rows])  # (c, n_in, P)
+                uu = th.bmm(u.transpose(1, 2), u)
+                blk = th.zeros(c, k, k, dtype=u.dtype)
+                for a, c in pairs:
+                    blk[:, a, c] = (th.bmm(dc[:, a].transpose(1, 2), dc[:, c]) * uu).sum((1, 2))
+                add(rows, blk, g1)
+                add(rows, blk * f2[0], gp2)
+                if sup[0] == 0:
+                    gp00[rows] += blk[:, 0, 0] * f1[0]
+                continue
+            # per-sample weight gradients D^f_i U_i^T as one convolution-weight gradient with a group
+            # per sample (faster on CPU than unfolding the patches)
+            xc, pad = padded(ly, x[rows])
+            grads = th.nn.grad.conv2d_weight(
+                xc.reshape(1, -1, *xc.shape[2:]),
+                (c * k * out, *ly.weight.shape[1:]),
+                dc.reshape(1, c * k * out, *out_hw),
+                stride=ly.stride,
+                padding=pad,
+                dilation=ly.dilation,
+                groups=c,
+            ).reshape(c, k, -1)
+            add(rows, th.bmm(grads, grads.transpose(1, 2)), g1)
+            add(rows, th.bmm(grads * f2, grads.transpose(1, 2)), gp2)
+            if sup[0] == 0:
+                gp00[rows] += (grads[:, 0].square() * f1).sum(-1)
+    if fb is not None:
+        bias = dd.sum(-1)  # (B, k, out)
+        everyone = slice(0, b)
+        add(everyone, th.bmm(bias, bias.transpose(1, 2)), g1)
+        add(everyone, th.bmm(bias * fb[1][st].reshape(1, 1, -1), bias.transpose(1, 2)), gp2)
+        if sup[0] == 0:
+            gp00 += (bias[:, 0].square() * fb[0][st].reshape(1, -1)).sum(-1)
+
+
 # ---------------------------------------------------------------- output gradients from a live graph
 @dataclass
-class LinearCall:
-    """One call of a Linear layer recorded during a forward pass."""
+class LayerCall:
+    """One call of a Linear or Conv2d layer recorded during a forward pass."""
 
     name: str
-    module: nn.Linear
-    inputs: Tensor  # (B, in), detached
-    output: Tensor | None  # (B, out), in the autograd graph; dropped once its gradients are taken
+    module: nn.Linear | nn.Conv2d
+    inputs: Tensor  # (B, in) or (B, C, H, W), detached
+    output: Tensor | None  # (B, out) or (B, out, H', W'), in the autograd graph; dropped once used
 
 
 @dataclass
-class LinearCapture:
-    """Forward hooks on Linear layers that record each call's input and output.
+class LayerCapture:
+    """Forward hooks on Linear (and Conv2d) layers that record each call's input and output.
 
     A context manager: the hooks are removed on exit, even on error, so they never outlive it.
     :meth:`take` hands over the calls recorded since the last take.
     """
 
-    modules: Mapping[str, nn.Linear]
-    calls: list[LinearCall] = field(default_factory=list)
+    modules: Mapping[str, nn.Linear | nn.Conv2d]
+    calls: list[LayerCall] = field(default_factory=list)
     _handles: list[th.utils.hooks.RemovableHandle] = field(default_factory=list)
 
-    def __enter__(self) -> LinearCapture:
+    def __enter__(self) -> LayerCapture:
         self.calls = []
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._hook(name)))
@@ -140,11 +263,11 @@ class LinearCapture:
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            self.calls.append(LinearCall(name, module, args[0].detach(), output))  # type: ignore[arg-type]
+            self.calls.append(LayerCall(name, module, args[0].detach(), output))  # type: ignore[arg-type]
 
         return hook
 
-    def take(self) -> list[LinearCall]:
+    def take(self) -> list[LayerCall]:
         calls, self.calls = self.calls, []
         return calls
 
@@ -167,7 +290,7 @@ def graph_nodes(t: Tensor) -> set[int]:
     return seen
 
 
-def supports(parts: Sequence[Tensor], calls: Sequence[LinearCall]) -> list[set[int]]:
+def supports(parts: Sequence[Tensor], calls: Sequence[LayerCall]) -> list[set[int]]:
     """For each part, the indices of the recorded calls whose output it depends on."""
     out = []
     for p in parts:
@@ -193,7 +316,7 @@ def disjoint_groups(support: Sequence[set[int]]) -> list[list[int]]:
 
 
 def output_grads(
-    parts: Sequence[Tensor], calls: Sequence[LinearCall], support: Sequence[set[int]]
+    parts: Sequence[Tensor], calls: Sequence[LayerCall], support: Sequence[set[int]]
 ) -> list[dict[int, Tensor]]:
     """``d[j][f] = d(sum_i f_i) / d z_j`` for every recorded call ``j`` in part ``f``'s support.
 

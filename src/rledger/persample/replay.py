@@ -22,7 +22,7 @@ import torch as th
 from torch import Tensor, nn
 
 from rledger.persample.functional import functional_calls, policy_parts
-from rledger.persample.gram import LinearCapture, disjoint_groups, supports
+from rledger.persample.gram import LayerCapture, disjoint_groups, supports
 from rledger.persample.loss import Parts
 
 
@@ -48,7 +48,7 @@ class Replayer:
         modules = dict(self.model.named_modules())
         self.linear_names = linear_names
         self.linears: list[nn.Linear] = [modules[n] for n in linear_names]  # type: ignore[misc]
-        with LinearCapture(dict(zip(linear_names, self.linears, strict=True))) as cap:
+        with LayerCapture(dict(zip(linear_names, self.linears, strict=True))) as cap:
             values, log_prob, entropy = self.model.evaluate_actions(*dummy)  # type: ignore[operator]
         sup = supports([log_prob, entropy if entropy is not None else log_prob, values], cap.calls)
         by_name = {c.name: j for j, c in enumerate(cap.calls)}
