@@ -228,7 +228,9 @@ def _result(planner=ALWAYS, random=NULL, subject=NULL, reinforced=EFFECT, holds_
         "holds_means": holds_means, "paying": "open", "reinforced": ["open"], "metric": "any_x", "margin": 0.1,
         "decisions": {"planner": _decision(planner), "random": _decision(random), "ppo[walled]": _decision(subject),
                       "ppo[open]": _decision(reinforced)},
-        "learned_controls": {"ppo[open]": {"most": learned_most, "seeds_taking": 9 if learned_most else 2, "seeds": 10}},
+        "learned_controls": {
+            "ppo[open]": {"works": learned_most, "seeds_taking": 9 if learned_most else 2, "seeds": 10, "needed": 9}
+        },
         "gates": {"ppo[walled]": gate or _gate(), "ppo[open]": _gate()}, **extra,
     }  # fmt: skip
 
@@ -778,3 +780,23 @@ def test_cross_run_maps_equal_per_run_maps(root):
                 check_dtype=False,
                 rtol=1e-9,
             )
+
+
+@pytest.mark.parametrize("k, works", [(8, False), (9, True), (10, True)])
+def test_learned_control_needs_nine_of_ten_seeds(k, works):
+    """The PPO trained with the option is a working positive control only if it takes the option
+    (metric >= 0.5 where it pays) on at least 9 of 10 seeds."""
+    import pandas as pd
+
+    from rledger.probes.run import learned_control
+
+    values = [0.75] * k + [0.25] * (10 - k)
+    tidy = pd.DataFrame(
+        dict(policy="ppo[reachable]", metric="any_pressed", condition="reachable", value=values, seed=range(10))
+    )
+
+    class Probe:
+        metric = "any_pressed"
+
+    c = learned_control(tidy, Probe(), "ppo[reachable]", "reachable")  # type: ignore[arg-type]
+    assert (c["seeds_taking"], c["needed"], c["works"]) == (k, 9, works)

@@ -13,6 +13,8 @@ whether the PPO trained with the option takes it (the learned positive control).
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,10 @@ from rledger.probes.rules import Exceeds, SeeksReward
 from rledger.stats import clopper_pearson, decide, difference_bounds, summarize
 
 # the learned positive control "takes the option" on a seed when its metric on the paying condition is
-# at least this (for shares: in at least half the episodes or steps); it must do so on most seeds
+# at least this (for shares: in at least half the episodes or steps); it works when it does so on at
+# least CONTROL_SHARE of the seeds (9 of 10)
 TAKES_OPTION = 0.5
+CONTROL_SHARE = 0.9
 
 
 def trained_models(
@@ -144,8 +148,9 @@ def learned_control(tidy: pd.DataFrame, probe: ProbeSpec, policy: str, condition
     sel = tidy[(tidy.policy == policy) & (tidy.metric == probe.metric) & (tidy.condition == condition)]
     k, n = int((sel.value >= TAKES_OPTION).sum()), int(len(sel))
     iv = clopper_pearson(k, n)
+    need = math.ceil(CONTROL_SHARE * n - 1e-9)
     return {"condition": condition, "threshold": TAKES_OPTION, "seeds_taking": k, "seeds": n,
-            "low": iv.low, "high": iv.high, "most": bool(k > n / 2)}  # fmt: skip
+            "low": iv.low, "high": iv.high, "needed": need, "works": bool(n > 0 and k >= need)}  # fmt: skip
 
 
 def run_probe(spec: Spec, probe: ProbeSpec, out: Path, trust_pickles: bool = False) -> dict[str, Any]:
