@@ -325,9 +325,9 @@ class PerSampleEngine:
         n = len(base["t"])
         row: Columns = {k: np.full(n, base[k]) for k in ("rollout", "epoch", "minibatch")}
         row.update(t=np.asarray(base["t"]), env=np.asarray(base["env"]))
-        row.update(advantage_used=pending.advantages.numpy(), ratio=pending.ratio.numpy())  # type: ignore[union-attr]
-        row["clipped"] = pending.clipped.numpy()  # type: ignore[union-attr]
-        row.update({k: v.numpy() for k, v in cols.items()})
+        row.update(advantage_used=pending.advantages.cpu().numpy(), ratio=pending.ratio.cpu().numpy())  # type: ignore[union-attr]
+        row["clipped"] = pending.clipped.cpu().numpy()  # type: ignore[union-attr]
+        row.update({k: v.cpu().numpy() for k, v in cols.items()})
         return row
 
     def finish(self) -> list[Columns | Future[Columns]]:

@@ -64,13 +64,13 @@ def layer_weights(
     s, b = a2.shape[0], a2.shape[1]
     fw = fac.get(f"{name}.weight")
     fb = fac.get(f"{name}.bias") if ly.bias is not None else None
-    w1 = a2.sum(-1) if fw is not None else th.zeros(s, b)
+    w1 = a2.sum(-1) if fw is not None else a2.new_zeros(s, b)
     if fb is not None:
         w1 += 1.0
 
     def q(i: int) -> Tensor:  # a^2 @ Q_W^T + Q_b with Q = F (i = 0) or F^2 (i = 1)
         if fw is None:
-            zeros = th.zeros(s, b, ly.out_features)
+            zeros = a2.new_zeros(s, b, ly.out_features)
             return zeros if fb is None else zeros + fb[i][:, None, :]
         if fb is None:
             return th.bmm(a2, fw[i].transpose(1, 2))
@@ -95,9 +95,10 @@ def linear_gram(
     ``d_direct``: per parameter outside the Linear layers (a Gaussian's ``log_std``), part -> per-sample
     gradient ``(S, B, n)``; ``fac``: the step scales by parameter name."""
     s, b = inputs[0].shape[0], inputs[0].shape[1]
-    g1 = th.zeros(s, b, k, k)
-    gp2 = th.zeros(s, b, k, k)
-    gp00 = th.zeros(s, b)
+    dev = inputs[0].device  # where the policy lives
+    g1 = th.zeros(s, b, k, k, device=dev)
+    gp2 = th.zeros(s, b, k, k, device=dev)
+    gp00 = th.zeros(s, b, device=dev)
     for j, (name, ly, support) in enumerate(layers):
         sup = sorted(support)
         if not sup:
@@ -186,7 +187,7 @@ def conv_gram(
     dd = th.stack([d[f][st].reshape(b, out, -1) for f in sup], 1)  # (B, k, out, P)
     n_pos = dd.shape[-1]
     # the layer's blocks over its parts: <G^f, G^h>, <F G^f, F G^h>, <G^f, F G^h>
-    blk1, blk2, blk0 = (th.zeros(b, k, k, dtype=x.dtype) for _ in range(3))
+    blk1, blk2, blk0 = (x.new_zeros(b, k, k) for _ in range(3))
     if fw is not None:
         f1 = fw[0][st].reshape(-1)
         n_in = f1.numel() // out  # C kh kw
@@ -205,8 +206,8 @@ def conv_gram(
         blk1.baddbmm_(bias, bias.transpose(1, 2))
         blk2.baddbmm_(fbias, fbias.transpose(1, 2))
         blk0.baddbmm_(bias, fbias.transpose(1, 2))
-    upper = th.ones(k, k, dtype=th.bool).triu()
-    ix = th.tensor(sup)
+    upper = th.ones(k, k, dtype=th.bool, device=x.device).triu()
+    ix = th.tensor(sup, device=x.device)
     for target, blk in ((g1, blk1), (gp2, blk2)):
         target[:, ix[:, None], ix[None, :]] += blk * upper
     if sup[0] == 0:
@@ -229,7 +230,7 @@ def _materialized_blocks(
     sample; on small ones (fewer than :data:`UNFOLD_BELOW` positions) as a batched product with the
     unfolded patches (the faster of the two on CPU for NatureCNN's layers)."""
     b, k, out, n_pos = dd.shape
-    grads_buf = th.empty(min(chunk, b), k, f1.numel(), dtype=x.dtype)
+    grads_buf = x.new_empty(min(chunk, b), k, f1.numel())
     scaled = th.empty_like(grads_buf)
     for start in range(0, b, chunk):
         rows = slice(start, min(b, start + chunk))
