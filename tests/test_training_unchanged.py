@@ -66,7 +66,7 @@ SETTINGS = {
     # VecNormalize (rewards and observations) and frame stacking, as a spec's env.vec_normalize and
     # env.frame_stack build them, the env's reward recorded as the info key raw_reward
     "vec-normalize-frame-stack": dict(env="CartPole-v1", n_envs=2, vec="normalize+stack", ent_coef=0.01),
-    # SB3's CnnPolicy (NatureCNN) on a 36x36 image, through the conv path (its steps in the background thread)
+    # SB3's CnnPolicy (NatureCNN) on a 36x36 image, through the conv path
     "cnn-policy-nature": dict(env="CartPole-v1", wrapper=ImageObs, policy="CnnPolicy", way="extra-backward"),
     "sgd-conv": dict(
         env="CartPole-v1",
