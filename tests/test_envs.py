@@ -24,6 +24,10 @@ VARIANTS = [
     # probe 6: rewards in the observation, and the lagoon entered at the start
     ("rledger/Lagoon-v0", {"lagoon": "inert", "start": "lagoon", "reward_frames": 3}),
     ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
+    # two instances of one option; payments fixed, hidden random per episode, absent
+    ("rledger/Pools-v0", {}),
+    ("rledger/Pools-v0", {"pool_a": "random", "pool_b": "inert", "start": "a", "reward_frames": 2}),
+    ("rledger/Pools-v0", {"pool_a": "absent", "pool_b": "random", "start": "b", "pay_prob": 0.3}),
 ]
 
 
@@ -398,3 +402,44 @@ def test_egocentric_view_shows_an_option_the_same_wherever_it_stands():
     np.testing.assert_array_equal(env.flat_observation(a), env.flat_observation(b))
     full = gym.make("rledger/Relocate-v0", goal_anywhere=1.0).unwrapped
     assert not np.array_equal(full.flat_observation(a), full.flat_observation(b))
+
+
+def test_pools_figures_and_hidden_payment():
+    """Pools-v0 (exact, value iteration over the 50-step episode): in a paying pool the best is to stay
+    and leave just in time for the goal: from a's start cell (4, 2) the goal is 8 moves away, so 42
+    paying steps then the goal: 0.1 * 42 + 1 = 5.2; from b's (4, 6), 3 moves after (4, 7): 0.1 * 47
+    + 1 = 5.7. An inert pool pays nothing, so the best is the goal (1.0); a pool paying at random (p =
+    0.5) is worth the mean, 3.1, to a planner that knows the draw. The draw is not in the observation."""
+    def value(**kw):
+        return plan(gym.make("rledger/Pools-v0", **kw)).value
+
+    assert value(pool_a="paying", start="a") == pytest.approx(5.2)
+    assert value(pool_a="inert", start="a") == pytest.approx(1.0)
+    assert value(pool_a="random", start="a") == pytest.approx(3.1)
+    assert value(pool_a="absent", pool_b="paying", start="b") == pytest.approx(5.7)
+    env = gym.make("rledger/Pools-v0", pool_a="random", start="a").unwrapped
+    init = env.initial_states()
+    assert sorted(p for p, _ in init) == [0.5, 0.5] and {s[1] for _, s in init} == {True, False}
+    paying, inert = (s for _, s in sorted(init, key=lambda x: not x[1][1]))
+    assert np.array_equal(env.observe(paying), env.observe(inert))  # only the rewards tell them apart
+    for s, want in ((paying, 0.1), (inert, 0.0)):  # staying inside the pool: a move into its wall
+        assert env.transition(s, DOWN).reward == pytest.approx(want)
+    # both pools are drawn in one "pool" channel; an absent pool is plain floor
+    both = gym.make("rledger/Pools-v0", pool_a="inert", pool_b="paying").unwrapped
+    only_b = gym.make("rledger/Pools-v0", pool_a="absent", pool_b="paying").unwrapped
+    pool = both.channels.index("pool")
+    assert both._static[pool].sum() == 8 and only_b._static[pool].sum() == 4
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"pool_a": "sometimes"}, "pool_a: must be one of"),
+        ({"pool_b": "absent", "start": "b"}, "start: 'b' needs pool_b present"),
+        ({"start": "middle"}, "start: must be one of"),
+        ({"pay_prob": 1.0}, r"pay_prob: must be a number in \(0, 1\)"),
+    ],
+)
+def test_pools_bad_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
+        gym.make("rledger/Pools-v0", **bad)

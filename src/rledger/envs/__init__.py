@@ -14,6 +14,7 @@ _ENVS = {
     "rledger/Lagoon-v0": ("rledger.envs.lagoon:LagoonEnv", 150),
     "rledger/Tamper-v0": ("rledger.envs.tamper:TamperEnv", 50),
     "rledger/Relocate-v0": ("rledger.envs.relocate:RelocateEnv", 50),
+    "rledger/Pools-v0": ("rledger.envs.pools:PoolsEnv", 50),
 }
 ENV_IDS = tuple(_ENVS)
 
