@@ -7,7 +7,7 @@ of an episode returns more than the goal; in an inert pool, nothing.
 Each pool's payment (``pool_a=``, ``pool_b=``): ``paying``, ``inert`` (shown the same, pays nothing),
 ``absent`` (plain floor, not shown) or ``random`` (paying with probability ``pay_prob``, drawn at each
 reset and never shown: only the rewards reveal it, so a policy can follow it only through
-``reward_frames``). ``start=``: ``corner`` (the map's ``A``), ``a`` or ``b`` (the pool's cell nearest
+``reward_frames``). ``step_cost`` (default 0) is subtracted from every step's reward. ``start=``: ``corner`` (the map's ``A``), ``a`` or ``b`` (the pool's cell nearest
 the room's centre, so that an episode starts inside that pool).
 
 The observation has one channel per tile kind (wall, floor, goal, pool, agent): both pools look
@@ -48,6 +48,7 @@ class PoolsEnv(GridEnv):
         goal_reward: float = 1.0,
         pay_prob: float = 0.5,
         start: str = "corner",
+        step_cost: float = 0.0,
         map_text: str | None = None,
         reward_frames: int = 0,
         view: int | None = None,
@@ -64,6 +65,9 @@ class PoolsEnv(GridEnv):
                 raise ValueError(f"{name}: must be a finite number, got {v!r}")
         if not isinstance(pay_prob, int | float) or isinstance(pay_prob, bool) or not 0 < pay_prob < 1:
             raise ValueError(f"pay_prob: must be a number in (0, 1), got {pay_prob!r}")
+        if not isinstance(step_cost, int | float) or isinstance(step_cost, bool) or not 0 <= step_cost < 1:
+            raise ValueError(f"step_cost: must be a number in [0, 1), got {step_cost!r}")
+        self.step_cost = float(step_cost)
         legend = {WALL, FLOOR, GOAL, POOL_A, POOL_B}
         grid = load_map("pools", legend) if map_text is None else parse_map(map_text, "map_text", legend)
         if len(grid.cells(GOAL)) != 1 or not grid.cells(POOL_A) or not grid.cells(POOL_B):
@@ -115,7 +119,7 @@ class PoolsEnv(GridEnv):
         nxt = self.move(cell, action)
         in_a = nxt in self.pools["a"] and self.modes["a"] != "absent"
         in_b = nxt in self.pools["b"] and self.modes["b"] != "absent"
-        reward = self.pool_reward * float((in_a and pays_a) or (in_b and pays_b))
+        reward = self.pool_reward * float((in_a and pays_a) or (in_b and pays_b)) - self.step_cost
         reached = nxt == self.goal_cell
         if reached:
             reward += self.goal_reward
