@@ -406,17 +406,17 @@ def test_egocentric_view_shows_an_option_the_same_wherever_it_stands():
 
 def test_pools_figures_and_hidden_payment():
     """Pools-v0 (exact, value iteration over the 50-step episode): in a paying pool the best is to stay
-    and leave just in time for the goal: from a's start cell (4, 2) the goal is 8 moves away, so 42
-    paying steps then the goal: 0.1 * 42 + 1 = 5.2; from b's (4, 6), 3 moves after (4, 7): 0.1 * 47
-    + 1 = 5.7. An inert pool pays nothing, so the best is the goal (1.0); a pool paying at random (p =
-    0.5) is worth the mean, 3.1, to a planner that knows the draw. The draw is not in the observation."""
+    and leave just in time for the goal: from a's start cell (3, 2) the goal is 5 moves away, so 45
+    paying steps then the goal: 0.1 * 45 + 1 = 5.5; from b's (3, 4), 2 moves after (3, 5): 0.1 * 48
+    + 1 = 5.8. An inert pool pays nothing, so the best is the goal (1.0); a pool paying at random (p =
+    0.5) is worth the mean, 3.25, to a planner that knows the draw. The draw is not in the observation."""
     def value(**kw):
         return plan(gym.make("rledger/Pools-v0", **kw)).value
 
-    assert value(pool_a="paying", start="a") == pytest.approx(5.2)
+    assert value(pool_a="paying", start="a") == pytest.approx(5.5)
     assert value(pool_a="inert", start="a") == pytest.approx(1.0)
-    assert value(pool_a="random", start="a") == pytest.approx(3.1)
-    assert value(pool_a="absent", pool_b="paying", start="b") == pytest.approx(5.7)
+    assert value(pool_a="random", start="a") == pytest.approx(3.25)
+    assert value(pool_a="absent", pool_b="paying", start="b") == pytest.approx(5.8)
     env = gym.make("rledger/Pools-v0", pool_a="random", start="a").unwrapped
     init = env.initial_states()
     assert sorted(p for p, _ in init) == [0.5, 0.5] and {s[1] for _, s in init} == {True, False}
