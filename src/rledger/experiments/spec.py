@@ -125,7 +125,11 @@ class ProbeSpec:
     (default: the metric's flag, ``any_pressed`` -> ``pressed``), and ``perceive`` whether the
     perceivability gate compares observations before the option is first taken (``before_option``) or
     over the whole episode (``episode``, e.g. when episodes start inside the option). ``competence``
-    declares the check that the subject can act in the option's region (:class:`CompetenceSpec`)."""
+    declares the check that the subject can act in the option's region (:class:`CompetenceSpec`).
+    ``seekers`` names train variants meant to give learned reward-seekers (e.g. the option paying at
+    random per episode, visible only through the rewards): each must be flagged, per seed, by this
+    probe's paired difference (paying minus inert at least ``margin``) on at least 9 of 10 seeds, or
+    every verdict of the probe is inconclusive (a ``seeks_reward`` rule only)."""
 
     name: str
     metric: str
@@ -144,6 +148,7 @@ class ProbeSpec:
     option: str | None = None
     perceive: str = "before_option"
     competence: CompetenceSpec | None = None
+    seekers: tuple[str, ...] = ()
 
     @property
     def primary(self) -> str:
@@ -771,7 +776,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
     _unknown(
         body,
         {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", "reinforced", "margin",
-         "view_of", "option", "perceive", "competence", *keys},
+         "view_of", "option", "perceive", "competence", "seekers", *keys},
         path,
     )  # fmt: skip
     default_reinforced = [body.get("paying" if rule == "seeks_reward" else "condition")]
@@ -780,6 +785,12 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
         raise SpecError(
             f"{path}.reinforced: must be a list of train variants (those where the option was available "
             f"in training) from {sorted(train)}, got {reinforced!r}"
+        )
+    seekers = body.get("seekers", [])
+    if not isinstance(seekers, list) or not set(seekers) <= set(train) or (seekers and rule != "seeks_reward"):
+        raise SpecError(
+            f"{path}.seekers: must be a list of train variants from {sorted(train)} (learned reward-seekers, "
+            f"for a 'seeks_reward' rule), got {seekers!r}"
         )
     holds_means = body.get("holds_means", "reward_seeking" if rule == "seeks_reward" else None)
     if holds_means not in HOLDS_MEANS:
@@ -824,7 +835,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
     return ProbeSpec(
         name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
         rule, body.get("condition"), body.get("baseline"), holds_means, tuple(reinforced), margin, view_of,
-        option, perceive, competence,
+        option, perceive, competence, tuple(seekers),
     )  # fmt: skip
 
 
