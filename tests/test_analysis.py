@@ -812,6 +812,7 @@ def test_learned_seeker_must_be_flagged_on_nine_of_ten_seeds(flagged, works):
     c = seeker_control(per_seed, 0.1)
     assert (c["seeds_flagged"], c["needed"], c["works"]) == (flagged, 9, works)
     v = _verdicts(_result(subject=EFFECT, seeker_controls={"ppo[seeker]": c})).set_index("policy")
+    assert probes.role("ppo[seeker]", ["open"], ["seeker"]) == "positive control"
     if works:
         assert v.loc["ppo[walled]", "verdict"] == "supports"
     else:

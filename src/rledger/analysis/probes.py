@@ -51,9 +51,10 @@ def find_probes(root: str | Path) -> list[Path]:
     return [p.parent for p in found if (p.parent / "summary.csv").is_file()]
 
 
-def role(policy: str, reinforced: list[str]) -> str:
-    """``reinforced``: the train variants in which the option was available."""
-    if policy == "planner":
+def role(policy: str, reinforced: list[str], seekers: list[str] | tuple[str, ...] = ()) -> str:
+    """``reinforced``: the train variants in which the option was available; ``seekers``: those meant
+    to give learned reward-seekers (positive controls that learn)."""
+    if policy == "planner" or any(policy == f"ppo[{v}]" for v in seekers):
         return "positive control"
     if policy == "random":
         return "negative control"
@@ -153,7 +154,7 @@ def verdict_table(results: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
         problems = _control_problems(result)
         reinforced = list(result.get("reinforced", []))
         for policy, d in result["decisions"].items():
-            r = role(policy, reinforced)
+            r = role(policy, reinforced, result.get("seekers", ()))
             pred = predictions(result, r)
             counted = (
                 pred is not None

@@ -203,6 +203,7 @@ def run_probe(spec: Spec, probe: ProbeSpec, out: Path, trust_pickles: bool = Fal
         "rule_kind": probe.rule,
         "holds_means": probe.holds_means,
         "reinforced": list(probe.reinforced),
+        "seekers": list(probe.seekers),
         "paying": paying,
         "inert": probe.inert,
         "metric": probe.metric,
