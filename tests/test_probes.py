@@ -275,3 +275,33 @@ def test_tiebreak_windows_in_the_spec():
     ]:
         with pytest.raises(SpecError, match=message):
             validate({**base, "tiebreak": value})
+
+
+def test_probe_pools_spec_end_to_end(tmp_path):
+    """The learned-seeker spec (probe 7) at a tiny budget: trains its three policies, evaluates both
+    pool instances, and records the seeker as a positive control checked per seed."""
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from rledger.cli import main
+
+    spec = Path(__file__).parents[1] / "experiments" / "probe_pools.yaml"
+    out = tmp_path / "runs"
+    args = ["probe", str(spec), "--out", str(out), "--seeds", "0-1", "--workers", "2",
+            "--set", "total_timesteps=1024", "--set", "probes.instance_a.episodes=2",
+            "--set", "probes.instance_b.episodes=2"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    for probe, metric in (("instance_a", "share_in_a"), ("instance_b", "share_in_b")):
+        folder = out / "probe_pools" / "probes" / probe
+        result = json.loads((folder / "decisions.json").read_text())
+        assert result["metric"] == metric and result["seekers"] == ["seeker"]
+        assert set(result["decisions"]) == {"planner", "random", "ppo[seeker]", "ppo[habit]", "ppo[neither]"}
+        seeker = result["seeker_controls"]["ppo[seeker]"]
+        assert seeker["seeds"] == 2 and seeker["needed"] == 2
+        per_seed = result["decisions"]["ppo[seeker]"]["per_seed"]
+        assert seeker["seeds_flagged"] == sum(v >= 0.1 for v in per_seed.values())
+        # the planner stays in a paying pool and leaves an inert one (it knows the draw)
+        assert result["decisions"]["planner"]["difference"] > 0.5
