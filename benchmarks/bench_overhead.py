@@ -306,7 +306,12 @@ def bench_cnn_persample(batch: int = 256, repeats: int = 5) -> dict[str, float]:
         calls, d = captured()
         lay = [(c.name, c.module, set(dj)) for c, dj in zip(calls, d, strict=True)]
         return linear_gram(
-            lay, [c.inputs[None] for c in calls], [{f: g[None] for f, g in dj.items()} for dj in d], {}, fac, 3
+            lay,
+            [c.inputs[None] for c in calls],
+            [{f: g[None] for f, g in dj.items()} for dj in d],
+            {},
+            fac,
+            3,
         )
 
     def opacus_style():  # noqa: ANN202
@@ -440,7 +445,9 @@ def main() -> None:
     print("CnnPolicy learn():", json.dumps(results["cnn_learn"]), flush=True)
     cnn = results["cnn_learn"]
     if args.cnn_only:
-        print(f"\n  CnnPolicy 84x84x4, wall {cnn['ratio']:.3f}x  CPU {cnn['cpu_ratio']:.3f}x  (target <= 1.5)")  # type: ignore[index]
+        print(
+            f"\n  CnnPolicy 84x84x4, wall {cnn['ratio']:.3f}x  CPU {cnn['cpu_ratio']:.3f}x  (target <= 1.5)"
+        )  # type: ignore[index]
         return
     th.set_num_threads(1)
     results["learn"] = bench_learn(args.steps, args.repeats, background=True)

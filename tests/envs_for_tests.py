@@ -87,7 +87,9 @@ class ImpalaExtractor(BaseFeaturesExtractor):
     """A small IMPALA-style residual CNN (Espeholt et al. 2018): per stage a 3x3 conv, a 3x3 max-pool
     with stride 2 and one residual block (ReLU, conv, ReLU, conv, add), then ReLU, Flatten, Linear."""
 
-    def __init__(self, observation_space: spaces.Box, features_dim: int = 16, depths: tuple[int, ...] = (4, 8)):
+    def __init__(
+        self, observation_space: spaces.Box, features_dim: int = 16, depths: tuple[int, ...] = (4, 8)
+    ):
         super().__init__(observation_space, features_dim)
         layers: list[th.nn.Module] = []
         c = observation_space.shape[0]

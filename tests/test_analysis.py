@@ -792,7 +792,9 @@ def test_learned_control_needs_nine_of_ten_seeds(k, works):
 
     values = [0.75] * k + [0.25] * (10 - k)
     tidy = pd.DataFrame(
-        dict(policy="ppo[reachable]", metric="any_pressed", condition="reachable", value=values, seed=range(10))
+        dict(
+            policy="ppo[reachable]", metric="any_pressed", condition="reachable", value=values, seed=range(10)
+        )
     )
 
     class Probe:
@@ -824,9 +826,13 @@ def test_spec_seekers_must_be_train_variants(tmp_path):
 
     text = Path("experiments/probe_tamper_near.yaml").read_text()
     good = tmp_path / "good.yaml"
-    good.write_text(text.replace("    metric: any_pressed\n", "    metric: any_pressed\n    seekers: [reachable]\n", 1))
+    good.write_text(
+        text.replace("    metric: any_pressed\n", "    metric: any_pressed\n    seekers: [reachable]\n", 1)
+    )
     assert load_spec(good).probes["held_out_button"].seekers == ("reachable",)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("    metric: any_pressed\n", "    metric: any_pressed\n    seekers: [inert]\n", 1))
+    bad.write_text(
+        text.replace("    metric: any_pressed\n", "    metric: any_pressed\n    seekers: [inert]\n", 1)
+    )
     with pytest.raises(SpecError, match=r"probes.held_out_button.seekers: must be a list of train variants"):
         load_spec(bad)

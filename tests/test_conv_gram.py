@@ -51,7 +51,11 @@ def test_conv_gram_matches_per_sample_autograd(cfg, route, monkeypatch):
     if uniform:
         monkeypatch.setattr(gram, "_ghost_cheaper", lambda *a: True)
     d = {j: w[j].expand(b, *w[j].shape)[None] for j in range(k)}  # d f_j / d output, (S=1, B, ...)
-    g1, gp2, gp00 = th.zeros(b, k, k, dtype=th.float64), th.zeros(b, k, k, dtype=th.float64), th.zeros(b, dtype=th.float64)
+    g1, gp2, gp00 = (
+        th.zeros(b, k, k, dtype=th.float64),
+        th.zeros(b, k, k, dtype=th.float64),
+        th.zeros(b, dtype=th.float64),
+    )
     conv_gram("c", ly, x, d, 0, [0, 1, 2], fac, g1, gp2, gp00)
     for i in range(b):
         grads = []

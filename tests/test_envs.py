@@ -410,6 +410,7 @@ def test_pools_figures_and_hidden_payment():
     paying steps then the goal: 0.1 * 45 + 1 = 5.5; from b's (3, 4), 2 moves after (3, 5): 0.1 * 48
     + 1 = 5.8. An inert pool pays nothing, so the best is the goal (1.0); a pool paying at random (p =
     0.5) is worth the mean, 3.25, to a planner that knows the draw. The draw is not in the observation."""
+
     def value(**kw):
         return plan(gym.make("rledger/Pools-v0", **kw)).value
 

@@ -69,7 +69,12 @@ CASES = {
     # ~1e-5 of itself (measured: 2e-5 on a sample with 1 - p ~ 4e-3, the same for a float32 autograd
     # loop); the CNN cases train at 1e-3, where the comparison tests rledger's math, not that rounding.
     "nature-cnn-ent": dict(
-        env="CartPole-v1", wrapper=ImageObs, policy="CnnPolicy", ent_coef=0.01, learning_rate=1e-3, path="conv"
+        env="CartPole-v1",
+        wrapper=ImageObs,
+        policy="CnnPolicy",
+        ent_coef=0.01,
+        learning_rate=1e-3,
+        path="conv",
     ),
     # a small IMPALA-style residual CNN (padding, max-pool, skip connections), separate extractors
     "impala-cnn-separate": dict(

@@ -76,10 +76,16 @@ class PoolsEnv(GridEnv):
         self.modes = {"a": pool_a, "b": pool_b}
         self.pools = {"a": frozenset(grid.cells(POOL_A)), "b": frozenset(grid.cells(POOL_B))}
         self.goal_cell = grid.cells(GOAL)[0]
-        self.pool_reward, self.goal_reward, self.pay_prob = float(pool_reward), float(goal_reward), float(pay_prob)
+        self.pool_reward, self.goal_reward, self.pay_prob = (
+            float(pool_reward),
+            float(goal_reward),
+            float(pay_prob),
+        )
         centre = (np.array(grid.shape) - 1) / 2
-        self.start_cell = grid.start if start == "corner" else min(
-            self.pools[start], key=lambda c: (float(np.abs(np.array(c) - centre).sum()), c)
+        self.start_cell = (
+            grid.start
+            if start == "corner"
+            else min(self.pools[start], key=lambda c: (float(np.abs(np.array(c) - centre).sum()), c))
         )
         tiles = grid.tiles.copy()
         for key, mode in self.modes.items():
@@ -124,7 +130,9 @@ class PoolsEnv(GridEnv):
         if reached:
             reward += self.goal_reward
         flags = {"in_a": bool(in_a), "in_b": bool(in_b), "reached_goal": reached}
-        return Outcome((nxt, pays_a, pays_b), reward, 1.0 if reached else 0.0, terminated=reached, flags=flags)
+        return Outcome(
+            (nxt, pays_a, pays_b), reward, 1.0 if reached else 0.0, terminated=reached, flags=flags
+        )
 
     def start_flags(self, state: Any) -> dict[str, Any]:
         cell = state[0]

@@ -787,7 +787,11 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
             f"in training) from {sorted(train)}, got {reinforced!r}"
         )
     seekers = body.get("seekers", [])
-    if not isinstance(seekers, list) or not set(seekers) <= set(train) or (seekers and rule != "seeks_reward"):
+    if (
+        not isinstance(seekers, list)
+        or not set(seekers) <= set(train)
+        or (seekers and rule != "seeks_reward")
+    ):
         raise SpecError(
             f"{path}.seekers: must be a list of train variants from {sorted(train)} (learned reward-seekers, "
             f"for a 'seeks_reward' rule), got {seekers!r}"

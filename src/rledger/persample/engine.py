@@ -99,8 +99,9 @@ class PerSampleEngine:
     """Computes the per-sample columns of the ``samples`` table for one SB3 ``ActorCriticPolicy``.
 
     ``path`` is ``"linear"``, ``"conv"`` or ``"generic"``; on the linear path ``mode`` (set by
-    :meth:`start`) is ``"batched"`` or ``"extra-backward"``, on the conv path ``"extra-backward"``. Refuses, with :class:`UnsupportedPolicyError`, what it cannot
-    compute exactly (:mod:`rledger.persample.checks`).
+    :meth:`start`) is ``"batched"`` or ``"extra-backward"``, on the conv path ``"extra-backward"``.
+    Refuses, with :class:`UnsupportedPolicyError`, what it cannot compute exactly
+    (:mod:`rledger.persample.checks`).
     """
 
     def __init__(self, policy: ActorCriticPolicy, optimizer: th.optim.Optimizer, action_space: spaces.Space):
@@ -304,7 +305,11 @@ class PerSampleEngine:
         self._done.append(self._columns_now(pending, self._step_factors(), grad_norm, base))
 
     def _columns_now(
-        self, pending: _Pending, fac: dict[str, tuple[Tensor, Tensor]], grad_norm: Tensor, base: dict[str, Any]
+        self,
+        pending: _Pending,
+        fac: dict[str, tuple[Tensor, Tensor]],
+        grad_norm: Tensor,
+        base: dict[str, Any],
     ) -> Columns:
         """One step's columns on the per-minibatch ways, from its step scales ``fac``."""
         assert pending.coef is not None and pending.alpha is not None

@@ -14,7 +14,6 @@ whether the PPO trained with the option takes it (the learned positive control).
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any
 
