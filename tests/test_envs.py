@@ -444,3 +444,21 @@ def test_pools_figures_and_hidden_payment():
 def test_pools_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         gym.make("rledger/Pools-v0", **bad)
+
+
+def test_env_pickled_before_the_egocentric_view_still_steps():
+    """A run resumed from a checkpoint written before ``view`` existed unpickles envs without that
+    attribute (two habit_persist runs failed so on 2026-12-02): the class default keeps them working."""
+    import pickle
+
+    env = gym.make("rledger/Tamper-v0", button="reachable")
+    env.reset(seed=0)
+    base = env.unwrapped
+    state = dict(vars(base))
+    del state["view"]
+    old = type(base).__new__(type(base))
+    old.__dict__.update(state)  # as pickle restores an instance: its __dict__ only
+    old = pickle.loads(pickle.dumps(old))
+    assert "view" not in vars(old)
+    obs, *_ = old.step(1)
+    assert obs.shape == base.observation_space.shape

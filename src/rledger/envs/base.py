@@ -68,6 +68,9 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
     flag_names: ClassVar[tuple[str, ...]] = ()
     colours: ClassVar[dict[str, tuple[int, int, int]]] = {WALL: (60, 60, 60), " ": (235, 235, 235)}
     cell_pixels: ClassVar[int] = 16
+    # defaults of attributes added after some checkpoints were written: an env unpickled from such a
+    # checkpoint (a resumed run) lacks them and behaves as it did then
+    view: int | None = None
 
     def __init__(
         self,
