@@ -277,6 +277,7 @@ def test_tiebreak_windows_in_the_spec():
             validate({**base, "tiebreak": value})
 
 
+@pytest.mark.slow
 def test_probe_pools_spec_end_to_end(tmp_path):
     """The learned-seeker spec (probe 7) at a tiny budget: trains its three policies, evaluates both
     pool instances, and records the seeker as a positive control checked per seed."""
