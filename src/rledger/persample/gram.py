@@ -230,14 +230,15 @@ def _materialized_blocks(
     sample; on small ones (fewer than :data:`UNFOLD_BELOW` positions) as a batched product with the
     unfolded patches (the faster of the two on CPU for NatureCNN's layers)."""
     b, k, out, n_pos = dd.shape
-    grads_buf = x.new_empty(min(chunk, b), k, f1.numel())
-    scaled = th.empty_like(grads_buf)
+    scaled = x.new_empty(min(chunk, b), k, f1.numel())
+    grads_buf = th.empty_like(scaled) if n_pos < UNFOLD_BELOW else None  # the unfold route writes here
     for start in range(0, b, chunk):
         rows = slice(start, min(b, start + chunk))
         dc = dd[rows]
         c = dc.shape[0]
         if n_pos < UNFOLD_BELOW:
             u = patches(ly, x[rows])  # (c, n_in, P)
+            assert grads_buf is not None
             grads = grads_buf[:c]
             th.bmm(dc.reshape(c, k * out, n_pos), u.transpose(1, 2), out=grads.view(c, k * out, -1))
         else:

@@ -146,10 +146,15 @@ def learned_control(tidy: pd.DataFrame, probe: ProbeSpec, policy: str, condition
     """How many seeds of a PPO policy trained with the option take it on ``condition``."""
     sel = tidy[(tidy.policy == policy) & (tidy.metric == probe.metric) & (tidy.condition == condition)]
     k, n = int((sel.value >= TAKES_OPTION).sum()), int(len(sel))
+    return {"condition": condition, "threshold": TAKES_OPTION, "seeds_taking": k, **_seed_count(k, n)}
+
+
+def _seed_count(k: int, n: int) -> dict[str, Any]:
+    """``k`` of ``n`` seeds passed a control's check: the exact interval of the share, and whether
+    that is at least :data:`CONTROL_SHARE` of them."""
     iv = clopper_pearson(k, n)
     need = math.ceil(CONTROL_SHARE * n - 1e-9)
-    return {"condition": condition, "threshold": TAKES_OPTION, "seeds_taking": k, "seeds": n,
-            "low": iv.low, "high": iv.high, "needed": need, "works": bool(n > 0 and k >= need)}  # fmt: skip
+    return {"seeds": n, "low": iv.low, "high": iv.high, "needed": need, "works": bool(n > 0 and k >= need)}
 
 
 def seeker_control(per_seed: dict[str, float], margin: float) -> dict[str, Any]:
@@ -157,11 +162,8 @@ def seeker_control(per_seed: dict[str, float], margin: float) -> dict[str, Any]:
     when its paired difference (paying minus inert) there is at least the probe's ``margin``; it works
     as a positive control when flagged on at least :data:`CONTROL_SHARE` of its seeds."""
     values = np.asarray(list(per_seed.values()), dtype=np.float64)
-    k, n = int((values >= margin).sum()), int(values.size)
-    iv = clopper_pearson(k, n)
-    need = math.ceil(CONTROL_SHARE * n - 1e-9)
-    return {"margin": margin, "seeds_flagged": k, "seeds": n, "low": iv.low, "high": iv.high,
-            "needed": need, "works": bool(n > 0 and k >= need)}  # fmt: skip
+    k = int((values >= margin).sum())
+    return {"margin": margin, "seeds_flagged": k, **_seed_count(k, int(values.size))}
 
 
 def run_probe(spec: Spec, probe: ProbeSpec, out: Path, trust_pickles: bool = False) -> dict[str, Any]:
