@@ -32,14 +32,19 @@ class StepTape:
         names = {id(p): n for n, p in self.model.policy.named_parameters()}
 
         def step(*args: Any, **kwargs: Any) -> Any:
-            self.before.append({n: p.detach().clone() for n, p in self.model.policy.named_parameters()})
+            # kept on the CPU (a CUDA policy's too), where the reference computes
+            self.before.append({n: p.detach().cpu().clone() for n, p in self.model.policy.named_parameters()})
             self.grads.append(
-                {n: p.grad.clone() for n, p in self.model.policy.named_parameters() if p.grad is not None}
+                {
+                    n: p.grad.cpu().clone()
+                    for n, p in self.model.policy.named_parameters()
+                    if p.grad is not None
+                }
             )
             out = original(*args, **kwargs)
             snap = {}
             for p, st in opt.state.items():
-                snap[names[id(p)]] = {k: (v.clone() if th.is_tensor(v) else v) for k, v in st.items()}
+                snap[names[id(p)]] = {k: (v.cpu().clone() if th.is_tensor(v) else v) for k, v in st.items()}
             self.after.append(snap)
             return out
 
@@ -80,7 +85,7 @@ def naive_samples(
         use_sde=model.use_sde,
         **model.policy_kwargs,
     )
-    policy64.load_state_dict(model.policy.state_dict())
+    policy64.load_state_dict({k: v.cpu() for k, v in model.policy.state_dict().items()})
     policy64 = policy64.double()
     names = [n for n, p in policy64.named_parameters() if p.requires_grad]
     params = dict(policy64.named_parameters())

@@ -123,7 +123,7 @@ def _replay_reproduces_training(model, tape, updates):
     final = _replay(tape, names, b1, den, coef, len(tape.after))
     start = th.cat([tape.before[0][n].double().reshape(-1) for n in names])
     actual = th.cat(
-        [p.detach().double().reshape(-1) for n, p in model.policy.named_parameters() if p.requires_grad]
+        [p.detach().cpu().double().reshape(-1) for n, p in model.policy.named_parameters() if p.requires_grad]
     )
     return float((final - actual).norm() / (actual - start).norm())
 
@@ -147,9 +147,15 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_momentum_matches_brute_force_replay(tmp_path, monkeypatch, name):
+    check_momentum(tmp_path, monkeypatch, name)
+
+
+def check_momentum(tmp_path, monkeypatch, name: str, **kw) -> None:
+    """Case ``name`` against the brute force (``kw``: more InstrumentedPPO arguments, e.g. a device;
+    also used by test_device.py)."""
     case = dict(CASES[name])
     horizon = case["horizon"]
-    model, tape, buffer0, ledger = _run(tmp_path, monkeypatch, **case)
+    model, tape, buffer0, ledger = _run(tmp_path, monkeypatch, **case, **kw)
     samples, updates, mom = ledger.samples(), ledger.updates(), ledger.table("momentum")
     keys = ["rollout", "epoch", "minibatch", "t", "env"]
     # one momentum row per sample row, in the same order
@@ -252,12 +258,12 @@ def _watched_q(model, tape, names, watch):
     policy64 = model.policy_class(
         model.observation_space, model.action_space, model.lr_schedule, **model.policy_kwargs
     )
-    policy64.load_state_dict(model.policy.state_dict())
+    policy64.load_state_dict({k: v.cpu() for k, v in model.policy.state_dict().items()})
     policy64 = policy64.double()
     params = dict(policy64.named_parameters())
     obs = th.as_tensor(np.stack([o for o, _ in watch])).double()
     act = th.as_tensor([a for _, a in watch]).long()
-    final = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    final = {n: p.detach().cpu().clone() for n, p in model.policy.named_parameters()}
     thetas = [*tape.before, final]
     qs, lps = [], []
     with _float64_preprocessing():
@@ -288,8 +294,13 @@ def _watched_q(model, tape, names, watch):
 def test_influence_matches_autograd(tmp_path, monkeypatch):
     """influence (fresh and through the momentum) against float64 autograd of each watched log pi
     dotted with the naive per-sample update; influence_steps against the actual log-probabilities."""
+    check_influence(tmp_path, monkeypatch)
+
+
+def check_influence(tmp_path, monkeypatch, **kw) -> None:
+    """``kw``: more InstrumentedPPO arguments, e.g. a device (also used by test_device.py)."""
     model, tape, buffer0, ledger = _run(
-        tmp_path, monkeypatch, "CartPole-v1", None, watch=WATCH, ent_coef=0.01, clip_range=0.05
+        tmp_path, monkeypatch, "CartPole-v1", None, watch=WATCH, ent_coef=0.01, clip_range=0.05, **kw
     )
     assert ledger.run_info["watch"]["labels"][2] == "observation 2, action 1"
     samples, updates = ledger.samples(), ledger.updates()

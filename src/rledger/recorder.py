@@ -481,10 +481,12 @@ def resolve_watch(model: Any, pairs: Sequence[tuple[Any, Any]]) -> Watched:
         act_list.append(act)
         labels.append(f"{label}, action {action if np.isscalar(action) else list(act)}")
     if isinstance(space, spaces.Dict):
-        obs_t: Any = {k: th.as_tensor(np.stack([o[k] for o in obs_list])) for k in space.spaces}
+        obs_t: Any = {
+            k: th.as_tensor(np.stack([o[k] for o in obs_list]), device=model.device) for k in space.spaces
+        }
     else:
-        obs_t = th.as_tensor(np.stack(obs_list))
-    act_t = th.as_tensor(np.stack(act_list))
+        obs_t = th.as_tensor(np.stack(obs_list), device=model.device)
+    act_t = th.as_tensor(np.stack(act_list), device=model.device)
     if isinstance(act_space, spaces.Discrete):
         act_t = act_t.long().flatten()
     return Watched(obs_t, act_t, labels, states)

@@ -418,10 +418,10 @@ class PerSampleEngine:
                 sizes = [p.numel() for p in ps]
                 if adam:
                     v = th.cat([opt.state[p]["exp_avg_sq"].reshape(1, -1) for p in ps], 1)
-                    step_lr = th.tensor([[step, float(group["lr"])]], dtype=th.float64)
+                    step_lr = th.tensor([[step, float(group["lr"])]], dtype=th.float64, device=v.device)
                     f = adam_step_factor(v, step_lr[:, 0], step_lr[:, 1], group["betas"], group["eps"])
                 else:
-                    f = sgd_step_factor(sum(sizes), group["lr"])
+                    f = sgd_step_factor(sum(sizes), group["lr"], ps[0].device)
                 for p, fp, fp2 in zip(ps, f.split(sizes, 1), f.square().split(sizes, 1), strict=True):
                     out[self._names[id(p)]] = (fp.view(1, *p.shape), fp2.view(1, *p.shape))
         return out

@@ -96,7 +96,7 @@ def jacobian_gram(
             sub = th.utils._pytree.tree_map(lambda x, s=start: x[s : s + chunk], (obs, act))
             jacs = jac(detached, sub)  # name -> (b, K, *shape)
             b = next(iter(jacs.values())).shape[0]
-            g1, gp, gp2 = (th.zeros(b, k, k) for _ in range(3))
+            g1, gp, gp2 = (th.zeros(b, k, k, device=act.device) for _ in range(3))
             for name, jv in jacs.items():
                 flat = jv.reshape(b, k, -1)
                 g1 += flat @ flat.transpose(1, 2)

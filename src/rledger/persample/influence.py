@@ -95,7 +95,7 @@ def influence(
     s, b = coef.shape[0], coef.shape[1]
     w_n = next(x.shape[1] for x in q.tensors())
     n_f = len(facs)
-    total = th.zeros(s, b, w_n, n_f)
+    total = th.zeros(s, b, w_n, n_f, device=coef.device)
     for j, (name, ly, support) in enumerate(layers):
         dw, xw = q.d[j], q.inputs[j]
         if dw is None or xw is None:
@@ -195,10 +195,10 @@ def step_rows(
     change = after.double() - before.double()
     rows = {k: np.repeat(np.asarray(v), w) for k, v in keys.items()}
     rows["watch"] = np.tile(np.arange(w, dtype=np.int16), s)
-    rows["log_prob_before"] = before.reshape(-1).numpy().copy()
-    rows["log_prob_after"] = after.reshape(-1).numpy().copy()
-    rows["change"] = change.reshape(-1).numpy()
-    rows["predicted"] = predicted.double().reshape(-1).numpy()
-    rows["fresh"] = fresh.double().sum(1).reshape(-1).numpy()
+    rows["log_prob_before"] = before.reshape(-1).cpu().numpy().copy()
+    rows["log_prob_after"] = after.reshape(-1).cpu().numpy().copy()
+    rows["change"] = change.reshape(-1).cpu().numpy()
+    rows["predicted"] = predicted.double().reshape(-1).cpu().numpy()
+    rows["fresh"] = fresh.double().sum(1).reshape(-1).cpu().numpy()
     rows["gap"] = rows["change"] - rows["predicted"]
     return rows

@@ -138,9 +138,9 @@ def adam_step_factor(
     return th.div(scale[:, None], den, out=den)
 
 
-def sgd_step_factor(n: int, lr: float) -> Tensor:
+def sgd_step_factor(n: int, lr: float, device: th.device | str = "cpu") -> Tensor:
     """Plain SGD's step scale (no momentum): ``F = lr`` for each of ``n`` coordinates, ``(1, n)``."""
-    return th.full((1, n), float(lr))
+    return th.full((1, n), float(lr), device=device)
 
 
 def columns(
@@ -166,7 +166,9 @@ def columns(
         ent = th.zeros_like(score)
     vf = c[..., -1].abs() * g1[..., -1, -1].clamp_min(0).sqrt()
     total = th.einsum("...k,...kl,...l->...", c, g1, c).clamp_min(0).sqrt()
-    no_step = th.as_tensor(clip) == 0  # clipping zeroed the step: every share of it is 0 (not 0 * inf)
+    no_step = (
+        th.as_tensor(clip, device=score.device) == 0
+    )  # clipping zeroed the step: every share of it is 0 (not 0 * inf)
 
     def share(x: Tensor) -> Tensor:
         return th.where(no_step, th.zeros_like(x), clip * x)

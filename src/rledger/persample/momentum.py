@@ -153,13 +153,14 @@ class MomentumTracker:
             return
         # E_s = a_s + beta1 E_{s+1}, backwards over the pending steps, in float64; row n_total is
         # E beyond the last step (0)
-        e = th.zeros(n_total + 1, self.pending[0].a.shape[1], dtype=th.float64)
+        dev = self.pending[0].a.device
+        e = th.zeros(n_total + 1, self.pending[0].a.shape[1], dtype=th.float64, device=dev)
         th.cat([c.a for c in self.pending], out=e[:n_total])
         for s in range(n_total - 2, -1, -1):
             e[s].add_(e[s + 1], alpha=self.beta1)
-        idx = th.arange(ready)
+        idx = th.arange(ready, device=dev)
         counted = th.clamp(n_total - idx, max=self.horizon)  # steps counted for each ready step
-        weight = th.pow(th.full((ready,), self.beta1, dtype=th.float64), counted.double())
+        weight = th.pow(th.full((ready,), self.beta1, dtype=th.float64, device=dev), counted.double())
         # D_j = E_j - beta1^n E_{j+n}
         d = th.addcmul(e[:ready], weight[:, None], e[idx + counted], value=-1.0).float()
         # split the pending chunks at `ready` and compute the rows of the head
@@ -190,11 +191,11 @@ class MomentumTracker:
         )
         b = chunk.coef.shape[1]
         rows: dict[str, np.ndarray] = {k: v.reshape(-1) for k, v in chunk.keys.items()}
-        rows["momentum_update_norm"] = cols["adam_update_norm"].reshape(-1).numpy().copy()
-        rows["pg_momentum_update_norm"] = cols["pg_adam_update_norm"].reshape(-1).numpy().copy()
-        rows["momentum_self_reinforcement"] = cols["self_reinforcement"].reshape(-1).numpy().copy()
-        rows["momentum_steps"] = np.repeat(counted.numpy(), b).astype(np.int32)
-        rows["momentum_cut"] = np.repeat(cut.numpy(), b)
+        rows["momentum_update_norm"] = cols["adam_update_norm"].reshape(-1).cpu().numpy().copy()
+        rows["pg_momentum_update_norm"] = cols["pg_adam_update_norm"].reshape(-1).cpu().numpy().copy()
+        rows["momentum_self_reinforcement"] = cols["self_reinforcement"].reshape(-1).cpu().numpy().copy()
+        rows["momentum_steps"] = np.repeat(counted.cpu().numpy(), b).astype(np.int32)
+        rows["momentum_cut"] = np.repeat(cut.cpu().numpy(), b)
         rollout = chunk.keys["rollout"][:, 0]
         for r in np.unique(rollout):
             sel = np.repeat(rollout == r, b)
@@ -208,8 +209,8 @@ class MomentumTracker:
         w = total.shape[2]
         inf_rows = {k: np.repeat(v.reshape(-1), w) for k, v in chunk.keys.items()}
         inf_rows["watch"] = np.tile(np.arange(w, dtype=np.int16), len(rows["t"]))
-        inf_rows["influence"] = fresh.reshape(-1).numpy().copy()
-        inf_rows["momentum_influence"] = total.reshape(-1).numpy().copy()
+        inf_rows["influence"] = fresh.reshape(-1).cpu().numpy().copy()
+        inf_rows["momentum_influence"] = total.reshape(-1).cpu().numpy().copy()
         ws = chunk.watched_steps
         step_r = step_rows(ws.keys, ws.before, ws.after, ws.predicted, fresh)
         for r in np.unique(rollout):

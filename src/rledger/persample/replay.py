@@ -136,7 +136,7 @@ class Replayer:
         steps, batch = act.shape[0], act.shape[1]
         fixed = {n: p for n, p in params.items() if n not in self.direct}
         direct = {n: params[n][:, None].expand(steps, batch, *params[n].shape[1:]) for n in self.direct}
-        probes = [th.zeros(steps, batch, m.out_features) for m in self.linears]
+        probes = [th.zeros(steps, batch, m.out_features, device=act.device) for m in self.linears]
 
         def parts(
             probe: list[Tensor], per_sample: dict[str, Tensor], p: dict[str, Tensor], o: Any, a: Tensor
@@ -144,7 +144,7 @@ class Replayer:
             self._probes = probe
             self._inputs = [None] * len(self.linears)
             sums = policy_parts(model, {**p, **per_sample}, o, a, ent_part, self.groups)
-            return sums, [x if x is not None else th.zeros(()) for x in self._inputs]
+            return sums, [x if x is not None else th.zeros((), device=a.device) for x in self._inputs]
 
         with functional_calls(model), th.enable_grad():
             (g_out, g_direct), inputs = vmap(jacrev(parts, argnums=(0, 1), has_aux=True))(
@@ -178,7 +178,7 @@ class Replayer:
         plan = self.plan
         assert plan is not None
         steps, batch = act.shape[0], act.shape[1]
-        inputs: list[Tensor] = [th.zeros(()) for _ in self.linears]
+        inputs: list[Tensor] = [th.zeros((), device=act.device) for _ in self.linears]
         d: list[dict[int, Tensor]] = [{} for _ in self.linears]
         with th.no_grad():
             flat = th.utils._pytree.tree_map(lambda x: x.reshape(steps * batch, *x.shape[2:]), obs)

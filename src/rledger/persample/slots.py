@@ -51,9 +51,10 @@ class StepBuffers:
         per_step = 2 * n_params + batch * (N_TERMS + 2)
         self.capacity = int(max(1, min(steps_hint, MAX_BUFFER_ELEMENTS // max(per_step, 1))))
         # parameters and second moments of each step, all parameters flat in one row per step
-        self.p = th.zeros(self.capacity, n_params)
-        self.v = th.zeros(self.capacity, n_params)
-        self.terms = th.zeros(self.capacity, N_TERMS, batch)  # each step's loss inputs
+        dev = params[0].device  # where the policy lives: the copies into the rows stay on its device
+        self.p = th.zeros(self.capacity, n_params, device=dev)
+        self.v = th.zeros(self.capacity, n_params, device=dev)
+        self.terms = th.zeros(self.capacity, N_TERMS, batch, device=dev)  # each step's loss inputs
         self._p_rows, self._v_rows, self._term_rows = self.p.unbind(0), self.v.unbind(0), self.terms.unbind(0)
         self._sources = [p.detach().view(-1) for p in params]  # views of the live parameters
         self._sizes = [p.numel() for p in params]
@@ -116,7 +117,7 @@ class StepBuffers:
         scalars = np.array(self._scalars, dtype=np.float64)
         self.keys = scalars[:, :3].astype(np.int64)
         self.step, self.lr = scalars[:, 3], scalars[:, 4]
-        self.clip = clip_coefs(th.stack(self._grad_norms), max_grad_norm).numpy()
+        self.clip = clip_coefs(th.stack(self._grad_norms), max_grad_norm).cpu().numpy()
         self.t, self.env = np.stack(self._t), np.stack(self._env)
         self._t, self._env, self._scalars, self._grad_norms = [], [], [], []
         t = self.t.reshape(-1).astype(np.int64)
@@ -168,7 +169,7 @@ class StepBuffers:
             sub_obs, sub_act = th.utils._pytree.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], (obs, act))
             pieces.append(self._chunk_columns(replayer, parts, eps, betas, lo, hi, sub_obs, sub_act, tracker))
         cols = {name: th.cat([p[name] for p in pieces]) for name in pieces[0]}
-        out = {name: col.reshape(-1).numpy().copy() for name, col in cols.items()}
+        out = {name: col.reshape(-1).cpu().numpy().copy() for name, col in cols.items()}
         out["t"] = self.t.reshape(-1)
         out["env"] = self.env.reshape(-1)
         for j, key in enumerate(("rollout", "epoch", "minibatch")):
@@ -190,7 +191,7 @@ class StepBuffers:
     ) -> dict[str, Tensor]:
         k = parts.k
         terms = self.terms[lo:hi]
-        bounds = th.tensor([self.bounds], dtype=th.float64)
+        bounds = th.tensor([self.bounds], dtype=th.float64, device=terms.device)
         cr, crv = bounds[:, :2], (bounds[:, 2:] if parts.clip_vf else None)
         coef, alpha, ent_part, ent_logp, clipped = loss_coefficients(
             LossTerms(terms[:, 0], terms[:, 1], cr, terms[:, 2], terms[:, 3], terms[:, 4], crv,
@@ -202,7 +203,7 @@ class StepBuffers:
         fac, flat = self._factors(lo, hi, eps, betas)
         layers = list(zip(replayer.linear_names, replayer.linears, replayer.supports, strict=True))
         gram = linear_gram(layers, inputs, d_out, d_direct, fac, k)
-        clip = th.from_numpy(self.clip[lo:hi])[:, None]
+        clip = th.from_numpy(self.clip[lo:hi]).to(terms.device)[:, None]
         if tracker is not None:
             b = self.batch
             keys = {
@@ -255,7 +256,8 @@ class StepBuffers:
     ) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
         """``F = scale * P`` and ``F**2`` per parameter (by name) and step, ``(S, *shape)``, and ``F``
         flat ``(S, n_params)``."""
-        step, lr = th.from_numpy(self.step[lo:hi]), th.from_numpy(self.lr[lo:hi])
+        dev = self.v.device
+        step, lr = th.from_numpy(self.step[lo:hi]).to(dev), th.from_numpy(self.lr[lo:hi]).to(dev)
         f = adam_step_factor(self.v[lo:hi], step, lr, betas, eps)
         f1, f2 = self._per_param(f), self._per_param(f.square())
         return {name: (f1[name], f2[name]) for name in self.names}, f
