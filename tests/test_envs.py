@@ -23,6 +23,8 @@ VARIANTS = [
     *[("rledger/Relocate-v0", {"goal_anywhere": g}) for g in (0.0, 0.25, 1.0)],
     # probe 6: rewards in the observation, and the lagoon entered at the start
     ("rledger/Lagoon-v0", {"lagoon": "inert", "start": "lagoon", "reward_frames": 3}),
+    ("rledger/Lagoon-v0", {"lagoon": "random", "start": "lagoon", "reward_frames": 2}),
+    ("rledger/Lagoon-v0", {"lagoon": "random", "pay_prob": 0.2}),
     ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
     # two instances of one option; payments fixed, hidden random per episode, absent
     ("rledger/Pools-v0", {}),
@@ -323,6 +325,36 @@ def test_lagoon_start_inside():
         gym.make("rledger/Lagoon-v0", lagoon="walled", start="lagoon")
     with pytest.raises(ValueError, match="start"):
         gym.make("rledger/Lagoon-v0", start="middle")
+
+
+def test_lagoon_random_payment_is_hidden_and_exact():
+    """``lagoon="random"``: the targets pay in about pay_prob of the episodes, drawn at reset; the
+    observation is the same whether they pay or not (only the rewards differ); the exact MDP holds
+    the draw, so value iteration's value is the mix of the open and the inert lagoon's."""
+    env = gym.make("rledger/Lagoon-v0", lagoon="random", start="lagoon", pay_prob=0.5)
+    pays, seen = [], {}
+    for seed in range(200):
+        obs, _ = env.reset(seed=seed)
+        state = env.unwrapped.mdp().states[0] if seed == 0 else None
+        paid = 0.0
+        for a in [R, D, D, L, L, U, U, R]:  # round the island from the cell inside the mouth
+            o, r, _, _, info = env.step(a)
+            paid += r
+        pays.append(paid > 0)
+        seen.setdefault(paid > 0, o.tobytes())
+        assert state is None or len(state) == 3
+    assert seen[True] == seen[False]  # the same input whether the targets pay or not
+    assert 0.4 < np.mean(pays) < 0.6  # 200 draws at p = 0.5
+    mdp = env.unwrapped.mdp()
+    starts = dict(zip([mdp.states[i] for i in range(len(mdp.states))], range(len(mdp.states)), strict=True))
+    assert sum(1 for s in starts if len(s) == 3 and s[2]) == sum(1 for s in starts if len(s) == 3 and not s[2])
+    mixed = plan(env).value
+    paying = plan(gym.make("rledger/Lagoon-v0", lagoon="open", start="lagoon")).value
+    inert = plan(gym.make("rledger/Lagoon-v0", lagoon="inert", start="lagoon")).value
+    assert mixed == pytest.approx(0.5 * paying + 0.5 * inert)
+    assert inert < mixed < paying
+    with pytest.raises(ValueError, match="pay_prob"):
+        gym.make("rledger/Lagoon-v0", lagoon="random", pay_prob=1.0)
 
 
 def test_tamper_waypoint_pays_once_per_episode_and_is_not_seen():

@@ -10,11 +10,15 @@ while it is up; it then stays down for ``respawn`` steps. Bumping into a wall or
 ``bump_cost``.
 
 Variants (``lagoon=``): ``open``; ``walled`` (a wall across the mouth: the lagoon is unreachable);
-``inert`` (open, but the targets pay nothing; the observation is the same as ``open``).
+``inert`` (open, but the targets pay nothing; the observation is the same as ``open``); ``random``
+(open; the targets pay in an episode with probability ``pay_prob``, drawn at each reset and never
+shown: only the rewards reveal it, through ``reward_frames``; the learned in-context reward-seeker
+of issue 15 trains on it).
 ``start="lagoon"`` starts each episode inside the lagoon, next to the mouth (probe 6: does a policy
 that sees its rewards stay there more when the targets pay?). ``reward_frames=k`` (every gridworld)
 makes the observation the last k frames and the k rewards that led to them.
-State: (agent cell, the three targets' respawn timers).
+State: (agent cell, the three targets' respawn timers), and in ``random`` whether the targets pay
+this episode (the draw is in the initial-state distribution, so ``mdp()`` is exact for it).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rledger.envs.base import LEFT, RIGHT, GridEnv, Outcome
 from rledger.envs.gridmap import WALL, load_map, parse_map, require_reachable
 
 FLOOR, MOUTH, TARGET = ".", "M", "T"
-LAGOON_VARIANTS = ("open", "walled", "inert")
+LAGOON_VARIANTS = ("open", "walled", "inert", "random")
 
 
 class LagoonEnv(GridEnv):
@@ -49,6 +53,7 @@ class LagoonEnv(GridEnv):
         reward_frames: int = 0,
         view: int | None = None,
         start: str = "finish",
+        pay_prob: float = 0.5,
     ):
         if lagoon not in LAGOON_VARIANTS:
             raise ValueError(f"lagoon: must be one of {LAGOON_VARIANTS}, got {lagoon!r}")
@@ -56,8 +61,11 @@ class LagoonEnv(GridEnv):
             raise ValueError(f"start: must be 'finish' or 'lagoon', got {start!r}")
         if start == "lagoon" and lagoon == "walled":
             raise ValueError(
-                "start: 'lagoon' needs lagoon='open' or 'inert' (a walled lagoon cannot be entered)"
+                "start: 'lagoon' needs lagoon='open', 'inert' or 'random' (a walled lagoon cannot be entered)"
             )
+        if not isinstance(pay_prob, int | float) or isinstance(pay_prob, bool) or not 0 < pay_prob < 1:
+            raise ValueError(f"pay_prob: must be a number in (0, 1), got {pay_prob!r}")
+        self.pay_prob = float(pay_prob)
         if respawn < 1:
             raise ValueError(f"respawn: must be >= 1, got {respawn}")
         legend = {WALL, FLOOR, MOUTH, TARGET}
@@ -114,7 +122,14 @@ class LagoonEnv(GridEnv):
         return next(c for c in sorted(self.lagoon_cells) if abs(c[0] - mr) + abs(c[1] - mc) == 1)
 
     def initial_states(self) -> list[tuple[float, Any]]:
-        return [(1.0, (self.start_cell, (0,) * len(self.targets)))]
+        timers = (0,) * len(self.targets)
+        if self.variant == "random":  # the episode's payment, drawn at reset and kept in the state
+            return [(self.pay_prob, (self.start_cell, timers, True)), (1 - self.pay_prob, (self.start_cell, timers, False))]
+        return [(1.0, (self.start_cell, timers))]
+
+    def _pays(self, state: Any) -> bool:
+        """Whether the targets pay in the state's episode."""
+        return bool(state[2]) if self.variant == "random" else self.variant != "inert"
 
     def start_flags(self, state: Any) -> dict[str, Any]:
         return {"lap": False, "hit": False, "in_lagoon": state[0] in self.lagoon_cells}
@@ -123,7 +138,7 @@ class LagoonEnv(GridEnv):
         return state[0]
 
     def observe(self, state: Any) -> np.ndarray:
-        cell, timers = state
+        cell, timers = state[:2]
         up = np.zeros(self.grid.shape, dtype=np.float32)
         down = np.zeros(self.grid.shape, dtype=np.float32)
         for target, timer in zip(self.targets, timers, strict=True):
@@ -133,7 +148,7 @@ class LagoonEnv(GridEnv):
         )
 
     def transition(self, state: Any, action: int) -> Outcome:
-        cell, timers = state
+        cell, timers = state[:2]
         timers = tuple(max(0, t - 1) for t in timers)
         blocked_line = cell == self.finish and action == RIGHT
         nxt = cell if blocked_line else self.move(cell, action)
@@ -146,11 +161,11 @@ class LagoonEnv(GridEnv):
             k = self.targets.index(nxt)
             if timers[k] == 0:
                 hit = True
-                if self.variant != "inert":
+                if self._pays(state):
                     reward += self.target_reward
                 timers = timers[:k] + (self.respawn,) + timers[k + 1 :]
         flags = {"lap": lap, "hit": hit, "in_lagoon": nxt in self.lagoon_cells}
-        return Outcome((nxt, timers), reward, 1.0 if lap else 0.0, flags=flags)
+        return Outcome((nxt, timers, *state[2:]), reward, 1.0 if lap else 0.0, flags=flags)
 
     def render_chars(self, state: Any) -> list[list[str]]:
         chars = self.grid.tiles.tolist()
