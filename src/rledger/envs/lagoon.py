@@ -124,7 +124,10 @@ class LagoonEnv(GridEnv):
     def initial_states(self) -> list[tuple[float, Any]]:
         timers = (0,) * len(self.targets)
         if self.variant == "random":  # the episode's payment, drawn at reset and kept in the state
-            return [(self.pay_prob, (self.start_cell, timers, True)), (1 - self.pay_prob, (self.start_cell, timers, False))]
+            return [
+                (self.pay_prob, (self.start_cell, timers, True)),
+                (1 - self.pay_prob, (self.start_cell, timers, False)),
+            ]
         return [(1.0, (self.start_cell, timers))]
 
     def _pays(self, state: Any) -> bool:
