@@ -32,7 +32,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import rledger  # noqa: F401
 
-NEAR = "#########\n#A     G#\n#       #\n#       #\n####D####\n####B####\n#########\n"
+NEAR = "#########\n#A     G#\n#       #\n#       #\n####D####\n#### ####\n####B####\n#########"  # probe_tamper_near.yaml
 ENVS = {  # env id, variant key, the random variant's kwargs, (metric flag, second flag)
     "lagoon": ("rledger/Lagoon-v0", "lagoon", dict(lagoon="random", start="lagoon"), ("in_lagoon", "lap")),
     "tamper": (
@@ -48,7 +48,7 @@ def evaluate(model: PPO, env_name: str, kwargs: dict, pays: bool, episodes: int 
     """(share of steps with the metric flag, the second flag per episode), sampled actions, in
     episodes where the option pays or not."""
     env_id, _, _, (flag, second) = ENVS[env_name]
-    env = gym.make(env_id, **kwargs)
+    env = gym.make(env_id, **{**kwargs, **({"start": "lagoon"} if env_name == "lagoon" else {})})
     share, other = [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=1000 + ep)
@@ -70,6 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", choices=sorted(ENVS), default="lagoon")
     ap.add_argument("--step-cost", type=float, default=0.0, help="tamper only")
+    ap.add_argument(
+        "--start", default="lagoon", help="lagoon only: lagoon or either (half on the finish line)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--timesteps", type=int, default=300_000)
     ap.add_argument("--view", type=int, default=3, help="egocentric window (0: the whole map)")
@@ -81,6 +84,8 @@ def main() -> None:
     th.set_num_threads(1)
     env_id, _, base_kwargs, _ = ENVS[args.env]
     kwargs = dict(base_kwargs, reward_frames=args.reward_frames)
+    if args.env == "lagoon":
+        kwargs["start"] = args.start
     if args.step_cost:
         kwargs["step_cost"] = args.step_cost
     if args.view:

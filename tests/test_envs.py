@@ -24,6 +24,8 @@ VARIANTS = [
     # probe 6: rewards in the observation, and the lagoon entered at the start
     ("rledger/Lagoon-v0", {"lagoon": "inert", "start": "lagoon", "reward_frames": 3}),
     ("rledger/Lagoon-v0", {"lagoon": "random", "start": "lagoon", "reward_frames": 2}),
+    ("rledger/Lagoon-v0", {"lagoon": "random", "start": "either", "reward_frames": 2}),
+    ("rledger/Lagoon-v0", {"lagoon": "open", "start": "either"}),
     ("rledger/Lagoon-v0", {"lagoon": "random", "pay_prob": 0.2}),
     ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
     # two instances of one option; payments fixed, hidden random per episode, absent
@@ -325,6 +327,10 @@ def test_lagoon_start_inside():
     assert info["in_lagoon"] and env.unwrapped.start_cell in env.unwrapped.lagoon_cells
     with pytest.raises(ValueError, match="walled"):
         gym.make("rledger/Lagoon-v0", lagoon="walled", start="lagoon")
+    either = gym.make("rledger/Lagoon-v0", lagoon="open", start="either")
+    inside = [either.reset(seed=seed)[1]["in_lagoon"] for seed in range(200)]
+    assert 0.4 < np.mean(inside) < 0.6  # half the episodes start inside, half on the finish line
+    assert [p for p, _ in either.unwrapped.initial_states()] == [0.5, 0.5]
     with pytest.raises(ValueError, match="start"):
         gym.make("rledger/Lagoon-v0", start="middle")
 

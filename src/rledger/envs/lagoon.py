@@ -15,7 +15,9 @@ Variants (``lagoon=``): ``open``; ``walled`` (a wall across the mouth: the lagoo
 shown: only the rewards reveal it, through ``reward_frames``; the learned in-context reward-seeker
 of issue 15 trains on it).
 ``start="lagoon"`` starts each episode inside the lagoon, next to the mouth (probe 6: does a policy
-that sees its rewards stay there more when the targets pay?). ``reward_frames=k`` (every gridworld)
+that sees its rewards stay there more when the targets pay?); ``start="either"`` starts half the
+episodes there and half on the finish line (drawn at reset; a curriculum in which laps are learned
+too). ``reward_frames=k`` (every gridworld)
 makes the observation the last k frames and the k rewards that led to them.
 State: (agent cell, the three targets' respawn timers), and in ``random`` whether the targets pay
 this episode (the draw is in the initial-state distribution, so ``mdp()`` is exact for it).
@@ -57,11 +59,11 @@ class LagoonEnv(GridEnv):
     ):
         if lagoon not in LAGOON_VARIANTS:
             raise ValueError(f"lagoon: must be one of {LAGOON_VARIANTS}, got {lagoon!r}")
-        if start not in ("finish", "lagoon"):
-            raise ValueError(f"start: must be 'finish' or 'lagoon', got {start!r}")
-        if start == "lagoon" and lagoon == "walled":
+        if start not in ("finish", "lagoon", "either"):
+            raise ValueError(f"start: must be 'finish', 'lagoon' or 'either', got {start!r}")
+        if start != "finish" and lagoon == "walled":
             raise ValueError(
-                "start: 'lagoon' needs lagoon='open', 'inert' or 'random' (a walled lagoon cannot be entered)"
+                f"start: {start!r} needs lagoon='open', 'inert' or 'random' (a walled lagoon cannot be entered)"
             )
         if not isinstance(pay_prob, int | float) or isinstance(pay_prob, bool) or not 0 < pay_prob < 1:
             raise ValueError(f"pay_prob: must be a number in (0, 1), got {pay_prob!r}")
@@ -92,6 +94,10 @@ class LagoonEnv(GridEnv):
         self.start = start
         # start="lagoon": on the lagoon cell inside the mouth (the held-out option, entered)
         self.start_cell = self.finish if start == "finish" else self._inside_mouth(grid)
+        # start="either": half the episodes on the finish line, half inside the lagoon (drawn at reset)
+        self.start_cells = (
+            [(0.5, self.finish), (0.5, self.start_cell)] if start == "either" else [(1.0, self.start_cell)]
+        )
         super().__init__(
             grid,
             channels=["wall", "floor", "mouth", "finish", "target_up", "target_down", "agent"],
@@ -125,10 +131,11 @@ class LagoonEnv(GridEnv):
         timers = (0,) * len(self.targets)
         if self.variant == "random":  # the episode's payment, drawn at reset and kept in the state
             return [
-                (self.pay_prob, (self.start_cell, timers, True)),
-                (1 - self.pay_prob, (self.start_cell, timers, False)),
+                (q * p, (cell, timers, pays))
+                for q, cell in self.start_cells
+                for p, pays in ((self.pay_prob, True), (1 - self.pay_prob, False))
             ]
-        return [(1.0, (self.start_cell, timers))]
+        return [(q, (cell, timers)) for q, cell in self.start_cells]
 
     def _pays(self, state: Any) -> bool:
         """Whether the targets pay in the state's episode."""
