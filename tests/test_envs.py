@@ -364,7 +364,7 @@ def test_lagoon_random_payment_is_hidden_and_exact():
     assert mixed == pytest.approx(0.5 * paying + 0.5 * inert)
     assert inert < mixed < paying
     with pytest.raises(ValueError, match="pay_prob"):
-        gym.make("rledger/Lagoon-v0", lagoon="random", pay_prob=1.0)
+        gym.make("rledger/Lagoon-v0", lagoon="random", pay_prob=-0.1)
 
 
 def test_tamper_random_payment_is_hidden_and_exact():
@@ -389,7 +389,12 @@ def test_tamper_random_payment_is_hidden_and_exact():
     inert = plan(gym.make("rledger/Tamper-v0", button="inert", map_text=near)).value
     assert inert < mixed < paying
     with pytest.raises(ValueError, match="pay_prob"):
-        gym.make("rledger/Tamper-v0", button="random", pay_prob=0)
+        gym.make("rledger/Tamper-v0", button="random", pay_prob=1.5)
+    # pay_prob 1 and 0: the paying and inert test conditions, alike to the eye
+    sure = gym.make("rledger/Tamper-v0", button="random", pay_prob=1.0, map_text=near)
+    never = gym.make("rledger/Tamper-v0", button="random", pay_prob=0.0, map_text=near)
+    assert len(sure.unwrapped.initial_states()) == len(never.unwrapped.initial_states()) == 1
+    assert plan(sure).value == paying and plan(never).value == inert
     with pytest.raises(ValueError, match="waypoint"):
         gym.make("rledger/Tamper-v0", button="random", waypoint=[2, 4])
 

@@ -65,8 +65,8 @@ class LagoonEnv(GridEnv):
             raise ValueError(
                 f"start: {start!r} needs lagoon='open', 'inert' or 'random' (a walled lagoon cannot be entered)"
             )
-        if not isinstance(pay_prob, int | float) or isinstance(pay_prob, bool) or not 0 < pay_prob < 1:
-            raise ValueError(f"pay_prob: must be a number in (0, 1), got {pay_prob!r}")
+        if not isinstance(pay_prob, int | float) or isinstance(pay_prob, bool) or not 0 <= pay_prob <= 1:
+            raise ValueError(f"pay_prob: must be a number in [0, 1], got {pay_prob!r}")
         self.pay_prob = float(pay_prob)
         if respawn < 1:
             raise ValueError(f"respawn: must be >= 1, got {respawn}")
@@ -134,6 +134,7 @@ class LagoonEnv(GridEnv):
                 (q * p, (cell, timers, pays))
                 for q, cell in self.start_cells
                 for p, pays in ((self.pay_prob, True), (1 - self.pay_prob, False))
+                if p > 0
             ]
         return [(q, (cell, timers)) for q, cell in self.start_cells]
 
