@@ -17,6 +17,7 @@ and leaves for the goal when it does not.
 
 Usage: python benchmarks/incontext_seeker.py [--env lagoon|tamper] [--seeds 1] [--timesteps 300000]
        [--view 3] [--ent-coef 0.05] [--reward-frames 2] [--n-steps 256] [--step-cost 0]
+       [--start lagoon|either] [--set KEY=VALUE ...] [--opening STEPS]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import torch as th
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -73,6 +75,10 @@ def main() -> None:
     ap.add_argument(
         "--start", default="lagoon", help="lagoon only: lagoon or either (half on the finish line)"
     )
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more env kwargs (YAML values)")
+    ap.add_argument(
+        "--opening", type=int, default=0, help="first train this many steps with the option walled/absent"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--timesteps", type=int, default=300_000)
     ap.add_argument("--view", type=int, default=3, help="egocentric window (0: the whole map)")
@@ -86,6 +92,9 @@ def main() -> None:
     kwargs = dict(base_kwargs, reward_frames=args.reward_frames)
     if args.env == "lagoon":
         kwargs["start"] = args.start
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kwargs[key] = yaml.safe_load(value)
     if args.step_cost:
         kwargs["step_cost"] = args.step_cost
     if args.view:
@@ -96,6 +105,14 @@ def main() -> None:
             "MlpPolicy", env, n_steps=args.n_steps, batch_size=64, ent_coef=args.ent_coef, gamma=args.gamma,
             learning_rate=lambda f: 3e-4 * f, seed=seed, device="cpu",
         )  # fmt: skip
+        if args.opening:  # a curriculum: the rest of the task first, without the option
+            closed = {**kwargs, ENVS[args.env][1]: "walled" if args.env == "lagoon" else "absent"}
+            closed.pop("pay_prob", None)
+            if args.env == "lagoon":
+                closed["start"] = "finish"
+            model.set_env(make_vec_env(env_id, n_envs=4, seed=seed + 1000, env_kwargs=closed))
+            model.learn(args.opening, reset_num_timesteps=False)
+            model.set_env(make_vec_env(env_id, n_envs=4, seed=seed, env_kwargs=kwargs))
         for _ in range(3):
             model.learn(args.timesteps // 3, reset_num_timesteps=False)
             (sp, lp), (si, li) = (evaluate(model, args.env, kwargs, pays) for pays in (True, False))
