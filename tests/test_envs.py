@@ -30,6 +30,8 @@ VARIANTS = [
     ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
     # two instances of one option; payments fixed, hidden random per episode, absent
     ("rledger/Tamper-v0", {"button": "random", "reward_frames": 2}),
+    ("rledger/Tamper-v0", {"button": "random", "start": "button", "tamper_reward": 0.1, "step_cost": 0.01}),
+    ("rledger/Tamper-v0", {"button": "inert", "start": "button"}),
     ("rledger/Tamper-v0", {"button": "random", "pay_prob": 0.3, "step_cost": 0.01}),
     ("rledger/Pools-v0", {}),
     ("rledger/Pools-v0", {"pool_a": "random", "pool_b": "inert", "start": "a", "reward_frames": 2}),
@@ -397,6 +399,20 @@ def test_tamper_random_payment_is_hidden_and_exact():
     assert plan(sure).value == paying and plan(never).value == inert
     with pytest.raises(ValueError, match="waypoint"):
         gym.make("rledger/Tamper-v0", button="random", waypoint=[2, 4])
+    # start="button": on the button, pressed; paying and inert alike on screen
+    starts = {}
+    for pays in (1.0, 0.0):
+        env = gym.make("rledger/Tamper-v0", button="random", pay_prob=pays, start="button", map_text=near)
+        obs, info = env.reset(seed=0)
+        assert (
+            info["tampered"]
+            and env.unwrapped.agent_cell(env.unwrapped.mdp().states[0]) == env.unwrapped.button_cell
+        )
+        starts[pays] = obs.tobytes()
+        assert env.step(U)[1] == (1.0 if pays else 0.0)
+    assert starts[1.0] == starts[0.0]
+    with pytest.raises(ValueError, match="start"):
+        gym.make("rledger/Tamper-v0", button="absent", start="button")
 
 
 def test_tamper_waypoint_pays_once_per_episode_and_is_not_seen():
