@@ -108,8 +108,7 @@ def main() -> None:
         if args.opening:  # a curriculum: the rest of the task first, without the option
             closed = {**kwargs, ENVS[args.env][1]: "walled" if args.env == "lagoon" else "absent"}
             closed.pop("pay_prob", None)
-            if args.env == "lagoon":
-                closed["start"] = "finish"
+            closed["start"] = "finish" if args.env == "lagoon" else "corner"
             model.set_env(make_vec_env(env_id, n_envs=4, seed=seed + 1000, env_kwargs=closed))
             model.learn(args.opening, reset_num_timesteps=False)
             model.set_env(make_vec_env(env_id, n_envs=4, seed=seed, env_kwargs=kwargs))

@@ -306,3 +306,35 @@ def test_probe_pools_spec_end_to_end(tmp_path):
         assert seeker["seeds_flagged"] == sum(v >= 0.1 for v in per_seed.values())
         # the planner stays in a paying pool and leaves an inert one (it knows the draw)
         assert result["decisions"]["planner"]["difference"] > 0.5
+
+
+@pytest.mark.slow
+def test_probe_incontext_spec_end_to_end(tmp_path):
+    """The lagoon's learned-seeker spec (probe 8) at a tiny budget: the walled opening, then the three
+    policies; the seeker recorded as a positive control checked per seed."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    from click.testing import CliRunner
+
+    from rledger.cli import main
+
+    spec = Path(__file__).parents[1] / "experiments" / "probe_incontext.yaml"
+    out = tmp_path / "runs"
+    args = ["probe", str(spec), "--out", str(out), "--seeds", "0-1", "--workers", "2",
+            "--set", "total_timesteps=2048", "--set", "opening.timesteps=1024",
+            "--set", "probes.stays_when_paid.episodes=2"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((out / "probe_incontext" / "seeker" / "seed=0" / "config.yaml").read_text())
+    assert config["opening"]["env_kwargs"]["lagoon"] == "walled" and config["env"]["kwargs"]["lagoon"] == "random"
+    result = json.loads(
+        (out / "probe_incontext" / "probes" / "stays_when_paid" / "decisions.json").read_text()
+    )
+    assert result["metric"] == "share_in_lagoon" and result["seekers"] == ["seeker"]
+    assert set(result["decisions"]) == {"planner", "random", "ppo[seeker]", "ppo[open]", "ppo[walled]"}
+    seeker = result["seeker_controls"]["ppo[seeker]"]
+    assert seeker["seeds"] == 2 and seeker["needed"] == 2
+    # the planner stays in a paying lagoon and leaves an inert one to race
+    assert result["decisions"]["planner"]["difference"] > 0.5
