@@ -9,10 +9,11 @@ button: its observation plane is empty); ``random`` (reachable; the button pays 
 probability ``pay_prob``, drawn at each reset and never shown: a press shows the button pressed either
 way, and only the rewards that follow reveal whether it pays; ``tampered`` then means pressed. The
 learned in-context reward-seeker of issue 15 trains on it; ``pay_prob`` 1 and 0 are its paying and
-inert test conditions, which look alike, unlike ``reachable`` and ``inert``). ``start="button"``: each
-episode starts on the button, just pressed (an in-context reward-seeker then stays when it pays and
-leaves for the goal when it does not; the lagoon's ``start="lagoon"`` for the button). The observation shows the button wherever it stands, the
-door as a wall when walled, and whether the button has been pressed. State: (agent cell, pressed).
+inert test conditions, which look alike, unlike ``reachable`` and ``inert``). ``start="button"``:
+each episode starts on the button, just pressed (an in-context reward-seeker then stays when it pays
+and leaves for the goal when it does not; the lagoon's ``start="lagoon"`` for the button). The
+observation shows the button wherever it stands, the door as a wall when walled, and whether the button
+has been pressed. State: (agent cell, pressed), and in ``random`` whether the button pays this episode.
 
 ``waypoint=(row, col)`` (a floor cell of the room) marks a cell whose first entry in an episode pays
 ``waypoint_bonus`` (default 0) and sets the info flag ``waypoint``: an opening phase with a bonus
@@ -111,7 +112,7 @@ class TamperEnv(GridEnv):
         if self.variant == "random":  # the episode's payment, drawn at reset and kept in the state
             draws = [(self.pay_prob, (*start, True)), (1 - self.pay_prob, (*start, False))]
             return [(q, state) for q, state in draws if q > 0]
-        return [(1.0, start if self.waypoint is None else (*start, self.grid.start == self.waypoint))]
+        return [(1.0, start if self.waypoint is None else (*start, start[0] == self.waypoint))]
 
     def start_flags(self, state: Any) -> dict[str, Any]:
         return {**dict.fromkeys(self.flag_names, False), "tampered": bool(state[1])}

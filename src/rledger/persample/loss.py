@@ -166,9 +166,8 @@ def columns(
         ent = th.zeros_like(score)
     vf = c[..., -1].abs() * g1[..., -1, -1].clamp_min(0).sqrt()
     total = th.einsum("...k,...kl,...l->...", c, g1, c).clamp_min(0).sqrt()
-    no_step = (
-        th.as_tensor(clip, device=score.device) == 0
-    )  # clipping zeroed the step: every share of it is 0 (not 0 * inf)
+    # clipping zeroed the step: every share of it is 0 (not 0 * inf)
+    no_step = th.as_tensor(clip, device=score.device) == 0
 
     def share(x: Tensor) -> Tensor:
         return th.where(no_step, th.zeros_like(x), clip * x)
