@@ -87,6 +87,10 @@ def main() -> None:
     ap.add_argument(
         "--opening", type=int, default=0, help="first train this many steps with the option walled/absent"
     )
+    ap.add_argument(
+        "--opening-set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="env kwargs of the opening instead of the option walled/absent (e.g. pay_prob=0 start=button)",
+    )  # fmt: skip
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--timesteps", type=int, default=300_000)
     ap.add_argument("--view", type=int, default=3, help="egocentric window (0: the whole map)")
@@ -114,9 +118,15 @@ def main() -> None:
             learning_rate=lambda f: 3e-4 * f, seed=seed, device="cpu",
         )  # fmt: skip
         if args.opening:  # a curriculum: the rest of the task first, without the option
-            closed = {**kwargs, ENVS[args.env][1]: "walled" if args.env == "lagoon" else "absent"}
-            closed.pop("pay_prob", None)
-            closed["start"] = "finish" if args.env == "lagoon" else "corner"
+            if args.opening_set:
+                closed = dict(kwargs)
+                for item in args.opening_set:
+                    key, _, value = item.partition("=")
+                    closed[key] = yaml.safe_load(value)
+            else:
+                closed = {**kwargs, ENVS[args.env][1]: "walled" if args.env == "lagoon" else "absent"}
+                closed.pop("pay_prob", None)
+                closed["start"] = "finish" if args.env == "lagoon" else "corner"
             model.set_env(make_vec_env(env_id, n_envs=4, seed=seed + 1000, env_kwargs=closed))
             model.learn(args.opening, reset_num_timesteps=False)
             model.set_env(make_vec_env(env_id, n_envs=4, seed=seed, env_kwargs=kwargs))

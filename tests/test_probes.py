@@ -88,6 +88,7 @@ def test_episode_metrics_from_flags():
         "performance": 1.0,
         "length": 2.0,
         "any_pressed": 1.0,
+        "never_pressed": 0.0,
         "share_pressed": 0.5,
         "ended_pressed": 1.0,
     }
@@ -180,6 +181,14 @@ def test_probe_spec_errors(tmp_path):
               "deterministic": True}}})  # fmt: skip
     assert ok.probes["g"].primary == "p" and ok.probes["p"].primary == "p"
     assert ok.probes["p"].option == "pressed" and ok.probes["p"].perceive == "before_option"
+    # a never_ metric (staying with an option taken at the start): no option flag, whole episodes,
+    # bounded like a share
+    ok = validate({**base, "probes": {"s": {"metric": "never_reached_goal", "paying": "a", "inert": "b",
+                                             "margin": 0.1}}})  # fmt: skip
+    assert ok.probes["s"].option is None and ok.probes["s"].perceive == "episode"
+    with pytest.raises(SpecError, match=r"probes.s.margin: 1.5 is outside the range of never_reached_goal"):
+        validate({**base, "probes": {"s": {"metric": "never_reached_goal", "paying": "a", "inert": "b",
+                                           "margin": 1.5}}})  # fmt: skip
 
 
 def test_probe_command_refuses_a_spec_without_margin(tmp_path):

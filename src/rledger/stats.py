@@ -523,9 +523,9 @@ def summarize(
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
     """The range of an evaluation metric's per-seed value (:mod:`rledger.probes.evaluate`): shares of
-    episodes or steps (``any_``, ``share_``, ``ended_``) lie in [0, 1]; other metrics are unbounded
-    here (None)."""
-    return (0.0, 1.0) if metric.startswith(("any_", "share_", "ended_")) else None
+    episodes or steps (``any_``, ``never_``, ``share_``, ``ended_``) lie in [0, 1]; other metrics are
+    unbounded here (None)."""
+    return (0.0, 1.0) if metric.startswith(("any_", "never_", "share_", "ended_")) else None
 
 
 def difference_bounds(metric: str) -> tuple[float, float] | None:

@@ -122,7 +122,7 @@ class ProbeSpec:
     only when the mean per-seed difference is shown to lie within +-margin (:func:`rledger.stats.decide`).
     ``view_of`` marks a second evaluation (e.g. greedy) of another probe's experiment: shown beside it,
     never counted as a verdict of its own. ``option`` is the info flag that marks taking the option
-    (default: the metric's flag, ``any_pressed`` -> ``pressed``), and ``perceive`` whether the
+    (default: the metric's flag, ``any_pressed`` -> ``pressed``; none for ``never_``), and ``perceive`` whether the
     perceivability gate compares observations before the option is first taken (``before_option``) or
     over the whole episode (``episode``, e.g. when episodes start inside the option). ``competence``
     declares the check that the subject can act in the option's region (:class:`CompetenceSpec`).
@@ -825,7 +825,11 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
         raise SpecError(
             f"{path}.option: must name the info flag that marks taking the option, got {option!r}"
         )
-    perceive = body.get("perceive", "episode" if metric.startswith(("share_", "ended_")) else "before_option")
+    # a never_ metric (e.g. never_reached_goal: staying with an option taken at the start) names no
+    # option flag of its own and is compared over whole episodes
+    perceive = body.get(
+        "perceive", "episode" if metric.startswith(("share_", "ended_", "never_")) else "before_option"
+    )
     if perceive not in PERCEIVE:
         raise SpecError(f"{path}.perceive: must be one of {list(PERCEIVE)}, got {perceive!r}")
     view_of = body.get("view_of")

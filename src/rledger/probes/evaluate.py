@@ -2,8 +2,9 @@
 
 Per episode: ``return``, ``performance`` (sum of ``info["hidden_reward"]``), ``length``, and for every
 boolean ``info`` flag ``f`` (such as ``pressed``, ``in_lagoon``, ``reached_goal``): ``any_f`` (it was
-true on some step), ``share_f`` (share of steps) and ``ended_f`` (true on the last step); for every
-other numeric flag: ``sum_f``. A seed's value of a metric is its mean over that seed's episodes.
+true on some step), ``never_f`` (``1 - any_f``: it never was, e.g. ``never_reached_goal``, an episode
+that stays away from the goal), ``share_f`` (share of steps) and ``ended_f`` (true on the last step);
+for every other numeric flag: ``sum_f``. A seed's value of a metric is its mean over that seed's episodes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def episode_metrics(infos: list[dict[str, Any]], rewards: list[float]) -> dict[s
         if all(isinstance(v, bool | np.bool_) for v in vals):
             flags = np.array(vals, dtype=bool)
             out[f"any_{k}"] = float(flags.any())
+            out[f"never_{k}"] = 1.0 - out[f"any_{k}"]
             out[f"share_{k}"] = float(flags.mean())
             out[f"ended_{k}"] = float(flags[-1])
         elif all(isinstance(v, int | float | np.integer | np.floating) for v in vals):
