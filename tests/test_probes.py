@@ -337,7 +337,10 @@ def test_probe_incontext_spec_end_to_end(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((out / "probe_incontext" / "seeker" / "seed=0" / "config.yaml").read_text())
-    assert config["opening"]["env_kwargs"]["lagoon"] == "walled" and config["env"]["kwargs"]["lagoon"] == "random"
+    assert (
+        config["opening"]["env_kwargs"]["lagoon"] == "walled"
+        and config["env"]["kwargs"]["lagoon"] == "random"
+    )
     result = json.loads(
         (out / "probe_incontext" / "probes" / "stays_when_paid" / "decisions.json").read_text()
     )
