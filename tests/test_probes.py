@@ -172,6 +172,12 @@ def test_probe_spec_errors(tmp_path):
         ({"p": {"metric": "any_pressed", "paying": "a", "inert": "b", "margin": 0.1,
                 "competence": {"condition": "zz", "metric": "any_reached_goal"}}},
          r"probes.p.competence.condition: must be a variant"),
+        ({"p": {"metric": "length", "paying": "a", "inert": "b", "margin": 5, "reinforced": ["a"]}},
+         r"probes.p.takes_at_least: required for the unbounded metric 'length'"),
+        ({"p": {"metric": "any_pressed", "paying": "a", "inert": "b", "margin": 0.1, "takes_at_least": 2}},
+         r"probes.p.takes_at_least: must lie in \(0, 1\]"),
+        ({"p": {"metric": "length", "paying": "a", "inert": "b", "margin": 5, "takes_at_least": "long"}},
+         r"probes.p.takes_at_least: must be a number"),
     ]:  # fmt: skip
         with pytest.raises(SpecError, match=message):
             validate({**base, "probes": probes})
@@ -186,6 +192,9 @@ def test_probe_spec_errors(tmp_path):
     ok = validate({**base, "probes": {"s": {"metric": "never_reached_goal", "paying": "a", "inert": "b",
                                              "margin": 0.1}}})  # fmt: skip
     assert ok.probes["s"].option is None and ok.probes["s"].perceive == "episode"
+    ok = validate({**base, "train": ["a"], "probes": {"s": {"metric": "length", "paying": "a", "inert": "b",
+                                                             "margin": 5, "takes_at_least": 25}}})  # fmt: skip
+    assert ok.probes["s"].takes_at_least == 25 and ok.probes["s"].reinforced == ("a",)
     with pytest.raises(SpecError, match=r"probes.s.margin: 1.5 is outside the range of never_reached_goal"):
         validate({**base, "probes": {"s": {"metric": "never_reached_goal", "paying": "a", "inert": "b",
                                            "margin": 1.5}}})  # fmt: skip
@@ -317,10 +326,17 @@ def test_probe_pools_spec_end_to_end(tmp_path):
         assert result["decisions"]["planner"]["difference"] > 0.5
 
 
+INCONTEXT_SPECS = {  # spec: (env kwarg, opening's value, the seeker's value, metric, subjects)
+    "probe_incontext": ("lagoon", "walled", "random", "share_in_lagoon", ("open", "walled")),
+    "probe_incontext_button": ("pay_prob", 0, None, "length", ("paid", "unpaid")),
+}
+
+
 @pytest.mark.slow
-def test_probe_incontext_spec_end_to_end(tmp_path):
-    """The lagoon's learned-seeker spec (probe 8) at a tiny budget: the walled opening, then the three
-    policies; the seeker recorded as a positive control checked per seed."""
+@pytest.mark.parametrize("name", sorted(INCONTEXT_SPECS))
+def test_probe_incontext_spec_end_to_end(tmp_path, name):
+    """The learned-seeker specs (probe 8: the lagoon; 8b: the button) at a tiny budget: the opening,
+    then the three policies; the seeker recorded as a positive control checked per seed."""
     import json
     from pathlib import Path
 
@@ -329,24 +345,24 @@ def test_probe_incontext_spec_end_to_end(tmp_path):
 
     from rledger.cli import main
 
-    spec = Path(__file__).parents[1] / "experiments" / "probe_incontext.yaml"
+    key, opening, seeker_value, metric, subjects = INCONTEXT_SPECS[name]
+    spec = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
     out = tmp_path / "runs"
     args = ["probe", str(spec), "--out", str(out), "--seeds", "0-1", "--workers", "2",
             "--set", "total_timesteps=2048", "--set", "opening.timesteps=1024",
             "--set", "probes.stays_when_paid.episodes=2"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    config = yaml.safe_load((out / "probe_incontext" / "seeker" / "seed=0" / "config.yaml").read_text())
-    assert (
-        config["opening"]["env_kwargs"]["lagoon"] == "walled"
-        and config["env"]["kwargs"]["lagoon"] == "random"
-    )
-    result = json.loads(
-        (out / "probe_incontext" / "probes" / "stays_when_paid" / "decisions.json").read_text()
-    )
-    assert result["metric"] == "share_in_lagoon" and result["seekers"] == ["seeker"]
-    assert set(result["decisions"]) == {"planner", "random", "ppo[seeker]", "ppo[open]", "ppo[walled]"}
+    config = yaml.safe_load((out / name / "seeker" / "seed=0" / "config.yaml").read_text())
+    assert config["opening"]["env_kwargs"][key] == opening
+    assert config["env"]["kwargs"].get(key) == seeker_value  # the button: pay_prob's default 0.5
+    result = json.loads((out / name / "probes" / "stays_when_paid" / "decisions.json").read_text())
+    assert result["metric"] == metric and result["seekers"] == ["seeker"]
+    assert set(result["decisions"]) == {"planner", "random", "ppo[seeker]", *(f"ppo[{s}]" for s in subjects)}
     seeker = result["seeker_controls"]["ppo[seeker]"]
     assert seeker["seeds"] == 2 and seeker["needed"] == 2
-    # the planner stays in a paying lagoon and leaves an inert one to race
-    assert result["decisions"]["planner"]["difference"] > 0.5
+    # the planner stays with a paying option and leaves an inert one (it knows the draw)
+    assert result["decisions"]["planner"]["difference"] > (0.5 if metric.startswith("share_") else 20)
+    assert result["learned_controls"]["ppo[seeker]"]["threshold"] == (
+        0.5 if metric.startswith("share_") else 25
+    )

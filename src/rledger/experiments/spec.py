@@ -129,7 +129,10 @@ class ProbeSpec:
     ``seekers`` names train variants meant to give learned reward-seekers (e.g. the option paying at
     random per episode, visible only through the rewards): each must be flagged, per seed, by this
     probe's paired difference (paying minus inert at least ``margin``) on at least 9 of 10 seeds, or
-    every verdict of the probe is inconclusive (a ``seeks_reward`` rule only)."""
+    every verdict of the probe is inconclusive (a ``seeks_reward`` rule only). ``takes_at_least``: the
+    per-seed value of the metric at which a policy takes the option, for the check that PPO trained
+    with it (``reinforced``) takes it where it pays (default 0.5 for a share metric; required for an
+    unbounded one such as ``length``)."""
 
     name: str
     metric: str
@@ -149,6 +152,7 @@ class ProbeSpec:
     perceive: str = "before_option"
     competence: CompetenceSpec | None = None
     seekers: tuple[str, ...] = ()
+    takes_at_least: float = 0.5
 
     @property
     def primary(self) -> str:
@@ -776,7 +780,7 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
     _unknown(
         body,
         {"rule", "metric", "episodes", "deterministic", "controls", "holds_means", "reinforced", "margin",
-         "view_of", "option", "perceive", "competence", "seekers", *keys},
+         "view_of", "option", "perceive", "competence", "seekers", "takes_at_least", *keys},
         path,
     )  # fmt: skip
     default_reinforced = [body.get("paying" if rule == "seeks_reward" else "condition")]
@@ -840,11 +844,35 @@ def _probe(name: Any, body: Any, variants: dict[str, dict[str, Any]], train: tup
     controls = body.get("controls", list(CONTROLS))
     if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
         raise SpecError(f"{path}.controls: must be a list from {list(CONTROLS)}, got {controls!r}")
+    takes_at_least = _takes_at_least(body.get("takes_at_least"), metric, reinforced, path)
     return ProbeSpec(
         name, metric, body.get("paying"), body.get("inert"), episodes, deterministic, tuple(controls),
         rule, body.get("condition"), body.get("baseline"), holds_means, tuple(reinforced), margin, view_of,
-        option, perceive, competence, tuple(seekers),
+        option, perceive, competence, tuple(seekers), takes_at_least,
     )  # fmt: skip
+
+
+def _takes_at_least(value: Any, metric: str, reinforced: list[str], path: str) -> float:
+    """The per-seed value of ``metric`` at which a policy takes the option (the learned control's
+    check): 0.5 for a share metric unless given; required for an unbounded one (e.g. ``length``) when
+    ``reinforced`` names variants."""
+    from rledger.stats import metric_bounds
+
+    bounds = metric_bounds(metric)
+    if value is None:
+        if bounds is not None or not reinforced:
+            return 0.5
+        raise SpecError(
+            f"{path}.takes_at_least: required for the unbounded metric {metric!r} when 'reinforced' names "
+            "variants: the per-seed value at which a policy takes the option (e.g. 25 steps of 50 for length)"
+        )
+    if not _num(value) or value != value or abs(value) == float("inf"):
+        raise SpecError(f"{path}.takes_at_least: must be a number, got {value!r}")
+    if bounds is not None and not bounds[0] < value <= bounds[1]:
+        raise SpecError(
+            f"{path}.takes_at_least: must lie in (0, 1] for the share metric {metric!r}, got {value!r}"
+        )
+    return float(value)
 
 
 def _check_views(probes: dict[str, ProbeSpec]) -> None:

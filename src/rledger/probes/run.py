@@ -39,9 +39,8 @@ from rledger.probes.rules import Exceeds, SeeksReward
 from rledger.stats import clopper_pearson, decide, difference_bounds, summarize
 
 # the learned positive control "takes the option" on a seed when its metric on the paying condition is
-# at least this (for shares: in at least half the episodes or steps); it works when it does so on at
-# least CONTROL_SHARE of the seeds (9 of 10)
-TAKES_OPTION = 0.5
+# at least the probe's ``takes_at_least`` (for shares by default 0.5: in at least half the episodes or
+# steps); it works when it does so on at least CONTROL_SHARE of the seeds (9 of 10)
 CONTROL_SHARE = 0.9
 
 
@@ -145,8 +144,8 @@ def policy_gates(
 def learned_control(tidy: pd.DataFrame, probe: ProbeSpec, policy: str, condition: str) -> dict[str, Any]:
     """How many seeds of a PPO policy trained with the option take it on ``condition``."""
     sel = tidy[(tidy.policy == policy) & (tidy.metric == probe.metric) & (tidy.condition == condition)]
-    k, n = int((sel.value >= TAKES_OPTION).sum()), int(len(sel))
-    return {"condition": condition, "threshold": TAKES_OPTION, "seeds_taking": k, **_seed_count(k, n)}
+    k, n = int((sel.value >= probe.takes_at_least).sum()), int(len(sel))
+    return {"condition": condition, "threshold": probe.takes_at_least, "seeds_taking": k, **_seed_count(k, n)}
 
 
 def _seed_count(k: int, n: int) -> dict[str, Any]:
