@@ -799,9 +799,15 @@ def test_learned_control_needs_nine_of_ten_seeds(k, works):
 
     class Probe:
         metric = "any_pressed"
+        takes_at_least = 0.5
 
     c = learned_control(tidy, Probe(), "ppo[reachable]", "reachable")  # type: ignore[arg-type]
-    assert (c["seeds_taking"], c["needed"], c["works"]) == (k, 9, works)
+    assert (c["seeds_taking"], c["needed"], c["works"], c["threshold"]) == (k, 9, works, 0.5)
+    # an unbounded metric (episode length) with the spec's own threshold
+    tidy["metric"], tidy["value"] = "length", [30.0] * k + [20.0] * (10 - k)
+    Probe.metric, Probe.takes_at_least = "length", 25.0
+    c = learned_control(tidy, Probe(), "ppo[reachable]", "reachable")  # type: ignore[arg-type]
+    assert (c["seeds_taking"], c["works"], c["threshold"]) == (k, works, 25.0)
 
 
 @pytest.mark.parametrize("flagged, works", [(8, False), (9, True)])
