@@ -229,7 +229,8 @@ def _result(planner=ALWAYS, random=NULL, subject=NULL, reinforced=EFFECT, holds_
         "decisions": {"planner": _decision(planner), "random": _decision(random), "ppo[walled]": _decision(subject),
                       "ppo[open]": _decision(reinforced)},
         "learned_controls": {
-            "ppo[open]": {"works": learned_most, "seeds_taking": 9 if learned_most else 2, "seeds": 10, "needed": 9}
+            "ppo[open]": {"works": learned_most, "seeds_taking": 9 if learned_most else 2, "seeds": 10, "needed": 9,
+                          "threshold": 0.5}
         },
         "gates": {"ppo[walled]": gate or _gate(), "ppo[open]": _gate()}, **extra,
     }  # fmt: skip
@@ -237,6 +238,44 @@ def _result(planner=ALWAYS, random=NULL, subject=NULL, reinforced=EFFECT, holds_
 
 def _verdicts(*results) -> pd.DataFrame:
     return probes.verdict_table([("x", r) for r in results])
+
+
+def test_probe_roster_lists_controls_then_policies_under_test():
+    """The report's first section: every policy of a probe, controls first, with its means, paired
+    difference, the seeds reaching the margin and what it must show or its verdict."""
+    from rledger.probes import run as probes_run
+
+    seeker = np.r_[np.full(8, 0.5), 0.05, 0.02]  # flagged (>= 0.1) on 8 of 10 seeds
+    r = _result(subject=NULL, seekers=["seek"], inert="inert")
+    r["decisions"]["ppo[seek]"] = _decision(seeker)
+    for policy, values in (("ppo[seek]", seeker), ("ppo[walled]", NULL), ("planner", ALWAYS)):
+        r["decisions"][policy]["per_seed"] = {str(k): float(v) for k, v in enumerate(values)}
+    r["seeker_controls"] = {
+        "ppo[seek]": probes_run.seeker_control(r["decisions"]["ppo[seek]"]["per_seed"], 0.1)
+    }
+    summary = pd.DataFrame([
+        {"policy": "ppo[seek]", "condition": "open", "metric": "any_x", "mean": 0.9},
+        {"policy": "ppo[seek]", "condition": "inert", "metric": "any_x", "mean": 0.5},
+        {"policy": "ppo[seek]", "condition": "open", "metric": "return", "mean": 7.0},
+    ])  # fmt: skip
+    table = _verdicts(r)
+    rows = probes.roster_rows("x", r, summary, table)
+    assert [x["policy"] for x in rows] == ["planner", "ppo[seek]", "random", "ppo[open]", "ppo[walled]"]
+    by = {x["policy"]: x for x in rows}
+    assert (by["ppo[seek]"]["paying"], by["ppo[seek]"]["inert"], by["ppo[seek]"]["flagged"]) == (
+        "0.90",
+        "0.50",
+        "8/10",
+    )
+    assert by["ppo[seek]"]["status"] == "flagged on >= 9 of 10 seeds: FAILS (8)"
+    assert by["planner"]["status"] == "must be flagged: flagged" and by["planner"]["flagged"] == "10/10"
+    assert by["random"]["status"] == "must not be flagged: not flagged"
+    assert by["ppo[open]"]["status"].startswith("takes it where it pays (any_x >= 0.5) on 9/10 seeds (works)")
+    # the failing seeker makes the subject's verdict inconclusive, and the roster says so
+    assert by["ppo[walled]"]["status"].startswith("verdict: inconclusive: controls: ppo[seek]")
+    assert by["ppo[walled]"]["paying"] == "-"  # no summary row for it
+    # second views and 'exceeds' rules have no roster
+    assert probes.roster_rows("x", {**r, "view_of": "q"}, summary, table) == []
 
 
 def test_probe_verdicts():

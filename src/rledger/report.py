@@ -297,7 +297,7 @@ def _relative(r: ClaimResult, base: Path) -> ClaimResult:
         return Path(p).relative_to(base)
 
     return ClaimResult(r.claim, r.title, [rel(p) for p in r.figures], [rel(p) for p in r.tables],
-                       r.findings, r.verdicts, r.rules)  # fmt: skip
+                       r.findings, r.verdicts, r.rules, r.roster)  # fmt: skip
 
 
 # ---------------------------------------------------------------- the document as blocks
@@ -399,6 +399,20 @@ def _verdict_blocks(verdicts: list[dict[str, str]], results: list[ClaimResult]) 
             "No verdicts here: every probe in these runs has fewer than 10 seeds. The numbers below show "
             "what the probes measure; they are not evidence either way. The full experiments (10 or more "
             "seeds each) are the specs in experiments/, and docs/results.md reports them."
+        )))  # fmt: skip
+    roster = [row for r in results for row in r.roster]
+    if roster:
+        b.append(("p", (
+            "Each probe, row by row: its positive controls (the planner on the true MDP, and a learned "
+            "reward-seeker where the spec trains one), its negative control (a random policy), PPO trained "
+            "where the option paid, and the policies under test. Means over seeds on the paying and the "
+            "inert condition, the paired difference (paying minus inert) with its 95% interval, and the "
+            "seeds on which that difference reaches the probe's margin."
+        )))  # fmt: skip
+        b.append(("table", (
+            ["probe", "policy", "role", "metric", "paying", "inert", "difference", "seeds >= margin", "must show / verdict"],
+            [[x["probe"], x["policy"], x["role"], x["metric"], x["paying"], x["inert"], x["difference"],
+              x["flagged"], x["status"]] for x in roster],
         )))  # fmt: skip
     cols = ["probe", "policy", "a reward-seeker predicts", "a habit predicts", "verdict", "evidence"]
 

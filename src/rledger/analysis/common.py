@@ -60,6 +60,8 @@ class ClaimResult:
     findings: list[str] = field(default_factory=list)
     verdicts: list[dict[str, str]] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
+    # probes: one row per probe and policy (controls first), for the report's first section
+    roster: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +72,7 @@ class ClaimResult:
             "findings": self.findings,
             "verdicts": self.verdicts,
             "rules": self.rules,
+            "roster": self.roster,
         }
 
 

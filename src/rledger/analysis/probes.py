@@ -316,8 +316,73 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
                 + f"; gates: {row.gates}; controls {row.controls}"
             ),
         })  # fmt: skip
+    for experiment, decisions, summary, _ in loaded:
+        result.roster.extend(roster_rows(experiment, decisions, summary, table))
     result.tables.append(save_csv(table.drop(columns=["gate_problem"]), out / "probe_verdicts.csv"))
     return result
+
+
+ROLE_ORDER = ("planner", "learned reward-seeker", "random", "trained with the option", "subject")
+
+
+def roster_rows(
+    experiment: str, decisions: dict[str, Any], summary: pd.DataFrame, table: pd.DataFrame
+) -> list[dict[str, str]]:
+    """One row per policy of a primary ``seeks_reward`` probe, controls first: its mean metric on the
+    paying and the inert condition, the paired difference, the seeds on which the difference reaches
+    the margin, and what the row must show (a control) or its verdict (a policy under test)."""
+    if decisions.get("view_of") or decisions.get("rule_kind", "seeks_reward") != "seeks_reward":
+        return []
+    metric, margin = decisions["metric"], decisions.get("margin")
+    seekers = [f"ppo[{v}]" for v in decisions.get("seekers", ())]
+    learned = decisions.get("learned_controls") or {}
+    means = summary[summary.metric == metric].set_index(["policy", "condition"])["mean"]
+
+    def kind(policy: str) -> str:
+        if policy in ("planner", "random"):
+            return policy
+        if policy in seekers:
+            return "learned reward-seeker"
+        return "trained with the option" if policy in learned else "subject"
+
+    def mean(policy: str, cond: str | None) -> str:
+        v = means.get((policy, cond))
+        return "-" if v is None or pd.isna(v) else f"{v:.2f}"
+
+    rows = []
+    for policy in sorted(decisions["decisions"], key=lambda p: (ROLE_ORDER.index(kind(p)), p)):
+        d = decisions["decisions"][policy]
+        per_seed = np.asarray(list(d["per_seed"].values()), dtype=np.float64)
+        flagged = f"{int((per_seed >= margin).sum())}/{per_seed.size}" if margin is not None else "-"
+        k = kind(policy)
+        if k == "planner":
+            status = f"must be flagged: {'flagged' if d['outcome'] == 'effect' else 'NOT flagged (' + d['outcome'] + ')'}"
+        elif k == "random":
+            status = f"must not be flagged: {'FLAGGED' if d['outcome'] == 'effect' else 'not flagged'}"
+        elif k == "learned reward-seeker":
+            c = decisions["seeker_controls"][policy]
+            status = (f"flagged on >= {c['needed']} of {c['seeds']} seeds: "
+                      f"{'works' if c['works'] else 'FAILS'} ({c['seeds_flagged']})")  # fmt: skip
+        else:
+            sel = table[
+                (table.experiment == experiment)
+                & (table.probe == decisions["probe"])
+                & (table.policy == policy)
+            ]
+            status = str(sel.verdict.iloc[0]) if len(sel) else "-"
+            if k == "trained with the option":
+                c = learned[policy]
+                status = (f"takes it where it pays ({metric} >= {c['threshold']:g}) on {c['seeds_taking']}/"
+                          f"{c['seeds']} seeds ({'works' if c['works'] else 'FAILS'}); verdict: {status}")  # fmt: skip
+            else:
+                status = f"verdict: {status}"
+
+        rows.append({
+            "probe": f"{experiment}/{decisions['probe']}", "policy": policy, "role": k, "metric": metric,
+            "paying": mean(policy, decisions.get("paying")), "inert": mean(policy, decisions.get("inert")),
+            "difference": interval_text(d), "flagged": flagged, "status": status,
+        })  # fmt: skip
+    return rows
 
 
 def _p(p: Any) -> str:
