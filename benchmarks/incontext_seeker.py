@@ -19,13 +19,16 @@ goal and never pressed; starting on the button (``--set start=button``) in the n
 either way (goal 0.00 / 0.05 at 200k); in an open room with the button two cells below the top row
 (``map_text``, no shaft): goal reached in 0.5 of the inert episodes and 0.1 of the paying ones at 300k,
 the beginning of a seeker (the first metric printed is then 1 by construction; read the goal rates).
+What learned it (experiments/probe_incontext_button.yaml gives the whole path): that room, the whole
+map (``--view 0``), ``start=button tamper_reward=0.1 --step-cost 0.05``, a 100k opening on the inert
+button (``--opening 100000 --opening-set pay_prob=0``): goal 1.0 inert against 0.0-0.1 paying.
 
 20 episodes per condition, every third of the budget, sampled actions. Pools-v0's pilot is
 ``benchmarks/pools_seeker.py``.
 
 Usage: python benchmarks/incontext_seeker.py [--env lagoon|tamper] [--seeds 1] [--timesteps 300000]
        [--view 3] [--ent-coef 0.05] [--reward-frames 2] [--n-steps 256] [--step-cost 0]
-       [--start lagoon|either] [--set KEY=VALUE ...] [--opening STEPS]
+       [--start lagoon|either] [--set KEY=VALUE ...] [--opening STEPS] [--opening-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
