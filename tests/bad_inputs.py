@@ -405,8 +405,14 @@ CASES: list[Case] = [
     Case(
         "probe on an unbounded metric without takes_at_least",
         ["probe", "{d}/p.yaml", "--out", "{d}/out"],
-        {"p.yaml": spec(PROBE, probes__takes__metric="length", probes__takes__margin=5,
-                        probes__takes__reinforced=["walled"])},
+        {
+            "p.yaml": spec(
+                PROBE,
+                probes__takes__metric="length",
+                probes__takes__margin=5,
+                probes__takes__reinforced=["walled"],
+            )
+        },
         expect="takes_at_least",
     ),  # fmt: skip
     Case(
