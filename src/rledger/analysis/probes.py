@@ -334,16 +334,14 @@ def roster_rows(
     if decisions.get("view_of") or decisions.get("rule_kind", "seeks_reward") != "seeks_reward":
         return []
     metric, margin = decisions["metric"], decisions.get("margin")
-    seekers = [f"ppo[{v}]" for v in decisions.get("seekers", ())]
     learned = decisions.get("learned_controls") or {}
     means = summary[summary.metric == metric].set_index(["policy", "condition"])["mean"]
 
-    def kind(policy: str) -> str:
-        if policy in ("planner", "random"):
-            return policy
-        if policy in seekers:
-            return "learned reward-seeker"
-        return "trained with the option" if policy in learned else "subject"
+    def kind(policy: str) -> str:  # role(), with the two positive controls told apart
+        r = role(policy, list(decisions.get("reinforced", [])), decisions.get("seekers", ()))
+        if r == "positive control":
+            return "planner" if policy == "planner" else "learned reward-seeker"
+        return "random" if r == "negative control" else r
 
     def mean(policy: str, cond: str | None) -> str:
         v = means.get((policy, cond))
