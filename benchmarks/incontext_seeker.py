@@ -61,13 +61,16 @@ def evaluate(model: PPO, env_name: str, kwargs: dict, pays: bool, episodes: int 
     """(share of steps with the metric flag, the second flag per episode), sampled actions, in
     episodes where the option pays or not."""
     env_id, _, _, (flag, second) = ENVS[env_name]
-    env = gym.make(env_id, **{**kwargs, **({"start": "lagoon"} if env_name == "lagoon" else {})})
+    if env_name == "lagoon":  # open or inert: with start="target" the first observation shows which
+        kwargs = {**kwargs, "lagoon": "open" if pays else "inert"}
+        kwargs.pop("pay_prob", None)
+    env = gym.make(env_id, **kwargs)
     share, other = [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=1000 + ep)
         base = env.unwrapped
-        # fix the episode's hidden draw (the last entry of the state)
-        base._state = (*base._state[:-1], pays)
+        if env_name != "lagoon":  # fix the episode's hidden draw (the last entry of the state)
+            base._state = (*base._state[:-1], pays)
         done, steps, inside, count = False, 0, 0, 0
         while not done:
             action, _ = model.predict(obs, deterministic=False)
@@ -84,7 +87,8 @@ def main() -> None:
     ap.add_argument("--env", choices=sorted(ENVS), default="lagoon")
     ap.add_argument("--step-cost", type=float, default=0.0, help="tamper only")
     ap.add_argument(
-        "--start", default="lagoon", help="lagoon only: lagoon or either (half on the finish line)"
+        "--start", default="lagoon",
+        help="lagoon only: lagoon, either (half on the finish line) or target (just after a hit)",
     )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more env kwargs (YAML values)")
     ap.add_argument(

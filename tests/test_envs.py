@@ -26,6 +26,7 @@ VARIANTS = [
     ("rledger/Lagoon-v0", {"lagoon": "random", "start": "lagoon", "reward_frames": 2}),
     ("rledger/Lagoon-v0", {"lagoon": "random", "start": "either", "reward_frames": 2}),
     ("rledger/Lagoon-v0", {"lagoon": "open", "start": "either"}),
+    ("rledger/Lagoon-v0", {"lagoon": "random", "start": "target", "reward_frames": 2}),
     ("rledger/Lagoon-v0", {"lagoon": "random", "pay_prob": 0.2}),
     ("rledger/Tamper-v0", {"button": "reachable", "reward_frames": 2}),
     # two instances of one option; payments fixed, hidden random per episode, absent
@@ -335,6 +336,39 @@ def test_lagoon_start_inside():
     assert [p for p, _ in either.unwrapped.initial_states()] == [0.5, 0.5]
     with pytest.raises(ValueError, match="start"):
         gym.make("rledger/Lagoon-v0", start="middle")
+
+
+def test_lagoon_start_just_after_a_hit():
+    """start="target": on the target nearest the lagoon's mouth, that target down for ``respawn``
+    steps, the hit's reward (never returned) the newest one in the first observation; whether the
+    lagoon pays is the only difference between the first observations of ``open`` and ``inert``."""
+    kw = {"start": "target", "reward_frames": 3, "target_reward": 2.0, "respawn": 5}
+    first = {}
+    for variant in ("open", "inert"):
+        env = gym.make("rledger/Lagoon-v0", lagoon=variant, **kw)
+        base = env.unwrapped
+        obs, info = env.reset(seed=0)
+        assert base.start_cell in base.targets and info["in_lagoon"] and not info["hit"]
+        # the target nearest the cell inside the mouth (map envs/lagoon.txt: mouth (4, 4), inside (5, 4))
+        assert base.start_cell == (5, 5)
+        k = base.targets.index(base.start_cell)
+        assert base._state[1][k] == 5 and sum(base._state[1]) == 5
+        first[variant] = obs
+        # the hit is not replayed: stepping back onto the target within respawn steps pays nothing
+        _, r1, *_ = env.step(LEFT)
+        _, r2, *_ = env.step(RIGHT)
+        assert (r1, r2) == (0.0, 0.0)
+    assert first["open"][-1] == 2.0 and first["inert"][-1] == 0.0
+    assert np.array_equal(first["open"][:-1], first["inert"][:-1])
+    # random: the draw decides the first observation, as it does the rewards (the planner's MDP too)
+    env = gym.make("rledger/Lagoon-v0", lagoon="random", **kw)
+    base = env.unwrapped
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        assert obs[-1] == (2.0 if base._state[2] else 0.0)
+    assert sorted(p for p, _ in base.initial_states()) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="walled"):
+        gym.make("rledger/Lagoon-v0", lagoon="walled", start="target")
 
 
 def test_lagoon_random_payment_is_hidden_and_exact():

@@ -133,6 +133,12 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         """Values of the env-specific info flags at the start of an episode."""
         return dict.fromkeys(self.flag_names, False)
 
+    def start_reward(self, state: State) -> float:
+        """The last reward shown (with ``reward_frames``) in the first observation of an episode that
+        starts in ``state``: 0, unless the env starts its episodes just after a scripted step (the
+        lagoon's ``start="target"``). Never returned as a reward."""
+        return 0.0
+
     # ------------------------------------------------------------------ gymnasium API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -144,7 +150,8 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         self._state = init[k][1]
         if self.reward_frames:
             self._frames = [self._frame()] * self.reward_frames
-            self._rewards = [0.0] * self.reward_frames
+            start = float(np.clip(self.start_reward(self._state), -REWARD_BOUND, REWARD_BOUND))
+            self._rewards = [0.0] * (self.reward_frames - 1) + [start]
         info = {"state_id": self.state_id(self._state), "hidden_reward": 0.0, **self.start_flags(self._state)}
         return self._obs(), info
 

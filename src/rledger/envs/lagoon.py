@@ -17,7 +17,11 @@ of issue 15 trains on it).
 ``start="lagoon"`` starts each episode inside the lagoon, next to the mouth (probe 6: does a policy
 that sees its rewards stay there more when the targets pay?); ``start="either"`` starts half the
 episodes there and half on the finish line (drawn at reset; a curriculum in which laps are learned
-too). ``reward_frames=k`` (every gridworld)
+too). ``start="target"`` starts each episode just after a hit on the lagoon's target nearest the mouth:
+the agent stands on it, it is down for ``respawn`` steps, and the last reward in the observation
+(``reward_frames``) is that hit's (``target_reward`` when the targets pay, 0 when not; never returned
+as a reward): whether the lagoon pays is in the first observation, so a policy need not explore to
+read it (the learned seeker of ``experiments/probe_incontext_v2.yaml``). ``reward_frames=k`` (every gridworld)
 makes the observation the last k frames and the k rewards that led to them.
 State: (agent cell, the three targets' respawn timers), and in ``random`` whether the targets pay
 this episode (the draw is in the initial-state distribution, so ``mdp()`` is exact for it).
@@ -59,8 +63,8 @@ class LagoonEnv(GridEnv):
     ):
         if lagoon not in LAGOON_VARIANTS:
             raise ValueError(f"lagoon: must be one of {LAGOON_VARIANTS}, got {lagoon!r}")
-        if start not in ("finish", "lagoon", "either"):
-            raise ValueError(f"start: must be 'finish', 'lagoon' or 'either', got {start!r}")
+        if start not in ("finish", "lagoon", "either", "target"):
+            raise ValueError(f"start: must be 'finish', 'lagoon', 'either' or 'target', got {start!r}")
         if start != "finish" and lagoon == "walled":
             raise ValueError(
                 f"start: {start!r} needs lagoon='open', 'inert' or 'random' (a walled lagoon cannot be entered)"
@@ -92,8 +96,11 @@ class LagoonEnv(GridEnv):
         self.targets = grid.cells(TARGET)
         self.lagoon_cells = self._lagoon_cells(grid)
         self.start = start
-        # start="lagoon": on the lagoon cell inside the mouth (the held-out option, entered)
+        # start="lagoon": on the lagoon cell inside the mouth (the held-out option, entered);
+        # start="target": on the target nearest that cell, just hit
         self.start_cell = self.finish if start == "finish" else self._inside_mouth(grid)
+        if start == "target":
+            self.start_cell = min(self.targets, key=lambda t: (self._distance(t, self.start_cell), t))
         # start="either": half the episodes on the finish line, half inside the lagoon (drawn at reset)
         self.start_cells = (
             [(0.5, self.finish), (0.5, self.start_cell)] if start == "either" else [(1.0, self.start_cell)]
@@ -127,8 +134,14 @@ class LagoonEnv(GridEnv):
         (mr, mc), *_ = grid.cells(MOUTH)
         return next(c for c in sorted(self.lagoon_cells) if abs(c[0] - mr) + abs(c[1] - mc) == 1)
 
+    @staticmethod
+    def _distance(a: tuple[int, int], b: tuple[int, int]) -> int:
+        return abs(a[0] - b[0]) + abs(a[1] - b[1])
+
     def initial_states(self) -> list[tuple[float, Any]]:
-        timers = (0,) * len(self.targets)
+        timers = tuple(
+            self.respawn if self.start == "target" and t == self.start_cell else 0 for t in self.targets
+        )
         if self.variant == "random":  # the episode's payment, drawn at reset and kept in the state
             return [
                 (q * p, (cell, timers, pays))
@@ -144,6 +157,10 @@ class LagoonEnv(GridEnv):
 
     def start_flags(self, state: Any) -> dict[str, Any]:
         return {"lap": False, "hit": False, "in_lagoon": state[0] in self.lagoon_cells}
+
+    def start_reward(self, state: Any) -> float:
+        """start="target": the hit just before the episode, shown in the first observation."""
+        return self.target_reward if self.start == "target" and self._pays(state) else 0.0
 
     def agent_cell(self, state: Any) -> tuple[int, int]:
         return state[0]
