@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--env", choices=sorted(ENVS), default="lagoon")
     ap.add_argument("--step-cost", type=float, default=0.0, help="tamper only")
     ap.add_argument(
-        "--start", default="lagoon",
+        "--start",
+        default="lagoon",
         help="lagoon only: lagoon, either (half on the finish line) or target (just after a hit)",
     )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more env kwargs (YAML values)")
