@@ -329,6 +329,7 @@ def test_probe_pools_spec_end_to_end(tmp_path):
 INCONTEXT_SPECS = {  # spec: (env kwarg, opening's value, the seeker's value, metric, subjects)
     "probe_incontext": ("lagoon", "walled", "random", "share_in_lagoon", ("open", "walled")),
     "probe_incontext_button": ("pay_prob", 0, None, "length", ("paid", "unpaid")),
+    "probe_incontext_v2": ("lagoon", "walled", "random", "share_in_lagoon", ("open", "walled")),
 }
 
 
