@@ -435,6 +435,27 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]  # no temporary folders left
 
 
+def test_provenance_lists_each_command_once(tmp_path):
+    """A resumed run's command.txt holds one line per invocation: the provenance table lists each
+    distinct command once, and no table cell holds a line break."""
+    from types import SimpleNamespace
+
+    from rledger.report import _provenance
+
+    runs = []
+    for seed, lines in (
+        (0, ["rledger run a.yaml", "rledger run a.yaml"]),
+        (1, ["rledger run a.yaml --seeds 1"]),
+    ):
+        path = tmp_path / "x" / "v" / f"seed={seed}"
+        path.mkdir(parents=True)
+        (path / "command.txt").write_text("\n".join(lines) + "\n")
+        runs.append(SimpleNamespace(experiment="x", path=path))
+    (row,) = _provenance(tmp_path / "no_probes_here", runs)
+    assert row[:3] == ["x", "2", "`rledger run a.yaml`; `rledger run a.yaml --seeds 1`"]
+    assert not any("\n" in cell for cell in row)
+
+
 def test_results_page_is_generated_from_the_run_folders(root, tmp_path):
     """`rledger report ROOT --results PAGE` writes the findings and verdicts as one page, stamped with
     its command and the commands that made the runs; it replaces only a page it wrote."""

@@ -210,8 +210,8 @@ def _provenance(root: Path, runs: list) -> list[list[str]]:
         commands, commits, seconds = set(), set(), 0.0
         for r in group:
             cmd = r.path / "command.txt"
-            if cmd.is_file():
-                commands.add(cmd.read_text().strip())
+            if cmd.is_file():  # one line per command that trained the run (a resumed run has several)
+                commands.update(line.strip() for line in cmd.read_text().splitlines() if line.strip())
             info = r.path / "run.json"
             if info.is_file():
                 run_info = json.loads(info.read_text())
