@@ -26,6 +26,12 @@ ACTION_NAMES = ("up", "down", "left", "right")
 REWARD_BOUND = 1000.0
 """Rewards in the observation (``reward_frames``) are clipped to +-REWARD_BOUND (the Box's bounds)."""
 
+
+def _shown(reward: float) -> float:
+    """A reward as the observation shows it (clipped to +-REWARD_BOUND)."""
+    return float(np.clip(reward, -REWARD_BOUND, REWARD_BOUND))
+
+
 State = Hashable
 
 
@@ -150,8 +156,7 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         self._state = init[k][1]
         if self.reward_frames:
             self._frames = [self._frame()] * self.reward_frames
-            start = float(np.clip(self.start_reward(self._state), -REWARD_BOUND, REWARD_BOUND))
-            self._rewards = [0.0] * (self.reward_frames - 1) + [start]
+            self._rewards = [0.0] * (self.reward_frames - 1) + [_shown(self.start_reward(self._state))]
         info = {"state_id": self.state_id(self._state), "hidden_reward": 0.0, **self.start_flags(self._state)}
         return self._obs(), info
 
@@ -165,7 +170,7 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         self._state = out.state
         if self.reward_frames:
             self._frames = [*self._frames[1:], self._frame()]
-            self._rewards = [*self._rewards[1:], float(np.clip(out.reward, -REWARD_BOUND, REWARD_BOUND))]
+            self._rewards = [*self._rewards[1:], _shown(out.reward)]
         info = {"state_id": self.state_id(out.state), "hidden_reward": float(out.hidden), **out.flags}
         return self._obs(), float(out.reward), bool(out.terminated), False, info
 

@@ -131,11 +131,12 @@ class LagoonEnv(GridEnv):
         return seen
 
     def _inside_mouth(self, grid: Any) -> tuple[int, int]:
-        (mr, mc), *_ = grid.cells(MOUTH)
-        return next(c for c in sorted(self.lagoon_cells) if abs(c[0] - mr) + abs(c[1] - mc) == 1)
+        mouth, *_ = grid.cells(MOUTH)
+        return next(c for c in sorted(self.lagoon_cells) if self._distance(c, mouth) == 1)
 
     @staticmethod
     def _distance(a: tuple[int, int], b: tuple[int, int]) -> int:
+        """Grid (Manhattan) distance between two cells."""
         return abs(a[0] - b[0]) + abs(a[1] - b[1])
 
     def initial_states(self) -> list[tuple[float, Any]]:
