@@ -314,6 +314,24 @@ def test_no_partial_files(run):
     json.loads((ledger.run_dir / "run.json").read_text())
 
 
+def test_files_have_no_dictionary_encoding(run):
+    """The ledger's Parquet files are written without dictionary pages (LedgerWriter.write_arrow: a
+    dictionary over float columns costs CPU and bytes and is then abandoned), zstd-compressed."""
+    import pyarrow.parquet as pq
+
+    ledger = run[1]
+    files = sorted(ledger.run_dir.rglob("*.parquet"))
+    assert {f.parent.name for f in files} >= {"transitions", "samples", "updates", "episodes"}
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                col = meta.row_group(g).column(c)
+                where = (f.relative_to(ledger.run_dir), col.path_in_schema, col.encodings)
+                assert not any("DICTIONARY" in e for e in col.encodings), where
+                assert col.compression == "ZSTD"
+
+
 def test_docs_match_schema():
     from pathlib import Path
 
