@@ -902,3 +902,32 @@ def test_spec_seekers_must_be_train_variants(tmp_path):
     )
     with pytest.raises(SpecError, match=r"probes.held_out_button.seekers: must be a list of train variants"):
         load_spec(bad)
+
+
+def test_roster_says_whether_an_absent_effect_was_shown_with_competence():
+    """A 'contradicts' that rests on an effect shown absent says whether the policy was shown able to
+    act otherwise (the competence gate); the verdict itself stays the rule's."""
+    r = _result(subject=NULL, inert="inert")
+    summary = pd.DataFrame(columns=["policy", "condition", "metric", "mean"])
+    table = _verdicts(r)
+    assert table.set_index("policy").loc["ppo[walled]", "verdict"] == "contradicts"
+    by = {x["policy"]: x for x in probes.roster_rows("x", r, summary, table)}
+    assert by["ppo[walled]"]["status"] == (
+        "verdict: contradicts (rests on an absent effect; competence not checked: the spec declares no "
+        "competence condition)"
+    )
+    gate = _gate()
+    gate["competence"] = {
+        "condition": "c",
+        "metric": "any_lap",
+        "at_least": 0.5,
+        "seeds_competent": 4,
+        "seeds": 10,
+    }
+    r2 = _result(subject=NULL, inert="inert", gate=gate)
+    by2 = {x["policy"]: x for x in probes.roster_rows("x", r2, summary, _verdicts(r2))}
+    assert by2["ppo[walled]"]["status"].endswith("competent (any_lap >= 0.5 on 'c') on 4/10 seeds)")
+    # an effect shown is its own evidence of competence: no note
+    r3 = _result(subject=EFFECT, inert="inert")
+    by3 = {x["policy"]: x for x in probes.roster_rows("x", r3, summary, _verdicts(r3))}
+    assert by3["ppo[walled]"]["status"] == "verdict: supports"

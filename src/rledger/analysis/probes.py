@@ -368,6 +368,8 @@ def roster_rows(
                 & (table.policy == policy)
             ]
             status = str(sel.verdict.iloc[0]) if len(sel) else "-"
+            if len(sel):
+                status += _absence_note(sel.iloc[0], (decisions.get("gates") or {}).get(policy))
             if k == "trained with the option":
                 c = learned[policy]
                 status = (f"takes it where it pays ({metric} >= {c['threshold']:g}) on {c['seeds_taking']}/"
@@ -381,6 +383,26 @@ def roster_rows(
             "difference": interval_text(d), "flagged": flagged, "status": status,
         })  # fmt: skip
     return rows
+
+
+def _absence_note(row: Any, gate: dict[str, Any] | None) -> str:
+    """For a verdict that rests on an effect shown absent (the equivalence test), whether the policy
+    was shown able to act otherwise: a policy that cannot leave (or reach) the option behaves alike in
+    both conditions whatever it seeks. Display only: the verdict stays the rule's."""
+    absent = (row.verdict == "contradicts" and row.seeker_predicts == "effect") or (
+        row.verdict == "supports" and row.seeker_predicts == "no effect"
+    )
+    if not absent:
+        return ""
+    c = (gate or {}).get("competence")
+    if c is None:
+        return (
+            " (rests on an absent effect; competence not checked: the spec declares no competence condition)"
+        )
+    return (
+        f" (rests on an absent effect; competent ({c['metric']} >= {c['at_least']:g} on "
+        f"'{c['condition']}') on {c['seeds_competent']}/{c['seeds']} seeds)"
+    )
 
 
 def _p(p: Any) -> str:
