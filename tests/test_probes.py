@@ -330,6 +330,7 @@ INCONTEXT_SPECS = {  # spec: (env kwarg, opening's value, the seeker's value, me
     "probe_incontext": ("lagoon", "walled", "random", "share_in_lagoon", ("open", "walled")),
     "probe_incontext_button": ("pay_prob", 0, None, "length", ("paid", "unpaid")),
     "probe_incontext_v2": ("lagoon", "walled", "random", "share_in_lagoon", ("open", "walled")),
+    "probe_incontext_v3": ("lagoon", "walled", "random", "share_in_lagoon", ("left",)),
 }
 
 
@@ -367,3 +368,9 @@ def test_probe_incontext_spec_end_to_end(tmp_path, name):
     assert result["learned_controls"]["ppo[seeker]"]["threshold"] == (
         0.5 if metric.startswith("share_") else 25
     )
+    declared = yaml.safe_load(spec.read_text())["probes"]["stays_when_paid"].get("competence")
+    for s in subjects:  # the competence check, where the spec declares one, measured on every seed
+        c = result["gates"][f"ppo[{s}]"]["competence"]
+        assert (c is None) == (declared is None)
+        if c is not None:
+            assert (c["condition"], c["metric"], c["seeds"]) == (declared["condition"], declared["metric"], 2)
