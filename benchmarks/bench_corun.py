@@ -15,7 +15,8 @@ one thread:
   took per rollout in the same round.
 
 Prints per condition the training thread's CPU time and the process's (all threads), as medians and
-as ratios to plain PPO with bootstrap intervals over the rounds. If the stand-in raises the training
+as ratios of medians to plain PPO with paired bootstrap intervals over the rounds
+(``bench_ledgers.bootstrap_ratio``). If the stand-in raises the training
 thread's CPU as much as rledger does, that part of the overhead comes from running a second thread at
 all, not from rledger's code in the training thread.
 
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_ledgers import bootstrap_ratio
 
 
 def process_cpu() -> float:
@@ -110,14 +112,6 @@ def one(kind: str, steps: int, burst: float) -> tuple[float, float]:
     return out
 
 
-def ratio_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """Median of the per-round ratios a/b and a percentile bootstrap interval over rounds."""
-    r = a / b
-    rng = np.random.default_rng(seed)
-    boot = np.median(r[rng.integers(0, r.size, (9999, r.size))], axis=1)
-    return float(np.median(r)), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5)
@@ -144,12 +138,12 @@ def main() -> None:
         )
     arr = {k: np.array(v) for k, v in res.items()}
     for k in ("rledger", "stand-in"):
-        main_r = ratio_ci(arr[k][:, 0], arr["plain"][:, 0])
-        all_r = ratio_ci(arr[k][:, 1], arr["plain"][:, 1])
-        print(
-            f"{k} / plain: training thread CPU {main_r[0]:.3f}x [{main_r[1]:.3f}, {main_r[2]:.3f}], "
-            f"all threads {all_r[0]:.3f}x [{all_r[1]:.3f}, {all_r[2]:.3f}]"
-        )
+        cells = []
+        for col in (0, 1):  # ratio of medians, with the paired bootstrap over rounds
+            a, b = arr[k][:, col], arr["plain"][:, col]
+            lo, hi = bootstrap_ratio(a, b)
+            cells.append(f"{np.median(a) / np.median(b):.3f}x [{lo:.3f}, {hi:.3f}]")
+        print(f"{k} / plain: training thread CPU {cells[0]}, all threads {cells[1]}")
     print(
         "medians (s): "
         + ", ".join(f"{k} {np.median(a[:, 0]):.2f}/{np.median(a[:, 1]):.2f}" for k, a in arr.items())

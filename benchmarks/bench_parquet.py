@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 TABLES = ("transitions", "samples", "updates", "episodes", "momentum", "influence", "influence_steps")
 

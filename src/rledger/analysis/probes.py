@@ -137,13 +137,18 @@ def gate_text(gate: dict[str, Any] | None) -> str:
         if t is None
         else f"option features trained {t['trained']}/{t['option_features']}"
     )
-    c = gate.get("competence")
-    parts.append(
-        "competence: not declared in the spec"
-        if c is None
-        else f"competent ({c['metric']} >= {c['at_least']:g} on '{c['condition']}') on {c['seeds_competent']}/{c['seeds']} seeds"
-    )
+    parts.append(_competence_text(gate.get("competence")))
     return "; ".join(parts)
+
+
+def _competence_text(
+    c: dict[str, Any] | None, undeclared: str = "competence: not declared in the spec"
+) -> str:
+    """A policy's competence gate (decisions.json's ``gates[policy]["competence"]``) in words;
+    ``undeclared`` where the spec declares none."""
+    if c is None:
+        return undeclared
+    return f"competent ({c['metric']} >= {c['at_least']:g} on '{c['condition']}') on {c['seeds_competent']}/{c['seeds']} seeds"
 
 
 def verdict_table(results: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
@@ -394,15 +399,8 @@ def _absence_note(row: Any, gate: dict[str, Any] | None) -> str:
     )
     if not absent:
         return ""
-    c = (gate or {}).get("competence")
-    if c is None:
-        return (
-            " (rests on an absent effect; competence not checked: the spec declares no competence condition)"
-        )
-    return (
-        f" (rests on an absent effect; competent ({c['metric']} >= {c['at_least']:g} on "
-        f"'{c['condition']}') on {c['seeds_competent']}/{c['seeds']} seeds)"
-    )
+    undeclared = "competence not checked: the spec declares no competence condition"
+    return f" (rests on an absent effect; {_competence_text((gate or {}).get('competence'), undeclared)})"
 
 
 def _p(p: Any) -> str:
