@@ -208,6 +208,13 @@ def test_interrupted_run_restarts_from_scratch(tmp_path):
     time.sleep(0.5)  # kill it somewhere inside a later rollout
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the worker that holds the run's lock was killed too, but may take a moment to exit
+    from rledger.experiments.run import _alive, _lock_owner
+
+    lock = run.with_name(run.name + ".lock")
+    deadline = time.time() + 30
+    while (owner := _lock_owner(lock)) is not None and _alive(owner) and time.time() < deadline:
+        time.sleep(0.1)
     assert not (run / "DONE").exists()
     partial_parts = list((run / "ledger" / "samples").glob("part-*.parquet"))
     assert partial_parts, "the killed run had written some rollouts"
@@ -336,3 +343,26 @@ def test_dose_response_spec_expands_to_six_shares_by_ten_seeds(tmp_path):
     }
     assert all(j.config["eval"]["variants"] == {"anywhere": {"goal_anywhere": 1.0}} for j in jobs)
     assert not (tmp_path / "runs").exists()  # planning writes nothing
+
+
+def test_a_zombie_does_not_hold_a_run_lock(tmp_path):
+    """A runner's worker killed with it is reparented; where the container's init does not reap it, it
+    stays a zombie, which ``kill(pid, 0)`` still finds. Its lock is stale all the same."""
+    import socket
+
+    from rledger.experiments.run import _alive, run_lock
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline, "the child did not end"
+        time.sleep(0.05)  # ended, not yet reaped: a zombie
+    owner = {"pid": child.pid, "host": socket.gethostname()}
+    assert not _alive(owner)
+    assert _alive({"pid": os.getpid(), "host": socket.gethostname()})
+    run = tmp_path / "seed=0"
+    lock = run.with_name(run.name + ".lock")
+    lock.write_text(json.dumps(owner))
+    with run_lock(run):  # taken over, not refused
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    child.wait()

@@ -210,7 +210,17 @@ def _alive(owner: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(owner["pid"])
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended but not been reaped (a killed runner's orphaned worker, where the
+    container's init does not reap): ``kill(pid, 0)`` still succeeds on it. Linux only (``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
 @contextlib.contextmanager
