@@ -392,3 +392,68 @@ def test_influence_on_a_gridworld_by_state_id(tmp_path):
     )  # rollouts x epochs x minibatches x pairs
     with pytest.raises(ValueError, match="state id 99999"):
         InstrumentedPPO("MlpPolicy", env, ledger=tmp_path / "bad", record=TABLES, watch=[(99999, 0)])
+
+
+@pytest.mark.parametrize("case", ["weights-and-biases", "frozen-weights", "small-pieces"])
+def test_influence_formula_against_materialized_gradients(monkeypatch, case):
+    """influence() against the per-sample and watched gradients written out in full (float64): for
+    each factor set, -clip * sum over the parameters of F * (e_i x_i^T) * (d_w x_w^T), biases
+    included; with frozen weights (bias factors only) and with pieces of a few steps that do not
+    divide the steps."""
+    from torch import nn
+
+    import rledger.persample.influence as inf
+
+    if case == "small-pieces":
+        monkeypatch.setattr(inf, "INFLUENCE_CHUNK_ELEMENTS", 3 * (4 + 2 * 3) * 5 * 2)  # 3 steps a piece
+    g = th.Generator().manual_seed(0)
+    s, b, w, n_f = 7, 4, 3, 2
+    dims = [(2, 5), (5, 3)]
+    layers = [(f"l{j}", nn.Linear(i, o).double(), {0, 1}) for j, (i, o) in enumerate(dims)]
+    x_i = [th.randn(s, b, i, generator=g, dtype=th.float64) for i, _ in dims]
+    d_i = [{p: th.randn(s, b, o, generator=g, dtype=th.float64) for p in (0, 1)} for _, o in dims]
+    coef = th.randn(s, b, 2, generator=g, dtype=th.float64)
+    clip = th.rand(s, 1, generator=g, dtype=th.float64)
+    clip[2] = 0.0
+    q = inf.WatchedGrads(
+        [th.randn(s, w, i, generator=g, dtype=th.float64) for i, _ in dims],
+        [th.randn(s, w, o, generator=g, dtype=th.float64) for _, o in dims],
+        {},
+    )
+    facs = []
+    for _ in range(n_f):
+        fac = {f"l{j}.bias": th.rand(s, o, generator=g, dtype=th.float64) for j, (_, o) in enumerate(dims)}
+        if case != "frozen-weights":
+            fac |= {
+                f"l{j}.weight": th.rand(s, o, i, generator=g, dtype=th.float64)
+                for j, (i, o) in enumerate(dims)
+            }
+        facs.append(fac)
+    got = inf.influence(layers, x_i, d_i, {}, coef, clip, q, facs)
+    for k, fac in enumerate(facs):
+        want = th.zeros(s, b, w, dtype=th.float64)
+        for j in range(len(dims)):
+            e = coef[..., 0, None] * d_i[j][0] + coef[..., 1, None] * d_i[j][1]  # (S, B, out)
+            for st in range(s):
+                for i in range(b):
+                    for v in range(w):
+                        gb, qb = e[st, i], q.d[j][st, v]
+                        total = (fac[f"l{j}.bias"][st] * gb * qb).sum()
+                        if f"l{j}.weight" in fac:
+                            gw, qw = th.outer(gb, x_i[j][st, i]), th.outer(qb, q.inputs[j][st, v])
+                            total += (fac[f"l{j}.weight"][st] * gw * qw).sum()
+                        want[st, i, v] += total
+        want = -clip[:, :, None] * want
+        assert th.allclose(got[k], want, rtol=1e-12, atol=1e-12), (got[k] - want).abs().max()
+        assert (got[k][2] == 0).all()
+    with pytest.raises(ValueError, match="l0.weight has a factor in some sets only"):
+        inf.influence(
+            layers,
+            x_i,
+            d_i,
+            {},
+            coef,
+            clip,
+            q,
+            [{"l0.weight": facs[0].get("l0.weight", th.ones(s, 5, 2, dtype=th.float64))}, {}],
+        )
