@@ -174,6 +174,44 @@ def test_a_changed_spec_starts_over_instead_of_resuming(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["ppo"]["n_epochs"] == 1
 
 
+def test_a_checkpoint_from_other_code_starts_over(tmp_path, monkeypatch):
+    """A checkpoint written by other code is not resumed: an env pickled by an older version of its
+    class can lack what the new code reads (a lagoon pickled before its start cells existed failed
+    at its first reset, and the run with it). Killed after a checkpoint, the run is rerun from the
+    start (the partial folder moved aside) when the checkpoint's code differs."""
+    import torch as th
+
+    from rledger.experiments import checkpoint
+
+    out = tmp_path / "runs"
+    file = tmp_path / "spec.yaml"
+    file.write_text(yaml.safe_dump(SPEC))
+    cmd = [*CLI, "run", str(file), "--out", str(out)]
+    run = _folder(SPEC, out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        end = time.monotonic() + 300
+        while _checkpoint_rollouts(run) is None and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert proc.poll() is None and _checkpoint_rollouts(run) is not None, "no checkpoint to kill at"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    time.sleep(0.5)  # the pool worker dies with the runner
+    assert checkpoint.read(run) is not None  # this code wrote it: usable
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "code_fingerprint", lambda: "other code")
+        assert checkpoint.read(run) is None
+    state = th.load(run / CHECKPOINT, weights_only=False)
+    state["code"] = "0" * 64  # as if an older rledger had written it
+    checkpoint.write(run / CHECKPOINT, state)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(list(run.parent.glob("seed=0.partial-*"))) == 1
+    assert (run / "DONE").is_file()
+    assert (run / "command.txt").read_text().count("rledger run") == 1  # started over, not resumed
+
+
 def test_checkpoint_every_is_not_part_of_a_runs_identity(tmp_path):
     """A complete run is the same run whatever its checkpoint interval: not rerun, not a conflict."""
     out = tmp_path / "runs"

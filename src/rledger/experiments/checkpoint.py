@@ -13,13 +13,20 @@ the ledger holds every rollout before it (it is written after them by the ledger
 :func:`resume` puts that state into a freshly built model whose ledger is cut back to the checkpoint's
 rollouts; training then goes on as if never interrupted: on CPU the resumed run's ledger equals an
 uninterrupted run's, table by table (tested with ``kill -9``). Resuming unpickles the env, so a run
-resumes only from the checkpoint its own run folder holds.
+resumes only from the checkpoint its own run folder holds, and only under the code that wrote it:
+the checkpoint carries :func:`code_fingerprint` (rledger's source and the versions of the packages
+whose objects it pickles), and a checkpoint written by other code is not used (the run starts over;
+an env pickled by an older version of its class can lack attributes the new code reads). Code outside
+rledger that the env pickles (a user's own env module) must be unchanged too: it is not fingerprinted.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import io
+import json
 import pickle
 import random
 from pathlib import Path
@@ -33,13 +40,30 @@ from stable_baselines3.common.callbacks import BaseCallback
 from rledger.ledger.writer import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of rledger's own source files (their paths and bytes) and of the versions of Python,
+    torch, SB3, gymnasium and numpy: a checkpoint resumes only where this is the one it was written
+    with."""
+    import rledger
+    from rledger.ledger.runinfo import versions
+
+    root = Path(rledger.__file__).parent
+    h = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
+    for file in sorted(root.rglob("*.py")):
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        h.update(file.read_bytes())
+    return h.hexdigest()
 
 
 def capture(model: Any, phase: int) -> dict[str, Any]:
     """The state of ``model`` (an InstrumentedPPO between two rollouts), as copies."""
     return {
         "format": FORMAT,
+        "code": code_fingerprint(),
         "phase": phase,
         "rollouts": model._recorder.rollout,
         "policy": {k: v.detach().clone() for k, v in model.policy.state_dict().items()},
@@ -71,8 +95,8 @@ def write(path: Path, state: dict[str, Any]) -> None:
 
 
 def read(path: Path) -> dict[str, Any] | None:
-    """The checkpoint in the run folder ``path``, or None when there is none (or it is not one this
-    version wrote: the run then starts over)."""
+    """The checkpoint in the run folder ``path``, or None when there is none, it is unreadable or
+    other code wrote it (:func:`code_fingerprint`): the run then starts over."""
     file = path / CHECKPOINT
     if not file.is_file():
         return None
@@ -80,7 +104,11 @@ def read(path: Path) -> dict[str, Any] | None:
         state = th.load(file, weights_only=False)  # our own run folder's file: see the module's note
     except Exception:  # noqa: BLE001 - any unreadable checkpoint means: start over
         return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != FORMAT
+        or state.get("code") != code_fingerprint()
+    ):
         return None
     return state
 
