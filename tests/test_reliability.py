@@ -253,3 +253,44 @@ def test_two_runners_on_one_out(tmp_path):
         ledger = Ledger(r / "ledger")
         rollouts = int(ledger.run_info["rollouts_written"])
         assert sorted(ledger.transitions().rollout.unique()) == list(range(rollouts))
+
+
+def test_run_json_names_rledgers_own_code(tmp_path, monkeypatch):
+    """run.json's git commit is the commit of rledger's source, not of the working directory's repo
+    (a user's project), and its code fingerprint changes with any source file."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import rledger
+    from rledger.ledger import runinfo
+
+    src = Path(rledger.__file__).parent
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
+                    "--allow-empty", "-m", "a user's project"], check=True)  # fmt: skip
+    monkeypatch.chdir(project)
+    model = InstrumentedPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, seed=0,
+                            ledger=tmp_path / "led")  # fmt: skip
+    model.learn(64)
+    info = json.loads((tmp_path / "led" / "run.json").read_text())
+    expected = head.stdout.strip() if head.returncode == 0 else None  # None: rledger is no git checkout
+    assert info["git_commit"] == expected
+    assert info["code_fingerprint"] == runinfo.code_fingerprint()
+    fake = tmp_path / "fake" / "rledger"
+    fake.mkdir(parents=True)
+    for f in sorted(src.rglob("*.py")):
+        (fake / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        (fake / f.relative_to(src)).write_bytes(f.read_bytes())
+    monkeypatch.setattr(rledger, "__file__", str(fake / "__init__.py"))
+    runinfo.code_fingerprint.cache_clear()
+    try:
+        assert runinfo.code_fingerprint() == info["code_fingerprint"]  # the same files: the same print
+        (fake / "envs" / "lagoon.py").write_bytes((fake / "envs" / "lagoon.py").read_bytes() + b"\n")
+        runinfo.code_fingerprint.cache_clear()
+        assert runinfo.code_fingerprint() != info["code_fingerprint"]
+    finally:
+        runinfo.code_fingerprint.cache_clear()

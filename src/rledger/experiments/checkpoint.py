@@ -14,7 +14,7 @@ the ledger holds every rollout before it (it is written after them by the ledger
 rollouts; training then goes on as if never interrupted: on CPU the resumed run's ledger equals an
 uninterrupted run's, table by table (tested with ``kill -9``). Resuming unpickles the env, so a run
 resumes only from the checkpoint its own run folder holds, and only under the code that wrote it:
-the checkpoint carries :func:`code_fingerprint` (rledger's source and the versions of the packages
+the checkpoint carries :func:`~rledger.ledger.runinfo.code_fingerprint` (rledger's source and the versions of the packages
 whose objects it pickles), and a checkpoint written by other code is not used (the run starts over;
 an env pickled by an older version of its class can lack attributes the new code reads). Code outside
 rledger that the env pickles (a user's own env module) must be unchanged too: it is not fingerprinted.
@@ -23,10 +23,7 @@ rledger that the env pickles (a user's own env module) must be unchanged too: it
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import io
-import json
 import pickle
 import random
 from pathlib import Path
@@ -37,26 +34,11 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rledger.ledger.runinfo import code_fingerprint
 from rledger.ledger.writer import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 2
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """sha256 of rledger's own source files (their paths and bytes) and of the versions of Python,
-    torch, SB3, gymnasium and numpy: a checkpoint resumes only where this is the one it was written
-    with."""
-    import rledger
-    from rledger.ledger.runinfo import versions
-
-    root = Path(rledger.__file__).parent
-    h = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
-    for file in sorted(root.rglob("*.py")):
-        h.update(file.relative_to(root).as_posix().encode() + b"\0")
-        h.update(file.read_bytes())
-    return h.hexdigest()
 
 
 def capture(model: Any, phase: int) -> dict[str, Any]:

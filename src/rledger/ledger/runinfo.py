@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import platform
 import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -57,13 +61,32 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
+    """The git commit of rledger's own source, where it is a git checkout (an editable install of a
+    clone), whatever the working directory; None otherwise (a wheel: see :func:`code_fingerprint`)."""
+    import rledger
+
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+            ["git", "-C", str(Path(rledger.__file__).parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of rledger's own source files (their paths and bytes) and of the versions of Python,
+    torch, SB3, gymnasium and numpy: the code that ran, committed or not, installed from git or not."""
+    import rledger
+
+    root = Path(rledger.__file__).parent
+    h = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
+    for file in sorted(root.rglob("*.py")):
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        h.update(file.read_bytes())
+    return h.hexdigest()
 
 
 class RunMetadata:
@@ -101,6 +124,7 @@ class RunMetadata:
             "config": ppo_config(model),
             "versions": self._versions,
             "git_commit": self._commit[0],
+            "code_fingerprint": code_fingerprint(),
             "rollouts_written": rollouts_written,
             "num_timesteps": int(model.num_timesteps),
             "total_timesteps": self.total_timesteps,
