@@ -62,3 +62,23 @@ def test_stats_calibration_floor_table():
     # every seed exactly equal: decided by the exact bound alone, so no randomness in these cells
     first = {tuple(c.split("|")[1:3]): c.split("|")[3].strip() for c in cells}
     assert first[(" 10 ", " 0.1 ")] == "0.00" and first[(" 20 ", " 0.15 ")] == "1.00"
+
+
+def test_bench_env_steps_compares_trees_and_features(tmp_path):
+    """Two trees: one without Pools-v0 (a copy of src whose registry lacks it, as a tree from before
+    it); every configuration is timed, the missing one in the newer tree alone against its baseline."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "src", old, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    init = old / "rledger" / "envs" / "__init__.py"
+    text = init.read_text()
+    assert '    "rledger/Pools-v0"' in text
+    init.write_text("\n".join(line for line in text.splitlines() if '"rledger/Pools-v0"' not in line) + "\n")
+    out = run("bench_env_steps.py", str(old), str(REPO / "src"), "--steps", "300", "--repeats", "2")
+    lines = [line for line in out.splitlines() if re.match(r"\s{2}\S", line)]
+    assert len(lines) == 8, out
+    assert sum("B/A" in line for line in lines) == 7
+    pools = next(line for line in lines if line.strip().startswith("pools"))
+    assert "(absent)" in pools and "against B's lagoon" in pools
+    assert all(float(x) > 0 for line in lines for x in re.findall(r"B\s+(\d+)", line))

@@ -495,18 +495,24 @@ def test_egocentric_view_is_a_window_around_the_agent(env_id):
     planes = obs.reshape(channels, 5, 5)
     agent = base.channels.index("agent")
     assert planes[agent, 2, 2] == 1.0 and planes[agent].sum() == 1.0
-    full = base.observe(base._state)  # the whole map's planes, the window cut out of them by hand
-    r, c = base.agent_cell(base._state)
+    np.testing.assert_array_equal(obs, base.frame(base._state))
+    base._enumerate()  # one reachable state per agent cell: the window at every cell, edges and corners
+    by_cell = {base.agent_cell(state): state for state in base._states}
     rows, cols = base.grid.shape
-    for dr in range(-2, 3):
-        for dc in range(-2, 3):
-            rr, cc = r + dr, c + dc
-            want = (
-                full[:, rr, cc]
-                if 0 <= rr < rows and 0 <= cc < cols
-                else np.eye(channels)[base.channels.index("wall")]
-            )
-            np.testing.assert_array_equal(planes[:, dr + 2, dc + 2], want)
+    for (r, c), state in by_cell.items():
+        full = base.observe(state)  # the whole map's planes, the window cut out of them by hand
+        planes = base.frame(state).reshape(channels, 5, 5)
+        for dr in range(-2, 3):
+            for dc in range(-2, 3):
+                rr, cc = r + dr, c + dc
+                want = (
+                    full[:, rr, cc]
+                    if 0 <= rr < rows and 0 <= cc < cols
+                    else np.eye(channels)[base.channels.index("wall")]
+                )
+                np.testing.assert_array_equal(planes[:, dr + 2, dc + 2], want)
+    edge = [(r, c) for r, c in by_cell if min(r, c) <= 1 or r >= rows - 2 or c >= cols - 2]
+    assert edge, "no cell near the map's edge was checked"
     gym_check_env(gym.make(env_id, view=3, reward_frames=2).unwrapped, skip_render_check=True)
     for bad in (4, 1, True, "5"):
         with pytest.raises(ValueError, match="view"):

@@ -261,13 +261,14 @@ class GridEnv(gym.Env[np.ndarray, np.int64]):
         shows the same features wherever it stands: the egocentric view of MiniGrid's agents."""
         planes = self.observe(state).astype(np.float32)
         if self.view is not None:
-            h = self.view // 2
-            padded = np.pad(planes, ((0, 0), (h, h), (h, h)))
-            padded[self.channels.index("wall")] = np.pad(
-                planes[self.channels.index("wall")], h, constant_values=1.0
-            )
+            k, (rows, cols) = self.view, planes.shape[1:]
             r, c = self.agent_cell(state)
-            planes = padded[:, r : r + self.view, c : c + self.view]
+            r, c = r - k // 2, c - k // 2  # the window's top-left cell, on the map's grid
+            window = np.zeros((planes.shape[0], k, k), np.float32)
+            window[self.channels.index("wall")] = 1.0  # beyond the map's edge
+            r0, r1, c0, c1 = max(r, 0), min(r + k, rows), max(c, 0), min(c + k, cols)
+            window[:, r0 - r : r1 - r, c0 - c : c1 - c] = planes[:, r0:r1, c0:c1]
+            planes = window
         return planes.reshape(-1)
 
     def _frame(self) -> np.ndarray:
