@@ -84,6 +84,44 @@ def _checkpoint_rollouts(run: Path) -> int | None:
         return None
 
 
+def _wait_unlocked(run: Path, timeout: float = 30.0) -> None:
+    """Until the killed runner's worker that held the run's lock has exited (a zombie counts as
+    exited: ``rledger.experiments.run._alive``), so that the rerun may take the lock."""
+    from rledger.experiments.run import _alive, _lock_owner
+
+    lock = run.with_name(run.name + ".lock")
+    end = time.monotonic() + timeout
+    while (owner := _lock_owner(lock)) is not None and _alive(owner):
+        assert time.monotonic() < end, f"the killed worker (pid {owner['pid']}) did not exit"
+        time.sleep(0.05)
+
+
+def _run_and_kill(spec: dict, tmp: Path, cond) -> tuple[list[str], Path]:
+    """Start ``rledger run`` on ``spec`` (out: ``tmp/runs``), SIGKILL its process group once ``cond``
+    holds on the run folder (checked every 10 ms), and wait until the lock is free; returns the
+    command and the run folder."""
+    file = tmp / "spec.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    cmd = [*CLI, "run", str(file), "--out", str(tmp / "runs")]
+    run = _folder(spec, tmp / "runs")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        end = time.monotonic() + 300
+        while not cond(run) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert cond(run), "timed out waiting for the kill point"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait_unlocked(run)  # the pool worker dies with the runner (PR_SET_PDEATHSIG)
+    return cmd, run
+
+
 KILL_POINTS = {
     # name: (spec, condition on the run folder, checked every 10 ms)
     "between checkpoints": ("plain", lambda r: _checkpoint_rollouts(r) == 6 and _manifests(r) >= 8),
@@ -111,30 +149,11 @@ def test_killed_run_resumes_to_the_uninterrupted_ledger(tmp_path, uninterrupted,
     run's in every table, bit for bit, as do the final weights and the evaluation."""
     name, cond = KILL_POINTS[point]
     spec = SPEC if name == "plain" else OPENING
-    out = tmp_path / "runs"
-    file = tmp_path / "spec.yaml"
-    file.write_text(yaml.safe_dump(spec))
-    cmd = [*CLI, "run", str(file), "--out", str(out)]
-    run = _folder(spec, out)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        end = time.monotonic() + 300
-        while not cond(run) and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before the kill point"
-        assert cond(run), "timed out waiting for the kill point"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    cmd, run = _run_and_kill(spec, tmp_path, cond)
     assert not (run / "DONE").exists()
     if point == "with a broken ledger":
         (run / "ledger" / "manifest" / "part-000002.json").unlink()
     had_checkpoint = (run / CHECKPOINT).is_file() and point != "with a broken ledger"
-    time.sleep(0.5)  # the pool worker dies with the runner (PR_SET_PDEATHSIG)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (run / "DONE").is_file() and not (run / CHECKPOINT).exists()
@@ -183,21 +202,7 @@ def test_a_checkpoint_from_other_code_starts_over(tmp_path, monkeypatch):
 
     from rledger.experiments import checkpoint
 
-    out = tmp_path / "runs"
-    file = tmp_path / "spec.yaml"
-    file.write_text(yaml.safe_dump(SPEC))
-    cmd = [*CLI, "run", str(file), "--out", str(out)]
-    run = _folder(SPEC, out)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        end = time.monotonic() + 300
-        while _checkpoint_rollouts(run) is None and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.01)
-        assert proc.poll() is None and _checkpoint_rollouts(run) is not None, "no checkpoint to kill at"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    time.sleep(0.5)  # the pool worker dies with the runner
+    cmd, run = _run_and_kill(SPEC, tmp_path, lambda r: _checkpoint_rollouts(r) is not None)
     assert checkpoint.read(run) is not None  # this code wrote it: usable
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "code_fingerprint", lambda: "other code")
