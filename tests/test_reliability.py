@@ -260,12 +260,10 @@ def test_run_json_names_rledgers_own_code(tmp_path, monkeypatch):
     (a user's project), and its code fingerprint changes with any source file."""
     import json
     import subprocess
-    from pathlib import Path
 
-    import rledger
     from rledger.ledger import runinfo
 
-    src = Path(rledger.__file__).parent
+    src = runinfo.SOURCE_ROOT
     head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
     project = tmp_path / "project"
     project.mkdir()
@@ -285,7 +283,7 @@ def test_run_json_names_rledgers_own_code(tmp_path, monkeypatch):
     for f in sorted(src.rglob("*.py")):
         (fake / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
         (fake / f.relative_to(src)).write_bytes(f.read_bytes())
-    monkeypatch.setattr(rledger, "__file__", str(fake / "__init__.py"))
+    monkeypatch.setattr(runinfo, "SOURCE_ROOT", fake)
     runinfo.code_fingerprint.cache_clear()
     try:
         assert runinfo.code_fingerprint() == info["code_fingerprint"]  # the same files: the same print

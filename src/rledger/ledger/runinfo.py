@@ -60,14 +60,16 @@ def versions() -> dict[str, str]:
     }
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+"""rledger's package folder (this file is ``rledger/ledger/runinfo.py``)."""
+
+
 def git_commit() -> str | None:
     """The git commit of rledger's own source, where it is a git checkout (an editable install of a
     clone), whatever the working directory; None otherwise (a wheel: see :func:`code_fingerprint`)."""
-    import rledger
-
     try:
         out = subprocess.run(
-            ["git", "-C", str(Path(rledger.__file__).parent), "rev-parse", "HEAD"],
+            ["git", "-C", str(SOURCE_ROOT), "rev-parse", "HEAD"],
             capture_output=True, text=True, timeout=5, check=False,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -79,9 +81,7 @@ def git_commit() -> str | None:
 def code_fingerprint() -> str:
     """sha256 of rledger's own source files (their paths and bytes) and of the versions of Python,
     torch, SB3, gymnasium and numpy: the code that ran, committed or not, installed from git or not."""
-    import rledger
-
-    root = Path(rledger.__file__).parent
+    root = SOURCE_ROOT
     h = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
     for file in sorted(root.rglob("*.py")):
         h.update(file.relative_to(root).as_posix().encode() + b"\0")
