@@ -403,7 +403,8 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png")))
     assert "fx_tamper/button" in md and ("supports" in md or "contradicts" in md or "inconclusive" in md)
-    assert "null_permuted.yaml) has not been run" in md  # no null runs in the fixture: said, not hidden
+    # no null runs in the fixture: said, not hidden
+    assert "null_permuted.yaml) has no runs under this folder" in md
     results = json.loads((out / "results.json").read_text())
     assert [r["claim"] for r in results] == [
         "probes",
@@ -417,8 +418,8 @@ def test_report_has_every_section_and_refuses_to_clobber(root, tmp_path):
         "dose_response",
         "learning_curves",
     ]
-    for absent in ("chisel_lagoon.yaml, chisel_tamper.yaml) has not been run", "habit_persist.yaml) has not been run",
-                   "relocate_dose.yaml) has not been run"):  # fmt: skip
+    for absent in ("chisel_lagoon.yaml, chisel_tamper.yaml) has no runs under this folder", "habit_persist.yaml) has no runs under this folder",
+                   "relocate_dose.yaml) has no runs under this folder"):  # fmt: skip
         assert absent in md
     before = (out / "report.md").stat().st_mtime_ns
     res = CliRunner().invoke(main, ["report", str(root), "--out", str(out)])

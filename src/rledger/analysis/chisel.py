@@ -204,7 +204,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     lines, summary = per_seed(runs)
     if summary.empty:
         result.findings.append(
-            "The chiselling timeline (experiments/chisel_lagoon.yaml, chisel_tamper.yaml) has not been run."
+            "The chiselling timeline (experiments/chisel_lagoon.yaml, chisel_tamper.yaml) has no runs under this folder."
         )
         return result
     result.tables.append(save_csv(lines, out / "chisel_timelines.csv"))

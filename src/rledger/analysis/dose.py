@@ -180,7 +180,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     table = evaluate(runs)
     if table.empty:
         result.findings.append(
-            f"The goal-diversity dose-response ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has not been run."
+            f"The goal-diversity dose-response ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has no runs under this folder."
         )
         return result
     result.tables.append(save_csv(table, out / "dose_per_seed.csv"))

@@ -164,7 +164,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     lines, summary = per_seed(runs)
     if summary.empty:
         result.findings.append(
-            f"The habit-persistence experiment ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has not been run."
+            f"The habit-persistence experiment ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has no runs under this folder."
         )
         return result
     result.tables.append(save_csv(lines, out / "habit_timelines.csv"))

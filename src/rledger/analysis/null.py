@@ -94,7 +94,7 @@ def run(root: str | Path, out: str | Path, runs: list[RunInfo] | None = None) ->
     table = per_seed(runs)
     if table.empty:
         result.findings.append(
-            f"The advantage-permutation null ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has not been run."
+            f"The advantage-permutation null ({EXPERIMENT}: experiments/{EXPERIMENT}.yaml) has no runs under this folder."
         )
         return result
     result.tables.append(save_csv(table, out / "null_per_seed.csv"))
