@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from runlock import wait_unlocked
 
 from rledger.cli import main
 from rledger.experiments import load_spec, parse_seeds
@@ -208,13 +209,7 @@ def test_interrupted_run_restarts_from_scratch(tmp_path):
     time.sleep(0.5)  # kill it somewhere inside a later rollout
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # the worker that holds the run's lock was killed too, but may take a moment to exit
-    from rledger.experiments.run import _alive, _lock_owner
-
-    lock = run.with_name(run.name + ".lock")
-    deadline = time.time() + 30
-    while (owner := _lock_owner(lock)) is not None and _alive(owner) and time.time() < deadline:
-        time.sleep(0.1)
+    wait_unlocked(run)  # the worker that holds the run's lock was killed too, but may take a moment to exit
     assert not (run / "DONE").exists()
     partial_parts = list((run / "ledger" / "samples").glob("part-*.parquet"))
     assert partial_parts, "the killed run had written some rollouts"

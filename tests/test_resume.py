@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from runlock import wait_unlocked
 
 from rledger import InstrumentedPPO, Ledger
 from rledger.experiments.checkpoint import CHECKPOINT
@@ -84,18 +85,6 @@ def _checkpoint_rollouts(run: Path) -> int | None:
         return None
 
 
-def _wait_unlocked(run: Path, timeout: float = 30.0) -> None:
-    """Until the killed runner's worker that held the run's lock has exited (a zombie counts as
-    exited: ``rledger.experiments.run._alive``), so that the rerun may take the lock."""
-    from rledger.experiments.run import _alive, _lock_owner
-
-    lock = run.with_name(run.name + ".lock")
-    end = time.monotonic() + timeout
-    while (owner := _lock_owner(lock)) is not None and _alive(owner):
-        assert time.monotonic() < end, f"the killed worker (pid {owner['pid']}) did not exit"
-        time.sleep(0.05)
-
-
 def _run_and_kill(spec: dict, tmp: Path, cond) -> tuple[list[str], Path]:
     """Start ``rledger run`` on ``spec`` (out: ``tmp/runs``), SIGKILL its process group once ``cond``
     holds on the run folder (checked every 10 ms), and wait until the lock is free; returns the
@@ -118,7 +107,7 @@ def _run_and_kill(spec: dict, tmp: Path, cond) -> tuple[list[str], Path]:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _wait_unlocked(run)  # the pool worker dies with the runner (PR_SET_PDEATHSIG)
+    wait_unlocked(run)  # the pool worker dies with the runner (PR_SET_PDEATHSIG)
     return cmd, run
 
 
