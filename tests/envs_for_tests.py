@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import torch as th
@@ -68,6 +70,27 @@ class HoldsALock(gym.Wrapper):
 
         super().__init__(env)
         self.lock = threading.Lock()
+
+
+class FailsOnSeed(gym.Wrapper):
+    """Raises a RuntimeError from ``step`` once an env first reset with ``seed`` has taken more than
+    ``after`` steps, while the environment variable ``RLEDGER_TEST_FAIL`` is set: a run that fails
+    mid-training inside a pool worker (or a Ray task), and resumes once the variable is unset."""
+
+    def __init__(self, env: gym.Env, seed: int, after: int):
+        super().__init__(env)
+        self.fail_seed, self.after, self.armed, self.steps = seed, after, False, 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.armed = seed == self.fail_seed
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        if self.armed and self.steps > self.after and os.environ.get("RLEDGER_TEST_FAIL"):
+            raise RuntimeError(f"planted failure after {self.after} steps")
+        return self.env.step(action)
 
 
 class ImageObs(gym.ObservationWrapper):

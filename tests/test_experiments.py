@@ -245,6 +245,73 @@ def test_ray_backend_on_a_real_local_instance(tmp_path):
     assert len(Ledger(dirs[0] / "ledger").samples(columns=["t"])) > 0
 
 
+FAILING = {
+    "name": "fails",
+    "env": {"id": "CartPole-v1",
+            "wrappers": [{"name": "envs_for_tests.FailsOnSeed", "kwargs": {"seed": 7, "after": 300}}]},
+    "seeds": [0, 7],
+    "total_timesteps": 1024,
+    "n_envs": 2,
+    "checkpoint_every": 1,
+    "ppo": {"n_steps": 128, "batch_size": 64, "n_epochs": 1},
+    "eval": {"episodes": 1},
+}  # fmt: skip
+
+
+def _check_one_failed(out: Path, output: str) -> Path:
+    failed = out / "fails" / "default" / "seed=7"
+    assert "Traceback" not in output and "1 of 2 runs failed; the others are complete" in output, output
+    line = f"{failed}: RuntimeError: planted failure after 300 steps (traceback: {failed / 'error.txt'})"
+    assert line in output.replace("\n    ", " ").replace("\n  ", "\n"), output  # rich may wrap it
+    assert (out / "fails" / "default" / "seed=0" / "DONE").is_file() and not (failed / "DONE").exists()
+    tb = (failed / "error.txt").read_text()
+    assert tb.startswith("Traceback") and "envs_for_tests.py" in tb and "planted failure" in tb
+    return failed
+
+
+def test_a_failed_run_is_one_line_with_its_traceback_kept_and_resumes(tmp_path, monkeypatch):
+    """A run that raises inside a pool worker: the other runs finish, the runner ends with one line per
+    failed run (exit 1), its traceback in the run folder; `ls` says failed; the same command, the cause
+    gone, resumes it from its checkpoint to the end and the traceback file goes."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(FAILING))
+    out = tmp_path / "runs"
+    monkeypatch.setenv("RLEDGER_TEST_FAIL", "1")
+    cmd = ["run", str(spec), "--out", str(out), "--workers", "2"]
+    res = CliRunner().invoke(main, cmd, terminal_width=400)
+    assert res.exit_code == 1, res.output
+    failed = _check_one_failed(out, res.output)
+    assert (failed / "checkpoint.pt").is_file()
+    res = CliRunner().invoke(main, ["ls", str(out)], terminal_width=400)
+    assert res.exit_code == 0 and [ln for ln in res.output.splitlines() if "failed" in ln and "7" in ln]
+    monkeypatch.delenv("RLEDGER_TEST_FAIL")
+    res = CliRunner().invoke(main, cmd, terminal_width=400)
+    assert res.exit_code == 0, res.output
+    assert (failed / "DONE").is_file() and not (failed / "error.txt").exists()
+    assert not list(failed.parent.glob("seed=7.partial-*"))  # resumed, not started over
+    assert len((failed / "command.txt").read_text().splitlines()) == 2
+
+
+def test_a_run_failing_in_a_ray_task_is_one_line_too(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(FAILING))
+    out = tmp_path / "runs"
+    env_vars = {
+        "RLEDGER_TEST_FAIL": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+    }
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars})
+    try:
+        res = CliRunner().invoke(
+            main, ["run", str(spec), "--out", str(out), "--backend", "ray"], terminal_width=400
+        )
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 1, res.output
+    _check_one_failed(out, res.output)
+
+
 def test_opening_phase_then_the_runs_own_variant(tmp_path):
     """An opening variant trains first (here: laps rewarded), then the run's variant, one model and ledger."""
     import numpy as np

@@ -31,19 +31,25 @@ class _Bad(click.ClickException):
     exit_code = 2
 
 
+class _Failed(click.ClickException):
+    """Runs that failed (not bad input): one line per run, its traceback kept in the run's folder;
+    exit code 1."""
+
+    exit_code = 1
+
+
 class _Main(click.Group):
     """The command group: a full disk, a file-size limit or a read-only folder ends any command with
     one line naming the file (exit 2) instead of a traceback; the writes are atomic, so nothing half
     written is left but the incomplete run, which restarts next time."""
 
     def invoke(self, ctx: click.Context) -> object:
-        import errno
+        from rledger.ledger.writer import storage_error
 
         try:
             return super().invoke(ctx)
         except OSError as exc:
-            storage = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-            if exc.errno not in storage:
+            if not storage_error(exc):
                 raise
             where = exc.filename or "a file"
             raise _Bad(
@@ -126,7 +132,8 @@ def train(
     Example:
       rledger train --env CartPole-v1 --timesteps 20000 --out runs/cartpole"""
     from rledger.experiments import SpecError, execute, validate
-    from rledger.experiments.run import RunLocked, command_line
+    from rledger.experiments.run import RunLocked, command_line, failure_line
+    from rledger.ledger.writer import storage_error
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise _Bad(
@@ -163,8 +170,12 @@ def train(
     try:
         with console.status(f"training {env_id} for {timesteps} steps into {out}"):
             execute(config, out, command_line(), overwrite=overwrite, track=project)
-    except RunLocked as exc:
+    except (RunLocked, SpecError, FileExistsError) as exc:
         raise _Bad(str(exc)) from exc
+    except Exception as exc:  # the run failed: one line, the traceback in OUT/error.txt
+        if storage_error(exc):
+            raise  # one line naming the file, exit 2 (_Main)
+        raise _Failed(failure_line(out, exc)) from exc
     _print_summary(Ledger(out / "ledger"))
 
 
@@ -207,7 +218,7 @@ def run(
       rledger run experiments/smoke.yaml --out runs --workers 2 --set ppo.learning_rate=1e-3"""
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local, run_ray
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import RunLocked, command_line
+    from rledger.experiments.run import RunLocked, RunsFailed, command_line
 
     project = _tracking(track, wandb_project)
     try:
@@ -230,6 +241,8 @@ def run(
             results = run_ray(jobs, ray_address, command_line(), overwrite, track=project)
     except (SpecError, RunLocked) as exc:
         raise _Bad(str(exc)) from exc
+    except RunsFailed as exc:
+        raise _Failed(str(exc)) from exc
     except KeyboardInterrupt:
         console.print(
             "interrupted: incomplete runs have no DONE marker and resume from their last checkpoint next time"
@@ -306,7 +319,7 @@ def probe(
     from rledger.analysis.probes import gate_text, interval_text
     from rledger.experiments import SpecError, load_spec, plan_runs, run_local
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import RunLocked, command_line
+    from rledger.experiments.run import RunLocked, RunsFailed, command_line
     from rledger.probes.run import run_probes
 
     if spec_path.is_dir():  # an experiment folder: its saved spec, its parent as --out
@@ -324,8 +337,10 @@ def probe(
     if any(j.state != "done" for j in jobs):
         try:
             run_local(jobs, workers, command_line(), overwrite=False)
-        except RunLocked as exc:
+        except (SpecError, RunLocked) as exc:
             raise _Bad(str(exc)) from exc
+        except RunsFailed as exc:
+            raise _Failed(str(exc)) from exc
     try:
         results = run_probes(spec, out, trust_pickles)
     except SpecError as exc:
@@ -596,7 +611,7 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
 
     from rledger.experiments import SpecError, plan_runs, run_local
     from rledger.experiments.backends import save_spec
-    from rledger.experiments.run import RunLocked, command_line
+    from rledger.experiments.run import RunLocked, RunsFailed, command_line
     from rledger.probes.run import run_probes
     from rledger.report import ReportError, build_report
     from rledger.suite import default_suite_path, load_suite
@@ -613,8 +628,10 @@ def quickstart(out: Path, suite_path: Path | None, workers: int, overwrite: bool
     console.print(f"{suite.name}: {len(jobs)} runs, {suite.total_timesteps:,} env steps -> {out}")
     try:
         run_local(jobs, workers, command_line(), overwrite)
-    except RunLocked as exc:
+    except (SpecError, RunLocked) as exc:
         raise _Bad(str(exc)) from exc
+    except RunsFailed as exc:
+        raise _Failed(str(exc)) from exc
     for spec in suite.specs:
         if spec.probes:
             with console.status(f"probes of {spec.name}"):

@@ -21,6 +21,7 @@ from typing import Any
 
 from rledger.experiments import run as runmod
 from rledger.experiments.spec import Spec, SpecError
+from rledger.ledger.writer import storage_error
 
 
 @dataclass
@@ -132,6 +133,7 @@ def run_local(
         return results
     ctx = multiprocessing.get_context("spawn")
     locked: list[str] = []
+    failed: list[tuple[Job, BaseException]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show, transient=False) as progress:
         overall = progress.add_task(f"runs ({len(results)} already complete)", total=len(todo))
@@ -159,6 +161,10 @@ def run_local(
                         except runmod.RunLocked as exc:  # another runner writes it: go on with the rest
                             locked.append(str(exc))
                             continue
+                        except Exception as exc:  # the run failed: the others go on
+                            failed.append((job, exc))
+                            progress.update(bar, description=f"{progress.tasks[bar].description} failed")
+                            continue
                         progress.update(bar, completed=job.config["total_timesteps"])
                         progress.advance(overall)
                     for fut in pending:
@@ -173,12 +179,30 @@ def run_local(
                 _stop_workers(pool)
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    _raise_failures(failed, locked, len(todo))
+    return results
+
+
+def _raise_failures(failed: list[tuple[Job, BaseException]], locked: list[str], n: int) -> None:
+    """After every run has ended: one error for the runs that failed (one line each) or were skipped
+    because another runner holds them. Bad input (every failure a
+    :class:`~rledger.experiments.spec.SpecError`, a full disk or a folder that cannot be written)
+    raises SpecError; failures of other kinds raise :class:`~rledger.experiments.run.RunsFailed`."""
+    if failed:
+        lines = [runmod.failure_line(job.path, exc) for job, exc in failed]
+        lines += [f"skipped, another runner writes it: {m}" for m in locked]
+        head = f"{len(failed)} of {n} runs failed"
+        if locked:
+            head += f" and {len(locked)} were skipped"
+        msg = head + "; the others are complete:\n" + "\n".join(f"  {line}" for line in lines)
+        if all(isinstance(exc, SpecError) or storage_error(exc) for _, exc in failed):
+            raise SpecError(msg)  # the user's to fix: exit 2 from the CLI
+        raise runmod.RunsFailed(msg)
     if locked:
         raise runmod.RunLocked(
-            f"{len(locked)} of {len(todo)} runs were being written by another runner and were skipped; the "
+            f"{len(locked)} of {n} runs were being written by another runner and were skipped; the "
             f"others are complete. First: {locked[0]}"
         )
-    return results
 
 
 def run_ray(
@@ -192,21 +216,41 @@ def run_ray(
         raise SpecError("--backend ray: Ray is not installed; pip install 'rledger[ray]'") from None
     todo = [j for j in jobs if j.state != "done" or overwrite]
     results = [runmod.read_done(j.path) for j in jobs if j not in todo]
+    locked: list[str] = []
+    failed: list[tuple[Job, BaseException]] = []
     started = False
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
         started = True
     try:
         task = ray.remote(num_cpus=1)(_worker)
-        refs = [task.remote(j.config, str(j.path.resolve()), command, overwrite, track) for j in todo]
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1, timeout=None)
-            results.extend(ray.get(ready))
+        refs = {task.remote(j.config, str(j.path.resolve()), command, overwrite, track): j for j in todo}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=None)
+            for ref in ready:
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:  # the run's own error, as raised in the task
+                    cause = _cause(exc)
+                    if isinstance(cause, runmod.RunLocked):
+                        locked.append(str(cause))
+                    else:
+                        failed.append((refs[ref], cause))
+                except ray.exceptions.RayError as exc:  # the worker died, or the task could not run
+                    failed.append((refs[ref], exc))
             time.sleep(0)
     finally:
         if started:
             ray.shutdown()
+    _raise_failures(failed, locked, len(todo))
     return results
+
+
+def _cause(exc: Any) -> BaseException:
+    """A Ray task error's original exception (its class and message), for the one-line summary."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def run_configs(out: str | Path, broken: list[str] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -227,7 +271,8 @@ def run_configs(out: str | Path, broken: list[str] | None = None) -> Iterator[tu
 
 
 def list_runs(out: str | Path, broken: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every run folder under ``out``: experiment, variant, seed, status, steps, return, performance.
+    """Every run folder under ``out``: experiment, variant, seed, status (complete, failed: its last
+    attempt raised an error, kept in ``error.txt``; or incomplete), steps, return, performance.
     A run whose files cannot be read raises a ValueError naming the file, or, given a ``broken`` list,
     is listed there and left out."""
     rows = []
@@ -236,7 +281,9 @@ def list_runs(out: str | Path, broken: list[str] | None = None) -> list[dict[str
             "experiment": config.get("experiment"),
             "variant": config.get("variant"),
             "seed": config.get("seed"),
-            "status": "complete" if (path / runmod.DONE).is_file() else "incomplete",
+            "status": "complete"
+            if (path / runmod.DONE).is_file()
+            else ("failed" if (path / runmod.ERROR).is_file() else "incomplete"),
             "steps": None,
             "return": None,
             "performance": None,

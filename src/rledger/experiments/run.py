@@ -6,7 +6,8 @@ The folder holds ``config.yaml`` (the resolved configuration), ``command.txt``, 
 ``ledger/`` (the Parquet tables), ``eval.json`` (evaluation episodes), ``initial_policy.npz`` (the
 policy's parameters before training),
 ``tensorboard/`` and, written last, ``DONE``. A run is
-complete exactly when ``DONE`` exists. Every file is written whole or not at all.
+complete exactly when ``DONE`` exists. Every file is written whole or not at all. A run that raised an
+error keeps its traceback in ``error.txt`` (removed when the run later completes).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from rledger.experiments import checkpoint
+from rledger.experiments.spec import SpecError
 from rledger.ledger.writer import atomic_write_bytes, atomic_write_json
 
 DONE = "DONE"
+ERROR = "error.txt"
 INITIAL_POLICY = "initial_policy.npz"
 POLICY = "policy.npz"
 
@@ -191,6 +194,11 @@ class RunLocked(RuntimeError):
     """Another live process is writing this run folder."""
 
 
+class RunsFailed(RuntimeError):
+    """Runs of an experiment raised errors while the others went on to complete; the message has one
+    line per failed run (its error, and where its traceback is kept)."""
+
+
 def _lock_owner(lock: Path) -> dict[str, Any] | None:
     try:
         owner = json.loads(lock.read_text())
@@ -288,7 +296,33 @@ def execute(
     Returns the run's summary. ``track``: a Weights & Biases project to stream the run's TensorBoard
     scalars to (:func:`tracking`)."""
     with run_lock(path), tracking(track, config, path):
-        return _execute(config, path, command, overwrite)
+        try:
+            result = _execute(config, path, command, overwrite)
+        except (SpecError, FileExistsError):  # bad input: the message says what to fix
+            raise
+        except Exception:
+            keep_traceback(path)
+            raise
+        (path / ERROR).unlink(missing_ok=True)  # an earlier attempt's, now resumed to the end
+        return result
+
+
+def keep_traceback(path: Path) -> None:
+    """Write the exception being handled, with its traceback, to ``<run>/error.txt`` (when the run's
+    folder exists: nothing is created for it)."""
+    import traceback
+
+    if path.is_dir():
+        with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+            atomic_write_bytes(path / ERROR, traceback.format_exc().encode())
+
+
+def failure_line(path: Path, exc: BaseException) -> str:
+    """One line for a failed run: its folder, the error, and where its traceback is."""
+    msg = str(exc).strip().splitlines()
+    what = f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    where = f" (traceback: {path / ERROR})" if (path / ERROR).is_file() else ""
+    return f"{path}: {what}{where}"
 
 
 @contextlib.contextmanager

@@ -23,6 +23,15 @@ MANIFEST = "manifest"
 LEDGER_ENTRIES = (*schema.TABLES, MANIFEST, "run.json")
 
 
+def storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk, a file-size limit or a folder that cannot be written: the user's
+    to fix (exit 2 from the CLI), not a failure of the run."""
+    import errno
+
+    storage = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+    return isinstance(exc, OSError) and exc.errno in storage
+
+
 def part_name(rollout: int) -> str:
     """The file stem of a rollout's parts and manifest."""
     return f"part-{rollout:06d}"
