@@ -13,7 +13,9 @@ from rich.table import Table
 from rledger.ledger import Ledger
 from rledger.ledger.schema import TABLES
 
-console = Console()
+console = Console(soft_wrap=True)
+"""Lines are not wrapped by the console (the terminal wraps them): a path printed in a message stays whole,
+to be copied or searched for, whatever the width; tables are still laid out to the width."""
 
 
 TRUST_PICKLES_HELP = (
