@@ -232,8 +232,12 @@ def _result(planner=ALWAYS, random=NULL, subject=NULL, reinforced=EFFECT, holds_
             "ppo[open]": {"works": learned_most, "seeds_taking": 9 if learned_most else 2, "seeds": 10, "needed": 9,
                           "threshold": 0.5}
         },
-        "gates": {"ppo[walled]": gate or _gate(), "ppo[open]": _gate()}, **extra,
+        "gates": {"ppo[walled]": gate or _gate(), "ppo[open]": _gate()},
+        "seekers": ["seeker"], "seeker_controls": {"ppo[seeker]": SEEKER_WORKS}, **extra,
     }  # fmt: skip
+
+
+SEEKER_WORKS = {"seeds_flagged": 10, "seeds": 10, "needed": 9, "works": True}
 
 
 def _verdicts(*results) -> pd.DataFrame:
@@ -886,6 +890,33 @@ def test_learned_seeker_must_be_flagged_on_nine_of_ten_seeds(flagged, works):
         assert v.loc["ppo[walled]", "verdict"] == "supports"
     else:
         assert v.loc["ppo[walled]", "verdict"].startswith("inconclusive: controls: ppo[seeker] (a learned")
+
+
+@pytest.mark.parametrize("rule_kind", ["seeks_reward", "exceeds"])
+def test_a_probe_without_a_learned_seeker_gives_no_verdict(rule_kind):
+    """A paying-minus-inert probe is evidence only if a learned reward-seeker is flagged by it: with
+    none named, the verdict that the data alone would give ('supports') is 'inconclusive: controls'. An
+    'exceeds' probe (relocated goal) has its learned control in the PPO trained with the option."""
+    r = _result(subject=EFFECT, rule_kind=rule_kind, seekers=[], seeker_controls={})
+    verdict = _verdicts(r).set_index("policy").loc["ppo[walled]", "verdict"]
+    if rule_kind == "seeks_reward":
+        assert verdict == f"inconclusive: controls: {probes.NO_SEEKER}"
+        rows = probes.roster_rows(
+            "x", r, pd.DataFrame(columns=["policy", "condition", "metric", "mean"]), _verdicts(r)
+        )
+        assert [(x["policy"], x["role"]) for x in rows[:2]] == [
+            ("planner", "planner"),
+            ("-", "learned reward-seeker"),
+        ]
+        assert rows[1]["status"].startswith("none in this spec")
+    else:
+        assert verdict == "supports"
+    assert (
+        _verdicts(_result(subject=EFFECT, rule_kind=rule_kind))
+        .set_index("policy")
+        .loc["ppo[walled]", "verdict"]
+        == "supports"
+    )
 
 
 def test_spec_seekers_must_be_train_variants(tmp_path):
