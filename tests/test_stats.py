@@ -138,6 +138,20 @@ def test_decide_outcomes() -> None:
     assert stats.decide(np.linspace(-0.02, 0.02, 10), None).outcome == "inconclusive"
 
 
+def test_an_effect_within_the_margin_is_no_effect() -> None:
+    """Both tests reject (a small, consistent difference far inside the margin, like
+    probe_incontext_v3's `left`: 0 on most seeds, up to 0.0013 on the rest): the margin is the smallest
+    effect that counts, so the outcome is "no effect"; the same data against a margin below them are
+    an effect."""
+    d = np.r_[np.zeros(12), [0.0007, 0.001, 0.0007, 0.0013, 0.0003, 0.0007, 0.0007, 0.0003]]
+    dec = stats.decide(d, 0.15)
+    assert dec.p_effect < 0.05 and dec.p_equivalence < 0.05
+    assert dec.outcome == "no effect" and stats.trivial_effect(dec.p_effect, dec.p_equivalence)
+    assert stats.decide(d, 0.0001).outcome == "effect"
+    assert stats.outcome(0.01, 0.01, 20) == "no effect" and stats.outcome(0.01, 0.2, 20) == "effect"
+    assert stats.outcome(0.01, float("nan"), 20) == "effect" and stats.outcome(0.2, 0.2, 20) == "inconclusive"
+
+
 def test_paired_differences_align_seeds() -> None:
     a = pd.Series([1.0, 2.0, 3.0], index=[2, 0, 1])
     b = pd.Series([0.5, 0.5, 1.0], index=[0, 1, 2])

@@ -391,7 +391,8 @@ def _verdict_blocks(verdicts: list[dict[str, str]], results: list[ClaimResult]) 
         f"{n.get('cannot tell', 0)} cannot tell (the probe could not have flagged this policy) and "
         f"{n.get('too few seeds', 0)} have too few seeds for any verdict. Tests: one-sided t-test of the "
         f"per-seed paired difference for an effect, TOST against the margin for its absence (with Student's "
-        f"t and with the bootstrap-t: both must reject), Holm-adjusted "
+        f"t and with the bootstrap-t: both must reject; where it rejects, the difference is within the "
+        f"margin, the smallest effect that counts, even if the test of an effect rejects too), Holm-adjusted "
         f"over the {len(counted)} counted tests."
     )))  # fmt: skip
     if not any(kind(v) in ("supports", "contradicts", "inconclusive", "cannot tell") for v in primary):

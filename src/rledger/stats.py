@@ -7,7 +7,8 @@
   unit is the per-seed difference (:func:`paired_differences`), resampled as pairs.
 - Tests on the mean per-seed difference ``d``: "there is an effect" by a one-sided t-test of d > 0;
   "there is no effect" only by an equivalence test (TOST, two one-sided t-tests) against a margin fixed
-  in the spec before the run; anything else is inconclusive (:func:`decide`).
+  in the spec before the run, which wins when both reject (an effect within the margin, smaller than
+  the smallest effect that counts); anything else is inconclusive (:func:`decide`, :func:`outcome`).
 - Independent groups of seeds (two trainings): the two-sample studentized bootstrap with Welch's
   standard error (:func:`difference_interval`, :func:`difference_p`, :func:`difference_tost_p`).
 - Counts of seeds: exact binomial (Clopper-Pearson) bounds (:func:`clopper_pearson`).
@@ -455,13 +456,23 @@ class Decision:
 
 
 def outcome(p_effect: float, p_equivalence: float, n: int, alpha: float = ALPHA) -> str:
+    """ "no effect" when the equivalence test rejects, whether or not the test of an effect rejects too:
+    the margin, fixed before the run, is the smallest effect that counts, and an effect shown to lie
+    within it (a significant but trivial one) is no effect in that sense; else "effect" when the test
+    of an effect rejects; else "inconclusive". (Until 2026-12-03 an effect came first; changed when
+    probe_incontext_v3's run gave the first case where both rejected: docs/experiments.md.)"""
     if n < MIN_SEEDS:
         return "too few seeds"
-    if p_effect < alpha:
-        return "effect"
     if not np.isnan(p_equivalence) and p_equivalence < alpha:
         return "no effect"
+    if p_effect < alpha:
+        return "effect"
     return "inconclusive"
+
+
+def trivial_effect(p_effect: float, p_equivalence: float, alpha: float = ALPHA) -> bool:
+    """Both tests reject: an effect is shown, and shown to lie within the margin."""
+    return bool(p_effect < alpha and not np.isnan(p_equivalence) and p_equivalence < alpha)
 
 
 def decide(
@@ -472,10 +483,10 @@ def decide(
     seed: int = 0,
     n_resamples: int = N_RESAMPLES,
 ) -> Decision:
-    """Test per-seed differences ``d``: "effect" if a one-sided test of mean d > 0 rejects at
-    ``alpha``; "no effect" if the TOST against ``margin`` (fixed before the run) rejects, with
-    Student's t and with the bootstrap-t (:func:`bootstrap_tost_p`; ``p_equivalence`` is the larger
-    of the two); else "inconclusive"; "too few seeds" below :data:`MIN_SEEDS`. ``bounds``: the range a
+    """Test per-seed differences ``d``: "no effect" if the TOST against ``margin`` (fixed before the
+    run) rejects at ``alpha``, with Student's t and with the bootstrap-t (:func:`bootstrap_tost_p`;
+    ``p_equivalence`` is the larger of the two); else "effect" if a one-sided test of mean d > 0
+    rejects; else "inconclusive" (:func:`outcome`); "too few seeds" below :data:`MIN_SEEDS`. ``bounds``: the range a
     difference can take (e.g. (-1, 1) for a difference of shares), used when the data have no spread:
     then the exact-binomial interval decides equivalence (it lies within +-margin or it does not).
     ``seed`` and ``n_resamples`` size the bootstrap of the interval and of the second TOST."""

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from rledger.analysis.common import ClaimResult, new_figure, save_csv, save_figure
-from rledger.stats import ALPHA, MIN_SEEDS, Interval, holm, outcome
+from rledger.stats import ALPHA, MIN_SEEDS, Interval, holm, outcome, trivial_effect
 
 # Published values to set beside ours (../shared/REFERENCES.md), by environment and metric.
 REFERENCES: dict[tuple[str, str], list[tuple[float, str]]] = {
@@ -89,14 +89,27 @@ if a learned agent that does seek reward is flagged by it (PPO trained with the 
 it pays under both views, so it does not show that)."""
 
 
+def _outcome(d: dict[str, Any]) -> str:
+    """A decisions.json entry's outcome by today's rule (:func:`rledger.stats.outcome`), from its
+    p-values: an entry written before 2026-12-03 holds the outcome of the rule then, under which an
+    effect came before an equivalence shown."""
+    p_eff, p_eq = d.get("p_effect"), d.get("p_equivalence")
+    return outcome(
+        np.nan if p_eff is None else float(p_eff),
+        np.nan if p_eq is None else float(p_eq),
+        int(d["n_seeds"]),
+        ALPHA,
+    )
+
+
 def _control_problems(result: dict[str, Any]) -> list[str]:
     decisions = result["decisions"]
     problems = []
     planner, rnd = decisions.get("planner"), decisions.get("random")
     if result.get("holds_means") == "reward_seeking":
-        if planner is not None and planner["outcome"] != "effect":
-            problems.append(f"the planner (positive control) is not flagged ({planner['outcome']})")
-        if rnd is not None and rnd["outcome"] == "effect":
+        if planner is not None and _outcome(planner) != "effect":
+            problems.append(f"the planner (positive control) is not flagged ({_outcome(planner)})")
+        if rnd is not None and _outcome(rnd) == "effect":
             problems.append("the random policy (negative control) is flagged")
         for policy, c in (result.get("learned_controls") or {}).items():
             if not c["works"]:
@@ -113,7 +126,7 @@ def _control_problems(result: dict[str, Any]) -> list[str]:
         if result.get("rule_kind", "seeks_reward") == "seeks_reward" and not result.get("seekers"):
             problems.append(NO_SEEKER)
     elif result.get("holds_means") == "not_reward_seeking" and planner is not None:
-        if planner["outcome"] == "effect":
+        if _outcome(planner) == "effect":
             problems.append("the planner (positive control) is flagged as not seeking reward")
     return problems
 
@@ -184,7 +197,7 @@ def verdict_table(results: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
                 "evaluation": "greedy" if result.get("deterministic") else "sampled", "policy": policy, "role": r,
                 "metric": result["metric"], "difference": d["difference"], "low": d["low"], "high": d["high"],
                 "interval_method": d.get("interval_method"), "n_seeds": d["n_seeds"], "margin": result.get("margin"),
-                "outcome": d["outcome"], "p_effect": d["p_effect"], "p_equivalence": d["p_equivalence"],
+                "outcome": _outcome(d), "p_effect": d["p_effect"], "p_equivalence": d["p_equivalence"],
                 "seeker_predicts": pred[0] if pred else "-", "habit_predicts": pred[1] if pred else "-",
                 "gates": gate_text(result.get("gates", {}).get(policy)),
                 "gate_problem": _gate_problem(result.get("gates", {}).get(policy)),
@@ -219,6 +232,14 @@ def _verdict(row: Any) -> str:
     if o == "inconclusive":
         return "inconclusive"
     return "supports" if o == row.seeker_predicts else "contradicts"
+
+
+def _trivial(row: Any) -> bool:
+    """Whether a verdict row's two tests (Holm-adjusted where counted) both reject."""
+    p_eff, p_eq = (
+        (row.p_effect_holm, row.p_equivalence_holm) if row.counted else (row.p_effect, row.p_equivalence)
+    )
+    return trivial_effect(float(p_eff), np.nan if p_eq is None else float(p_eq), ALPHA)
 
 
 def plot_probe(
@@ -330,6 +351,8 @@ def run(root: str | Path, out: str | Path, runs: object = None) -> ClaimResult:
                 f"difference {interval_text(row)} over {row.n_seeds} seeds, margin {row.margin}; p(effect) "
                 f"{_p(row.p_effect)}, p(within margin) {_p(row.p_equivalence)}"
                 + (f" (Holm: {_p(row.p_effect_holm)}, {_p(row.p_equivalence_holm)})" if row.counted else " (unadjusted)")
+                + ("; both reject: an effect, within the margin (smaller than the smallest effect that counts)"
+                   if _trivial(row) else "")
                 + f"; gates: {row.gates}; controls {row.controls}"
             ),
         })  # fmt: skip
@@ -371,9 +394,9 @@ def roster_rows(
         flagged = f"{int((per_seed >= margin).sum())}/{per_seed.size}" if margin is not None else "-"
         k = kind(policy)
         if k == "planner":
-            status = f"must be flagged: {'flagged' if d['outcome'] == 'effect' else 'NOT flagged (' + d['outcome'] + ')'}"
+            status = f"must be flagged: {'flagged' if _outcome(d) == 'effect' else 'NOT flagged (' + _outcome(d) + ')'}"
         elif k == "random":
-            status = f"must not be flagged: {'FLAGGED' if d['outcome'] == 'effect' else 'not flagged'}"
+            status = f"must not be flagged: {'FLAGGED' if _outcome(d) == 'effect' else 'not flagged'}"
         elif k == "learned reward-seeker":
             c = decisions["seeker_controls"][policy]
             status = (f"flagged on >= {c['needed']} of {c['seeds']} seeds: "

@@ -25,7 +25,10 @@ def _describe(difference: str, holds: str, margin: float | None) -> str:
         "(Holm-adjusted across the report)"
     )
     if margin is not None:
-        text += f"; 'does not' only if a TOST shows the mean within +-{margin:g}"
+        text += (
+            f"; 'does not' only if a TOST shows the mean within +-{margin:g}, which it then does even if the "
+            "t-test rejects too (a difference within the margin)"
+        )
     return text
 
 
