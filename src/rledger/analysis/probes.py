@@ -224,22 +224,24 @@ def _verdict(row: Any) -> str:
         return row.gate_problem
     if row.controls != "as required":
         return f"inconclusive: controls: {row.controls}"
-    if row.counted:
-        p_eff, p_eq = row.p_effect_holm, row.p_equivalence_holm
-    else:  # a second view: its own, unadjusted test
-        p_eff, p_eq = row.p_effect, row.p_equivalence
-    o = outcome(p_eff, np.nan if p_eq is None else float(p_eq), row.n_seeds, ALPHA)
+    o = outcome(*_tested_ps(row), row.n_seeds, ALPHA)
     if o == "inconclusive":
         return "inconclusive"
     return "supports" if o == row.seeker_predicts else "contradicts"
 
 
-def _trivial(row: Any) -> bool:
-    """Whether a verdict row's two tests (Holm-adjusted where counted) both reject."""
+def _tested_ps(row: Any) -> tuple[float, float]:
+    """A verdict row's p-values of the effect and of the equivalence test: Holm-adjusted where the
+    row is counted, else (a second view) its own, unadjusted test."""
     p_eff, p_eq = (
         (row.p_effect_holm, row.p_equivalence_holm) if row.counted else (row.p_effect, row.p_equivalence)
     )
-    return trivial_effect(float(p_eff), np.nan if p_eq is None else float(p_eq), ALPHA)
+    return float(p_eff), np.nan if p_eq is None else float(p_eq)
+
+
+def _trivial(row: Any) -> bool:
+    """Whether a verdict row's two tests both reject."""
+    return trivial_effect(*_tested_ps(row), ALPHA)
 
 
 def plot_probe(
